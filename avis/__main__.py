@@ -1,0 +1,5 @@
+import sys
+
+from avis.cli import main
+
+sys.exit(main())

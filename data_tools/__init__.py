@@ -1,0 +1,1 @@
+"""Dataset building, the synthetic dataset and annotation export (the edges of the data flow)."""
