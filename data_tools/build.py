@@ -123,6 +123,11 @@ def make_jobs(videos_dir: Path, annotations: str | None, fps: float) -> tuple[li
                      "annotations": by_video.get(v["id"], []), "video": v})
     jobs.sort(key=lambda j: (not isinstance(j["video_id"], int), j["video_id"] if isinstance(j["video_id"], int)
                              else str(j["video_id"])))
+    keys: dict = {}
+    for j in jobs:  # shard keys must be unique, or the reader would merge two videos
+        other = keys.setdefault(_key(j["video_id"]), j["video_id"])
+        if other != j["video_id"]:
+            raise InputError(f"video ids {other!r} and {j['video_id']!r} map to the same shard key", annotations)
     return jobs, cats
 
 
