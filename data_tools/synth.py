@@ -18,7 +18,7 @@ tone, thumps, odd harmonics; :mod:`data_tools.synth_audio`). A source sounds dur
 with loudness ``sqrt(on-screen area / reference area)`` (louder when larger), over pink background noise.
 
 The knob ``audio_dependence`` d in [0, 1] decides, per split, which videos are *audio-dependent*: exactly
-``round(d * n)`` of the split's n videos, picked by the seed.
+``floor(d * n + 0.5)`` of the split's n videos, picked by the seed.
 
 * audio-dependent video: both members of a pair are drawn with the pair's shared look (solid colour, no
   texture), so the picture tells the pair but not the member; the soundtrack is the sum of the objects' own
@@ -378,8 +378,8 @@ def generate(out_dir: str | Path, num_videos: int = 16, seed: int = 0, audio_dep
     for si, split in enumerate(SPLITS):
         n = sizes[split]
         dep = np.zeros(n, dtype=bool)
-        dep[np.random.default_rng(np.random.SeedSequence([seed, si, 1 << 20])).permutation(n)[
-            :round(audio_dependence * n)]] = True
+        n_dep = math.floor(audio_dependence * n + 0.5)  # round half up (Python's round() halves to even)
+        dep[np.random.default_rng(np.random.SeedSequence([seed, si, 1 << 20])).permutation(n)[:n_dep]] = True
         jobs += [(split, si, k, bool(dep[k])) for k in range(n)]
 
     made: list[SynthVideo] = []
