@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
 DISTRACTOR_SHAPES = ("ring", "bar")
+ENTER_LEAVE = 0.4  # share of paths that start or end fully outside the frame
 DISTRACTOR_COLORS = ((150, 150, 150), (125, 100, 80), (95, 145, 140), (175, 165, 120), (110, 110, 140))
 
 
@@ -154,8 +155,14 @@ def _motion(rng: np.random.Generator, cfg: SynthConfig) -> dict:
     t = cfg.frame_times
     u = t / max(cfg.duration, 1e-9)
     r0, r1 = rng.uniform(0.12, 0.30, size=2) * m
-    p0 = rng.uniform(-0.15, 1.15, size=2) * (w, h)
-    p1 = rng.uniform(-0.15, 1.15, size=2) * (w, h)
+    p0 = rng.uniform(-0.1, 1.1, size=2) * (w, h)
+    p1 = rng.uniform(0.1, 0.9, size=2) * (w, h)
+    if rng.random() < ENTER_LEAVE:  # start (enter) or end (leave) fully outside one edge
+        edge, along = int(rng.integers(4)), rng.uniform(0.1, 0.9)
+        r = max(r0, r1) * 1.3
+        p0 = np.array([(-r, along * h), (w + r, along * h), (along * w, -r), (along * w, h + r)][edge])
+    if rng.random() < 0.5:
+        p0, p1 = p1, p0
     wobble = rng.uniform(0, 0.08) * m * np.sin(2 * np.pi * rng.uniform(0.3, 1.0) * t + rng.uniform(0, 2 * np.pi))
     d = p1 - p0
     normal = np.array([-d[1], d[0]]) / max(float(np.hypot(*d)), 1e-9)
@@ -168,7 +175,7 @@ def _motion(rng: np.random.Generator, cfg: SynthConfig) -> dict:
 def _visible_enough(motion: dict, shape: str, cfg: SynthConfig) -> bool:
     d = Drawable(shape, (0, 0, 0), "solid", **motion)
     area = shape_mask(d, cfg.height, cfg.width).reshape(cfg.frames, -1).sum(1)
-    return int((area >= 0.15 * np.pi * motion["size"] ** 2).sum()) >= max(1, min(cfg.frames, max(2, cfg.frames // 3)))
+    return int((area >= 0.15 * np.pi * motion["size"] ** 2).sum()) >= min(cfg.frames, max(2, cfg.frames // 3))
 
 
 def _intervals(rng: np.random.Generator, duration: float) -> list[tuple[float, float]]:

@@ -94,7 +94,10 @@ def test_decoded_media_match_what_was_synthesised(dep1):
     for v in videos:
         _, vframes, aframes = _decode(out / "videos" / f"{v.name}.mp4")
         pix = np.stack([f.to_ndarray(format="rgb24") for f in vframes]).astype(np.int16)
-        assert np.abs(pix - v.frames).mean() < 4.0
+        # Away from shape boundaries (where 4:2:0 chroma blurs saturated colours) pixels are near-exact.
+        near_edge = ndimage.grey_dilation(v.ids, size=(1, 5, 5)) != ndimage.grey_erosion(v.ids, size=(1, 5, 5))
+        err = np.abs(pix - v.frames).max(-1)[~near_edge]
+        assert err.mean() < 4.0 and np.percentile(err, 99) < 16
         dec = np.concatenate([f.to_ndarray()[0] for f in aframes])
         w = v.waveform
         n = len(w)
@@ -251,11 +254,11 @@ def test_source_sounds_while_active_and_louder_when_larger():
     obj = synth.SceneObject(category=4, motion={}, intervals=[(0.0, 0.5)], sound_seed=3)
     area = np.full(10, cfg.ref_area)
     x1 = synth._source_signal(obj, area, cfg)
-    x4 = synth._source_signal(obj, 4 * area, cfg)
+    x2 = synth._source_signal(obj, 2 * area, cfg)
     on, off = slice(800, 7200), slice(8400, None)  # clear of the 10 ms ramps around 0.5 s
     assert np.abs(x1[off]).max() == 0.0
     assert np.sqrt(np.mean(x1[on] ** 2)) == pytest.approx(sa.SOURCE_GAIN, rel=0.15)
-    assert np.allclose(x4, 2 * x1)  # amplitude ~ sqrt(area)
+    assert np.allclose(x2, np.sqrt(2) * x1)  # amplitude ~ sqrt(area)
     assert np.allclose(synth._source_signal(obj, np.zeros(10), cfg), 0)  # off screen: silent
 
 
