@@ -298,22 +298,39 @@ def _rate(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
+def _yuv420_frame(img: np.ndarray) -> av.VideoFrame:
+    """RGB -> yuv420p frame whose row padding (line size > width) is zeroed rather than left uninitialised.
+
+    x264's SIMD code reads past the visible width; with garbage there the bitstream depended on the heap's
+    history (same seed, different mp4 bytes). Zeroed padding plus ``no-asm`` in :func:`write_mp4` fixes it.
+    """
+    src = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24").reformat(format="yuv420p")
+    out = av.VideoFrame(src.width, src.height, "yuv420p")
+    for a, b in zip(src.planes, out.planes):
+        rows = np.frombuffer(memoryview(a), dtype=np.uint8).reshape(a.height, a.line_size)[:, :a.width]
+        padded = np.zeros((b.height, b.line_size), dtype=np.uint8)
+        padded[:, :b.width] = rows
+        b.update(padded)
+    return out
+
+
 def write_mp4(path: str | Path, frames: np.ndarray, waveform: np.ndarray, fps: float, sample_rate: int) -> None:
-    """H.264 yuv420p (frame i at pts i, time base 1/fps) + AAC mono; written atomically.
+    """H.264 yuv420p (frame i at pts i, time base 1/fps) + AAC mono; written atomically, bit-reproducibly.
 
     The AAC encoder's 1024 priming samples are covered by the mp4 edit list, so a decoder presents audio
     sample 0 at t = 0 (checked by the tests with PyAV).
     """
     rate = _rate(fps)
     with atomic_open(path, "wb") as f, av.open(f, mode="w", format="mp4", options={"fflags": "+bitexact"}) as c:
-        vs = c.add_stream("libx264", rate=rate, options={"crf": "18", "preset": "medium"})
+        # no-asm: x264's SIMD paths over-read uninitialised memory (see _yuv420_frame); C is fast enough here.
+        vs = c.add_stream("libx264", rate=rate, options={"crf": "18", "preset": "medium", "x264-params": "no-asm=1"})
         vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         vs.codec_context.time_base = 1 / rate
         vs.codec_context.thread_count = 1  # deterministic bitstream
         aus = c.add_stream("aac", rate=sample_rate, layout="mono")
         aus.bit_rate = 48000
         for i, img in enumerate(frames):
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            vf = _yuv420_frame(img)
             vf.pts = i
             c.mux(vs.encode(vf))
         c.mux(vs.encode(None))
