@@ -395,7 +395,10 @@ def generate(out_dir: str | Path, num_videos: int = 16, seed: int = 0, audio_dep
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError("exists and is not a folder", out)
-    (out / "videos").mkdir(parents=True, exist_ok=True)
+    try:
+        (out / "videos").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create the output folder: {e.strerror}", out) from None
 
     sizes = _split_sizes(num_videos, val_fraction)
     jobs = []
