@@ -312,7 +312,14 @@ def _evaluate_video(task) -> list[VideoCategoryEval]:
     out = []
     for cat in cats:
         dr, gc = np.flatnonzero(d_cat == cat), np.flatnonzero(g_cat == cat)
-        if len(dr) and len(gc):
+        if len(gc) == 0:  # detections only: all unmatched, ignored where outside the area range
+            D, A, T = len(dr), len(AREA_RNG), len(IOU_THRS)
+            out.append(VideoCategoryEval(
+                video_id, cat, d_scores[dr], det_index[dr], gt_ids_all[:0], gt_crowd_all[:0], np.zeros((D, 0)),
+                np.zeros((A, T, D)), np.repeat(dt_out[:, None, dr], T, axis=1), np.zeros((A, 0), bool),
+                np.zeros((A, T, 0), np.int64)))
+            continue
+        if len(dr):
             inter = (table_intersections(table, dtub, gtub, dr, gc) if use_table
                      else intersections(dtub, gtub, dr, gc))
         else:
@@ -394,18 +401,17 @@ def accumulate(entries: list[VideoCategoryEval], cat_ids: list[int], area_idx=No
         E = by_cat.get(cat)
         if not E:
             continue
+        npig = np.count_nonzero(np.concatenate([e.gt_ignore for e in E], axis=1) == 0, axis=1)  # (A,)
         for m in maxdet_idx:
             max_det = MAX_DETS[m]
             scores = np.concatenate([e.scores[:max_det] for e in E])
             inds = np.argsort(-scores, kind="mergesort")
+            dtm_all = np.concatenate([e.dt_match[:, :, :max_det] for e in E], axis=2)[:, :, inds]  # (A, T, N)
+            dt_ig_all = np.concatenate([e.dt_ignore[:, :, :max_det] for e in E], axis=2)[:, :, inds]
             for a in area_idx:
-                gt_ig = np.concatenate([e.gt_ignore[a] for e in E])
-                npig = np.count_nonzero(gt_ig == 0)
-                if npig == 0:
+                if npig[a] == 0:
                     continue
-                dtm = np.concatenate([e.dt_match[a, :, :max_det] for e in E], axis=1)[:, inds]
-                dt_ig = np.concatenate([e.dt_ignore[a, :, :max_det] for e in E], axis=1)[:, inds]
-                precision[:, :, k, a, m], recall[:, k, a, m] = _pr_curve(dtm, dt_ig, npig)
+                precision[:, :, k, a, m], recall[:, k, a, m] = _pr_curve(dtm_all[a], dt_ig_all[a], int(npig[a]))
     return precision, recall
 
 
