@@ -221,6 +221,12 @@ def greedy_match(ious: np.ndarray, gt_ids: np.ndarray, gt_crowd: np.ndarray, gt_
     gt_match_det = np.full((L, T, G), -1, dtype=np.int64)
     if D == 0 or G == 0:
         return dt_match, dt_ignore, gt_match_det
+    if BACKEND == "numba":
+        rle_kernels.greedy_match_kernel(np.ascontiguousarray(ious, np.float64), gt_ids.astype(np.float64),
+                                        np.ascontiguousarray(gt_crowd, np.bool_),
+                                        np.ascontiguousarray(gt_ignore, np.bool_),
+                                        np.asarray(thresholds, np.float64), dt_match, dt_ignore, gt_match_det)
+        return dt_match, dt_ignore, gt_match_det
     thr = np.minimum(thresholds, 1 - 1e-10)[None, :, None]  # (1, T, 1)
     regular = ~gt_ignore[:, None, :]  # (L, 1, G)
     rev = np.arange(G)[::-1]
@@ -310,8 +316,11 @@ def _evaluate_video(task) -> list[VideoCategoryEval]:
     gt_ignore_all = gt_crowd_all[None, :] | _out_of(gt_area)  # (A, G)
     det_index = np.array([i for i, _ in dts], dtype=np.int64)
     out = []
-    for cat in cats:
-        dr, gc = np.flatnonzero(d_cat == cat), np.flatnonzero(g_cat == cat)
+    # detections and ground truth were listed category by category (ascending): slices, not masks
+    d_lo, d_hi = np.searchsorted(d_cat, cats, "left"), np.searchsorted(d_cat, cats, "right")
+    g_lo, g_hi = np.searchsorted(g_cat, cats, "left"), np.searchsorted(g_cat, cats, "right")
+    for ci, cat in enumerate(cats):
+        dr, gc = np.arange(d_lo[ci], d_hi[ci]), np.arange(g_lo[ci], g_hi[ci])
         if len(gc) == 0:  # detections only: all unmatched, ignored where outside the area range
             D, A, T = len(dr), len(AREA_RNG), len(IOU_THRS)
             out.append(VideoCategoryEval(
