@@ -7,8 +7,15 @@
 See ``docs/evaluation.md``.
 """
 
-from avis.evaluation.samples import instance_samples
-from avis.evaluation.ttest import compare
-from avis.evaluation.ytvis_eval import STAT_KEYS, Evaluation, evaluate
+import importlib
 
-__all__ = ["STAT_KEYS", "Evaluation", "compare", "evaluate", "instance_samples"]
+# imported on first use, so that ``avis --help`` (which looks up the subcommand modules) stays light
+_LAZY = {"evaluate": "ytvis_eval", "Evaluation": "ytvis_eval", "STAT_KEYS": "ytvis_eval",
+         "instance_samples": "samples", "compare": "ttest"}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"avis.evaluation.{_LAZY[name]}"), name)
+    raise AttributeError(name)
