@@ -307,6 +307,7 @@ def random_case(rng, n_videos=4, T=4, n_cats=3):
                 ms = [blob(m) for m in ms]
             else:
                 c, ms = int(rng.integers(1, n_cats + 1)), [blob() for _ in range(T)]
+            ms = [m * (rng.random() > 0.05) for m in ms]  # some empty (zero-area) frames
             segs = [None if rng.random() < 0.15 else mask_io.encode(m) for m in ms]
             results.append(res(v, c, float(rng.integers(1, 6)) / 5, segs))  # few distinct scores -> ties
     return gt_file({v: T for v in range(1, n_videos + 1)}, anns, n_cats=n_cats), results
