@@ -49,7 +49,10 @@ def load_local_weights(model: nn.Module, path: str) -> None:
         state = state["model"]
     if not isinstance(state, dict):
         raise InputError("weights file does not hold a state dict", path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise InputError(f"weights do not fit the backbone: {str(e).splitlines()[-1].strip()}", path) from e
     missing = [k for k in missing if not k.startswith(_HEAD_PREFIXES)]
     unexpected = [k for k in unexpected if not k.startswith(_HEAD_PREFIXES)]
     if missing or unexpected:
