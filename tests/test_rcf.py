@@ -4,6 +4,7 @@ check on synthetic moving shapes."""
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import pytest
@@ -364,3 +365,35 @@ def test_tiny_overfits_two_clips_and_segments_them():
             assert tracks[best].label == gi
             assert ious[best].min() > 0.8, ious[best]
             assert tracks[best].score > 0.4
+
+
+def test_audio_model_without_audio_equals_silent_clip():
+    """step(..., audio=None) masks the audio tokens: same output as any audio with has_audio False."""
+    model = rcf.rcf_tiny(3, delta=1, audio_encoder=audio_encoder()).eval()
+    frames = torch.randint(0, 256, (2, 3, H, W), dtype=torch.uint8)
+    state = model.init_state()
+    for t in range(2):
+        model.step(state, frames[t], None)
+    batch = {"frames": frames[None], "audio": torch.randn(1, 2, 1600), "has_audio": torch.tensor([False])}
+    with torch.no_grad():
+        logits, masks, _ = outputs(model, batch)
+    torch.testing.assert_close(state.probs[1], logits[-1, 0].softmax(-1), atol=1e-4, rtol=1e-4)
+
+
+def test_bench_variants_are_pluggable(monkeypatch, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_online.py"
+    spec = importlib.util.spec_from_file_location("bench_online", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_online", bench)  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "WIDTH", 48)
+    monkeypatch.setattr(bench, "HEIGHT", 32)
+    monkeypatch.setattr(bench, "WINDOW", 800)
+    variants = [bench.backbone_alone("tiny backbone", lambda: rcf.rcf_tiny(3).backbone),
+                bench.method("rcf_tiny delta=1", lambda: rcf.rcf_tiny(3, 1)),
+                bench.method("rcf_tiny audio", lambda: rcf.rcf_tiny(3, 2, audio_encoder=StubAudio()))]
+    med = bench.run(variants, frames=2, warmup=1, device=torch.device("cpu"), amp=False)
+    assert set(med) == {v.name for v in variants} and all(t > 0 for t in med.values())
