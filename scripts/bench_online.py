@@ -16,7 +16,6 @@ Add a method side by side by appending to VARIANTS (any online VISMethod works t
 from __future__ import annotations
 
 import argparse
-import importlib
 import platform
 import statistics
 import time
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from avis.models.audio import audio_tokens_vggish
 from avis.models.backbones import ResNetBackbone
 from avis.models.rcf import rcf_r50
 
@@ -73,34 +73,8 @@ def backbone_alone(name: str, build: Callable[[], nn.Module]) -> Variant:
 
 
 def audio_encoder(out_channels: int = 256) -> nn.Module:
-    """The project's audio-token encoder when the audio branch is installed; else a stand-in of similar
-    shape (log-mel + 2-layer bi-LSTM), reported as such."""
-    try:
-        audio = importlib.import_module("avis.models.audio")
-        for name in ("audio_tokens", "audio_tokens_vggish", "audio_tokens_tiny"):
-            if hasattr(audio, name):
-                print(f"audio encoder: avis.models.audio.{name}")
-                return getattr(audio, name)(out_channels=out_channels)
-    except ImportError:
-        pass
-    print("audio encoder: stand-in (log-mel 64 + bi-LSTM 2x512 + 2 FC); the audio branch is not installed")
-    return _StandInAudio(out_channels)
-
-
-class _StandInAudio(nn.Module):
-    def __init__(self, out_channels: int):
-        super().__init__()
-        import torchaudio
-
-        self.out_channels = out_channels
-        self.mel = torchaudio.transforms.MelSpectrogram(16000, n_fft=512, win_length=400, hop_length=160,
-                                                        n_mels=64)
-        self.lstm = nn.LSTM(64, 512, num_layers=2, bidirectional=True, batch_first=True)
-        self.fc = nn.Sequential(nn.Linear(1024, 512), nn.ReLU(), nn.Linear(512, out_channels))
-
-    def forward(self, audio):  # B x T x S -> B x T x C
-        feat = torch.log(self.mel(audio) + 0.01).mean(-1)
-        return self.fc(self.lstm(feat)[0])
+    """The paper's audio branch: VGGish (random weights) + 2-layer bi-LSTM 512 + 2 FC."""
+    return audio_tokens_vggish(out_channels=out_channels)
 
 
 def rcf_variant(delta: int, audio: bool) -> Variant:
@@ -114,7 +88,18 @@ VARIANTS: list[Variant] = [
     rcf_variant(5, False),
     rcf_variant(1, True),
     rcf_variant(5, True),
+    Variant("vggish audio features alone", lambda device: _vggish_alone(device), "audio"),
 ]
+
+
+def _vggish_alone(device) -> Stepper:
+    enc = audio_encoder().to(device).eval()
+
+    @torch.no_grad()
+    def step(frame, audio):
+        enc.frame_features(audio[None])
+
+    return step
 
 
 def _sync(device: torch.device) -> None:
