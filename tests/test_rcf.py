@@ -412,3 +412,13 @@ def test_bench_variants_are_pluggable(monkeypatch, capsys):
                 bench.method("rcf_tiny audio", lambda: rcf.rcf_tiny(3, 2, audio_encoder=StubAudio()))]
     med = bench.run(variants, frames=2, warmup=1, device=torch.device("cpu"), amp=False)
     assert set(med) == {v.name for v in variants} and all(t > 0 for t in med.values())
+
+
+def test_hydra_instantiates_builders():
+    from hydra.utils import instantiate
+
+    model = instantiate({"_target_": "avis.models.rcf.rcf_tiny", "num_classes": 4, "delta": 2, "num_queries": 6,
+                         "audio_encoder": {"_target_": "avis.models.audio.audio_tokens_tiny", "out_channels": 32}})
+    assert isinstance(model, rcf.RCF) and model.clip_length == 3 and model.uses_audio
+    assert model.heads.cls.out_features == 5 and model.instance_decoder.query_pos.num_embeddings == 6
+    assert isinstance(model.fusion.audio_tokens.proj, nn.Identity)  # C_a = C' = 32: no projection
