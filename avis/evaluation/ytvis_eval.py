@@ -319,15 +319,19 @@ def _evaluate_video(task) -> list[VideoCategoryEval]:
     # detections and ground truth were listed category by category (ascending): slices, not masks
     d_lo, d_hi = np.searchsorted(d_cat, cats, "left"), np.searchsorted(d_cat, cats, "right")
     g_lo, g_hi = np.searchsorted(g_cat, cats, "left"), np.searchsorted(g_cat, cats, "right")
+    A, T = len(AREA_RNG), len(IOU_THRS)
+    # categories with detections only: all unmatched, ignored where outside the area range (read-only views)
+    no_match = np.zeros((A, T, len(d_cat)))
+    out_ignore = np.repeat(dt_out[:, None, :], T, axis=1)
+    no_ious, no_gt_ig, no_gt_det = np.zeros((len(d_cat), 0)), np.zeros((A, 0), bool), np.zeros((A, T, 0), np.int64)
     for ci, cat in enumerate(cats):
-        dr, gc = np.arange(d_lo[ci], d_hi[ci]), np.arange(g_lo[ci], g_hi[ci])
-        if len(gc) == 0:  # detections only: all unmatched, ignored where outside the area range
-            D, A, T = len(dr), len(AREA_RNG), len(IOU_THRS)
-            out.append(VideoCategoryEval(
-                video_id, cat, d_scores[dr], det_index[dr], gt_ids_all[:0], gt_crowd_all[:0], np.zeros((D, 0)),
-                np.zeros((A, T, D)), np.repeat(dt_out[:, None, dr], T, axis=1), np.zeros((A, 0), bool),
-                np.zeros((A, T, 0), np.int64)))
+        if g_lo[ci] == g_hi[ci]:
+            sl = slice(d_lo[ci], d_hi[ci])
+            out.append(VideoCategoryEval(video_id, cat, d_scores[sl], det_index[sl], gt_ids_all[:0],
+                                         gt_crowd_all[:0], no_ious[sl], no_match[:, :, sl], out_ignore[:, :, sl],
+                                         no_gt_ig, no_gt_det))
             continue
+        dr, gc = np.arange(d_lo[ci], d_hi[ci]), np.arange(g_lo[ci], g_hi[ci])
         if len(dr):
             inter = (table_intersections(table, dtub, gtub, dr, gc) if use_table
                      else intersections(dtub, gtub, dr, gc))
