@@ -281,3 +281,61 @@ def test_size(height: int, width: int, short: int | None, max_size: int | None) 
 
 
 __all__ = ["ClipStream", "Position", "collate", "sample_clip", "scaled_size", "per_rank_batch"]
+
+
+class ShardSource:
+    """WebDataset shards written by ``avis build``: one unit per shard file, read with ``avis.data.iter_videos``.
+
+    ``pattern``: a glob (``shards/train-*.tar``), a brace pattern (``shards/train-{000000..000009}.tar``), a
+    folder (all its ``*.tar``), or a list of these. Categories come from the ``manifest.json`` beside the
+    shards (or ``categories``: a YTVIS JSON path or a list of ``{"id", "name"}``).
+    """
+
+    def __init__(self, pattern, categories=None):
+        import glob
+        from pathlib import Path
+
+        import braceexpand  # a dependency of webdataset
+
+        from avis.errors import InputError
+
+        pats = [pattern] if isinstance(pattern, (str, Path)) else list(pattern)
+        files: list[str] = []
+        for p in pats:
+            p = str(p)
+            if Path(p).is_dir():
+                files += sorted(str(f) for f in Path(p).glob("*.tar"))
+                continue
+            for q in braceexpand.braceexpand(p):
+                files += sorted(glob.glob(q)) if any(ch in q for ch in "*?[") else [q]
+        missing = [f for f in files if not Path(f).is_file()]
+        if missing:
+            raise InputError("shard not found", missing[0])
+        if not files:
+            raise InputError("no shards match", str(pattern))
+        self.files = files
+        self.categories = self._categories(categories, Path(files[0]).parent)
+
+    @staticmethod
+    def _categories(categories, folder):
+        from avis.errors import InputError
+        from avis.io.ytvis import load_json
+
+        if categories is None:
+            manifest = folder / "manifest.json"
+            if not manifest.is_file():
+                raise InputError("no manifest.json beside the shards (needed for the categories)", manifest)
+            categories = load_json(manifest).get("categories")
+            if categories is None:
+                raise InputError("manifest has no 'categories'", manifest)
+        elif isinstance(categories, str):
+            categories = load_json(categories)["categories"]
+        return [{"id": int(c["id"]), "name": str(c.get("name", c["id"]))} for c in categories]
+
+    def units(self) -> list[str]:
+        return list(self.files)
+
+    def videos(self, unit: str):
+        from avis.data import iter_videos
+
+        yield from iter_videos(unit)

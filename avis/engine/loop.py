@@ -136,6 +136,7 @@ def _train(cfg: DictConfig, info: D.DistInfo) -> dict:
                         num_workers=int(dc.num_workers), clips_per_video=int(dc.clips_per_video),
                         shuffle_buffer=int(dc.shuffle_buffer), scales=list(dc.scales or []),
                         max_size=dc.get("max_size"), eta=float(dc.eta))
+    categories = [{"id": int(c["id"]), "name": str(c["name"])} for c in train_source.categories]
     pos = Position(**positions[info.rank]) if positions else Position()
     if rngs:
         ckpt_io.set_rng_state(rngs[info.rank])
@@ -152,13 +153,13 @@ def _train(cfg: DictConfig, info: D.DistInfo) -> dict:
                        tensorboard=bool(tc.tensorboard)) if info.is_main else None
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     ckpts = _Checkpointer(out_dir, tc.keep_checkpoints)
     trace = None
     if tc.get("trace_dir"):  # test hook: what each rank saw and its parameters after each step
         Path(tc.trace_dir).mkdir(parents=True, exist_ok=True)
         trace = open(Path(tc.trace_dir) / f"trace_rank{info.rank}.jsonl", "a")
-    config_yaml = OmegaConf.to_yaml(cfg)
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)  # standalone: no interpolations left
     val_source = instantiate(dc.val) if dc.get("val") is not None and tc.eval_every else None
 
     def checkpoint():
@@ -167,7 +168,7 @@ def _train(cfg: DictConfig, info: D.DistInfo) -> dict:
             ckpts.save(step, {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                               "scheduler": scheduler.state_dict(), "rng": [g["rng"] for g in gathered],
                               "data": [g["data"] for g in gathered], "world_size": info.world_size,
-                              "config": config_yaml})
+                              "config": config_yaml, "categories": categories})
         D.barrier(info)
 
     def evaluate():

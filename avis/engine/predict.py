@@ -82,11 +82,12 @@ def _sync(device):
 @torch.no_grad()
 def predict_videos(model, videos, categories: list[dict], device, *, short: int | None = None,
                    max_size: int | None = None, eta: float = 0.96, amp: bool = False, progress: bool = True,
-                   with_gt: bool = True) -> dict:
+                   with_gt: bool = True, sizes: dict | None = None) -> dict:
     """Run ``model.predict_video`` over ``videos``.
 
     Returns ``{"results": [...], "gt": {...} | None, "timing": {"frames", "seconds", "fps"}}``; seconds count
-    the model only (decoding, resizing and RLE encoding are excluded).
+    the model only (decoding, resizing and RLE encoding are excluded). ``sizes``: video id -> (height, width,
+    length) of the ground truth the masks must match (default: the decoded frames' size).
     """
     model.eval()
     results, gt_videos, gt_anns = [], [], []
@@ -103,7 +104,10 @@ def predict_videos(model, videos, categories: list[dict], device, *, short: int 
         frames_total += frames.shape[0]
         n_videos += 1
         vid = int(_get(video, "video_id"))
-        results += tracks_to_results(tracks, vid, frames.shape[0], categories, h, w)
+        T = frames.shape[0]
+        if sizes is not None and vid in sizes:
+            h, w, T = sizes[vid][0], sizes[vid][1], sizes[vid][2] or T
+        results += tracks_to_results(tracks, vid, T, categories, h, w)
         if with_gt:
             entry, anns = video_ground_truth(video, categories, len(gt_anns) + 1)
             gt_videos.append(entry)
@@ -124,7 +128,7 @@ def score(gt: dict, results: list[dict]) -> tuple[dict | None, list[dict] | None
     return out.get("metrics"), out.get("samples")
 
 
-def write_evaluation(out_dir: str | Path, pred: dict, gt: dict | None = None) -> dict:
+def write_evaluation(out_dir: str | Path, pred: dict, gt: dict | None = None, extra: dict | None = None) -> dict:
     """results.json, gt.json (when the GT came from the shards), metrics.json (12 numbers + timing)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +137,7 @@ def write_evaluation(out_dir: str | Path, pred: dict, gt: dict | None = None) ->
     if pred["gt"] is not None:
         save_json(pred["gt"], out_dir / "gt.json")
     metrics, samples = score(gt, pred["results"]) if gt is not None else (None, None)
-    summary = {"metrics": metrics, "timing": pred["timing"]}
+    summary = {"metrics": metrics, "timing": pred["timing"], **(extra or {})}
     save_json(summary, out_dir / "metrics.json", indent=2)
     if samples is not None:
         save_json(samples, out_dir / "samples.json")
