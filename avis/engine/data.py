@@ -18,6 +18,7 @@ so ranks (and the DataLoader workers of a rank) read disjoint shards.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from avis.errors import ConfigError
+from avis.errors import ConfigError, InputError
 from avis.models.audio.windows import SAMPLE_RATE, frame_windows, window_length
 
 log = logging.getLogger(__name__)
@@ -41,15 +42,27 @@ def _get(obj, name, default=None):
 
 
 def video_instances(video, categories: Sequence[dict]) -> list[dict]:
-    """The video's instances as ``{"label": 0-based, "instance_id": int, "masks": [T] (H x W bool | None)}``."""
+    """The video's instances as ``{"label": 0-based, "instance_id", "iscrowd", "masks": [T] (H x W bool | None)}``.
+
+    Accepts ``avis.data`` instances (``masks`` T x H x W with a ``present`` flag per frame) and plain dicts
+    (``masks`` a list with None where the object is absent, or RLE dicts).
+    """
     cat_index = {int(c["id"]): i for i, c in enumerate(categories)}
     out = []
     for k, inst in enumerate(_get(video, "instances", None) or []):
         label = _get(inst, "label")
         if label is None:
-            label = cat_index[int(_get(inst, "category_id"))]
+            cid = int(_get(inst, "category_id"))
+            if cid not in cat_index:
+                raise ConfigError(f"video {_get(video, 'video_id')}: category id {cid} is not in the dataset's "
+                                  f"categories {sorted(cat_index)}")
+            label = cat_index[cid]
         iid = _get(inst, "instance_id", _get(inst, "id", k))
-        out.append({"label": int(label), "instance_id": int(iid), "masks": _get(inst, "masks")})
+        masks, present = _get(inst, "masks"), _get(inst, "present")
+        if present is not None:
+            masks = [m if p else None for m, p in zip(masks, present)]
+        out.append({"label": int(label), "instance_id": int(iid), "iscrowd": int(_get(inst, "iscrowd", 0) or 0),
+                    "masks": masks})
     return out
 
 
@@ -62,6 +75,11 @@ def _mask_at(masks, t: int):
         from avis.io import masks as mask_io
         m = mask_io.decode(m)
     return np.asarray(m).astype(bool)
+
+
+def num_frames(video) -> int:
+    n = _get(video, "num_frames")
+    return int(n) if n is not None else len(_get(video, "frames"))
 
 
 def audio_16k(video) -> tuple[torch.Tensor, bool]:
@@ -108,17 +126,24 @@ def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def sample_clip(video, categories, clip_length: int, rng: np.random.Generator, eta: float = 0.96) -> dict:
     """One training clip: a random target frame and the ``clip_length - 1`` frames before it (the first frame
-    repeated at the start of a video), with each frame's audio window and annotations."""
-    frames = _get(video, "frames")
-    n = len(frames)
+    repeated at the start of a video), with each frame's audio window and annotations (crowds left out).
+
+    ``video`` is a decoded video, or a lazy one with ``select(indices)`` that decodes only those frames.
+    """
+    n = num_frames(video)
     t = int(rng.integers(n))
     idx = np.clip(np.arange(t - clip_length + 1, t + 1), 0, n - 1)
+    if hasattr(video, "select"):
+        uniq = sorted(set(idx.tolist()))
+        video = video.select(uniq)
+        idx = np.searchsorted(np.asarray(uniq), idx)
+    frames = _get(video, "frames")
     x = torch.from_numpy(np.ascontiguousarray(np.asarray(frames)[idx])).permute(0, 3, 1, 2).contiguous()
     times = torch.as_tensor(np.asarray(_get(video, "frame_times"), dtype=np.float64)[idx])
     wave, has_audio = audio_16k(video)
     audio = (frame_windows(wave, times, SAMPLE_RATE, eta) if has_audio
              else torch.zeros(len(idx), window_length(eta, SAMPLE_RATE)))
-    insts = video_instances(video, categories)
+    insts = [i for i in video_instances(video, categories) if not i["iscrowd"]]
     h, w = x.shape[-2:]
     targets = []
     for i in idx:
@@ -136,16 +161,18 @@ def sample_clip(video, categories, clip_length: int, rng: np.random.Generator, e
             "instance_ids": torch.tensor(ids, dtype=torch.int64),
         })
     return {"frames": x, "frame_times": times, "audio": audio, "has_audio": has_audio, "targets": targets,
-            "video_id": int(_get(video, "video_id"))}
+            "video_id": _get(video, "video_id")}
 
 
-def collate(clips: list[dict], short: int | None, max_size: int | None) -> dict:
-    """Resize every clip to the short side ``short`` (None: keep), pad to the largest, stack."""
+def collate(clips: list[dict], short: int | None, max_size: int | None, size_divisibility: int = 1) -> dict:
+    """Resize every clip to the short side ``short`` (None: keep), pad (bottom, right) to the largest rounded up
+    to a multiple of ``size_divisibility``, stack."""
     sizes = []
     for c in clips:
         h, w = c["frames"].shape[-2:]
         sizes.append((h, w) if short is None else scaled_size(h, w, short, max_size))
-    H, W = max(s[0] for s in sizes), max(s[1] for s in sizes)
+    d = max(1, int(size_divisibility))
+    H, W = (-(-max(s[0] for s in sizes) // d) * d), (-(-max(s[1] for s in sizes) // d) * d)
     frames, targets = [], []
     for c, (h, w) in zip(clips, sizes):
         f = resize_frames(c["frames"], (h, w))
@@ -190,7 +217,7 @@ class _EpochClips(IterableDataset):
             pending.append(clip)
             if len(pending) == s.batch_size:
                 short = None if not s.scales else int(s.scales[rng.integers(len(s.scales))])
-                batch = collate(pending, short, s.max_size)
+                batch = collate(pending, short, s.max_size, s.size_divisibility)
                 info = {"epoch": self.epoch, "units": sorted({c["_unit"] for c in pending})}
                 pending.clear()
                 return batch, info
@@ -223,12 +250,13 @@ class ClipStream:
 
     def __init__(self, source, clip_length: int, batch_size: int, *, seed: int = 0, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, clips_per_video: int = 1, shuffle_buffer: int = 16,
-                 scales: Sequence[int] | None = None, max_size: int | None = None, eta: float = 0.96):
+                 scales: Sequence[int] | None = None, max_size: int | None = None, eta: float = 0.96,
+                 size_divisibility: int = 1):
         self.source, self.clip_length, self.batch_size = source, int(clip_length), int(batch_size)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.num_workers, self.clips_per_video = int(num_workers), int(clips_per_video)
         self.shuffle_buffer, self.scales = max(1, int(shuffle_buffer)), list(scales or [])
-        self.max_size, self.eta = max_size, float(eta)
+        self.max_size, self.eta, self.size_divisibility = max_size, float(eta), int(size_divisibility)
         self.categories = list(source.categories)
         self.units = list(source.units())
         if len(self.units) < world_size * max(1, num_workers):
@@ -266,10 +294,10 @@ def per_rank_batch(global_batch: int, world_size: int) -> int:
 
 
 def iter_eval_videos(source, limit: int | None = None):
-    """All videos of a source, in unit order (evaluation)."""
+    """All videos of a source, decoded, in unit order (evaluation)."""
     n = 0
     for unit in source.units():
-        for v in source.videos(unit):
+        for v in (source.full_videos(unit) if hasattr(source, "full_videos") else source.videos(unit)):
             yield v
             n += 1
             if limit is not None and n >= limit:
@@ -280,62 +308,60 @@ def test_size(height: int, width: int, short: int | None, max_size: int | None) 
     return (height, width) if short is None else scaled_size(height, width, short, max_size)
 
 
-__all__ = ["ClipStream", "Position", "collate", "sample_clip", "scaled_size", "per_rank_batch"]
+class _ShardVideo:
+    """One shard sample, decoded lazily: ``select(indices)`` decodes only the frames a clip needs."""
+
+    def __init__(self, sample: dict):
+        from avis.data.shards import sample_meta
+
+        self.sample = sample
+        meta = sample_meta(sample)
+        self.num_frames = int(meta["num_frames"])
+        self.video_id = meta.get("video_id")
+
+    def select(self, indices):
+        from avis.data.shards import decode_sample
+
+        return decode_sample(self.sample, frames=indices)
 
 
 class ShardSource:
-    """WebDataset shards written by ``avis build``: one unit per shard file, read with ``avis.data.iter_videos``.
+    """WebDataset shards written by ``avis build``: one unit per shard file.
 
-    ``pattern``: a glob (``shards/train-*.tar``), a brace pattern (``shards/train-{000000..000009}.tar``), a
-    folder (all its ``*.tar``), or a list of these. Categories come from the ``manifest.json`` beside the
-    shards (or ``categories``: a YTVIS JSON path or a list of ``{"id", "name"}``).
+    ``pattern``: what ``avis.data.expand_shards`` takes (glob, brace pattern, folder, list). Categories come
+    from the ``manifest.json`` beside the shards, or ``categories`` (a YTVIS JSON path or a list of
+    ``{"id", "name"}``). ``videos(unit)`` yields lazy videos for training; ``full_videos(unit)`` decoded ones.
     """
 
     def __init__(self, pattern, categories=None):
-        import glob
-        from pathlib import Path
+        from avis.data.shards import expand_shards, load_manifest
 
-        import braceexpand  # a dependency of webdataset
-
-        from avis.errors import InputError
-
-        pats = [pattern] if isinstance(pattern, (str, Path)) else list(pattern)
-        files: list[str] = []
-        for p in pats:
-            p = str(p)
-            if Path(p).is_dir():
-                files += sorted(str(f) for f in Path(p).glob("*.tar"))
-                continue
-            for q in braceexpand.braceexpand(p):
-                files += sorted(glob.glob(q)) if any(ch in q for ch in "*?[") else [q]
-        missing = [f for f in files if not Path(f).is_file()]
-        if missing:
-            raise InputError("shard not found", missing[0])
-        if not files:
-            raise InputError("no shards match", str(pattern))
-        self.files = files
-        self.categories = self._categories(categories, Path(files[0]).parent)
-
-    @staticmethod
-    def _categories(categories, folder):
-        from avis.errors import InputError
-        from avis.io.ytvis import load_json
-
+        self.files = expand_shards(pattern if isinstance(pattern, str) else list(pattern))
+        for f in self.files:
+            if not os.path.isfile(f):
+                raise InputError("shard not found", f)
         if categories is None:
-            manifest = folder / "manifest.json"
-            if not manifest.is_file():
-                raise InputError("no manifest.json beside the shards (needed for the categories)", manifest)
-            categories = load_json(manifest).get("categories")
-            if categories is None:
-                raise InputError("manifest has no 'categories'", manifest)
+            manifest = load_manifest(self.files)
+            if manifest is None or manifest.get("categories") is None:
+                raise InputError("no manifest.json with 'categories' beside the shards (or give categories)",
+                                 os.path.dirname(self.files[0]) or ".")
+            categories = manifest["categories"]
         elif isinstance(categories, str):
+            from avis.io.ytvis import load_json
+
             categories = load_json(categories)["categories"]
-        return [{"id": int(c["id"]), "name": str(c.get("name", c["id"]))} for c in categories]
+        self.categories = [{"id": int(c["id"]), "name": str(c.get("name", c["id"]))} for c in categories]
 
     def units(self) -> list[str]:
         return list(self.files)
 
     def videos(self, unit: str):
+        from avis.data.shards import iter_samples
+
+        for sample in iter_samples(unit):
+            yield _ShardVideo(sample)
+
+    def full_videos(self, unit: str):
         from avis.data import iter_videos
 
         yield from iter_videos(unit)

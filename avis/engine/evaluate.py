@@ -31,9 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hydra.utils import instantiate
-
     from avis.engine.data import ShardSource, iter_eval_videos
+    from avis.engine.loop import build_val_source
     from avis.engine.predict import predict_videos, write_evaluation
     from avis.engine.session import load_trained
     from avis.io.ytvis import load_annotations
@@ -42,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = trained.cfg
     if args.shards:
         source = ShardSource(args.shards, categories=trained.categories)
-    elif cfg.data.get("val") is not None:
-        source = instantiate(cfg.data.val)
+    elif build_val_source(cfg.data) is not None:
+        source = build_val_source(cfg.data)
     else:
         raise ConfigError("no shards to evaluate: give --shards (the checkpoint's config has no data.val)")
     gt = load_annotations(args.gt) if args.gt else None

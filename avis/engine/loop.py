@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from avis.engine import checkpoint as ckpt_io
@@ -104,6 +104,10 @@ def _train(cfg: DictConfig, info: D.DistInfo) -> dict:
     set_deterministic(bool(tc.deterministic))
     amp = bool(tc.amp) and device.type == "cuda"
 
+    train_source = instantiate(cfg.data.train)
+    categories = [{"id": int(c["id"]), "name": str(c["name"])} for c in train_source.categories]
+    set_num_classes(cfg, len(categories))
+
     seed_all(int(cfg.seed))  # the same initial weights on every rank
     model = instantiate(cfg.model).to(device)
     oc = cfg.optim
@@ -129,14 +133,13 @@ def _train(cfg: DictConfig, info: D.DistInfo) -> dict:
         if info.is_main:
             log.info("resumed from %s at step %d", rpath, step)
 
-    train_source = instantiate(cfg.data.train)
     dc = cfg.data
     stream = ClipStream(train_source, model.clip_length, per_rank_batch(int(dc.batch_size), info.world_size),
                         seed=int(cfg.seed), rank=info.rank, world_size=info.world_size,
                         num_workers=int(dc.num_workers), clips_per_video=int(dc.clips_per_video),
                         shuffle_buffer=int(dc.shuffle_buffer), scales=list(dc.scales or []),
-                        max_size=dc.get("max_size"), eta=float(dc.eta))
-    categories = [{"id": int(c["id"]), "name": str(c["name"])} for c in train_source.categories]
+                        max_size=dc.get("max_size"), eta=float(dc.eta),
+                        size_divisibility=int(dc.get("size_divisibility") or 1))
     pos = Position(**positions[info.rank]) if positions else Position()
     if rngs:
         ckpt_io.set_rng_state(rngs[info.rank])
@@ -160,7 +163,7 @@ def _train(cfg: DictConfig, info: D.DistInfo) -> dict:
         Path(tc.trace_dir).mkdir(parents=True, exist_ok=True)
         trace = open(Path(tc.trace_dir) / f"trace_rank{info.rank}.jsonl", "a")
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)  # standalone: no interpolations left
-    val_source = instantiate(dc.val) if dc.get("val") is not None and tc.eval_every else None
+    val_source = build_val_source(dc) if tc.eval_every else None
 
     def checkpoint():
         gathered = D.gather_objects(info, {"rng": ckpt_io.rng_state(), "data": pos.__dict__.copy()})
@@ -245,6 +248,24 @@ def _train(cfg: DictConfig, info: D.DistInfo) -> dict:
     if trace is not None:
         trace.close()
     return {"step": step, "loss": last_loss, "out_dir": str(out_dir)}
+
+
+def build_val_source(dc: DictConfig):
+    """``data.val``, or None when there is none (no node, or a node whose ``pattern`` is null)."""
+    val = dc.get("val")
+    if val is None or ("pattern" in val and val.pattern is None):
+        return None
+    return instantiate(val)
+
+
+def set_num_classes(cfg: DictConfig, n: int) -> None:
+    """``data.num_classes`` (which the model config interpolates) from the training data's categories."""
+    given = OmegaConf.select(cfg, "data.num_classes", throw_on_missing=False)
+    if given is None or OmegaConf.is_missing(cfg.data, "num_classes"):
+        with open_dict(cfg):
+            cfg.data.num_classes = n
+    elif int(given) != n:
+        raise ConfigError(f"data.num_classes={given} but the training data has {n} categories")
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -118,14 +118,16 @@ def predict_videos(model, videos, categories: list[dict], device, *, short: int 
 
 
 def score(gt: dict, results: list[dict]) -> tuple[dict | None, list[dict] | None]:
-    """The 12 YTVIS numbers and the per-instance IoU samples, through :mod:`avis.evaluation` when present."""
+    """The 12 YTVIS numbers and the per-instance IoU samples (each ground-truth instance's greedy match),
+    through the scorer of :mod:`avis.evaluation`."""
     try:
-        from avis.evaluation import evaluate as _evaluate  # noqa: F401
+        from avis.evaluation.samples import samples_from_entries
+        from avis.evaluation.ytvis_eval import evaluate
     except ImportError:
         log.warning("avis.evaluation is not available: results are written but not scored")
         return None, None
-    out = _evaluate(gt, results)
-    return out.get("metrics"), out.get("samples")
+    ev = evaluate(gt, results)
+    return dict(ev.stats), samples_from_entries(ev.entries, 0.0)
 
 
 def write_evaluation(out_dir: str | Path, pred: dict, gt: dict | None = None, extra: dict | None = None) -> dict:
@@ -140,5 +142,7 @@ def write_evaluation(out_dir: str | Path, pred: dict, gt: dict | None = None, ex
     summary = {"metrics": metrics, "timing": pred["timing"], **(extra or {})}
     save_json(summary, out_dir / "metrics.json", indent=2)
     if samples is not None:
-        save_json(samples, out_dir / "samples.json")
+        from avis.evaluation.samples import write_samples_csv
+
+        write_samples_csv(samples, out_dir / "samples.csv")
     return summary

@@ -20,10 +20,11 @@ from avis.models.base import Track, VISMethod
 
 
 class ToyVIS(VISMethod):
-    def __init__(self, num_classes: int, clip_length: int = 2, uses_audio: bool = False, hidden: int = 8,
+    def __init__(self, num_classes: int, clip_length: int = 2, uses_audio: bool = False, hidden_dim: int = 8,
                  dropout: float = 0.1):
         super().__init__()
         self.clip_length, self.uses_audio, self.num_classes = int(clip_length), bool(uses_audio), int(num_classes)
+        hidden = int(hidden_dim)
         self.backbone = nn.Sequential(nn.Conv2d(3, hidden, 3, padding=1), nn.GroupNorm(1, hidden), nn.ReLU())
         self.drop = nn.Dropout2d(dropout)  # exercises the RNG state that resume must restore
         self.head = nn.Conv2d(hidden, num_classes + 1, 1)
