@@ -221,3 +221,16 @@ def test_bad_checkpoint_is_one_line(tmp_path):
     bad.write_bytes(b"garbage")
     p = run_cli("eval", "--checkpoint", bad, "--out", tmp_path / "o")
     assert p.returncode == 2 and "not a loadable checkpoint" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_multirun_sweep_and_errors(tmp_path, capsys):
+    rc = avis_cli.main(["train", "-m", "experiment=toy_av,toy_visual", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                        "trainer.max_steps=2", "trainer.eval_every=0", *FAST])
+    assert rc == 0
+    for job, audio in (("0", True), ("1", False)):
+        ck = ckpt_io.load(tmp_path / "sweep" / job / "checkpoints" / "last.pt")
+        assert ck["step"] == 2 and (f"uses_audio: {str(audio).lower()}" in ck["config"])
+    # a missing checkpoint to resume from is the user's error: one line, exit 2
+    rc = avis_cli.main(["train", "experiment=toy_av", f"hydra.run.dir={tmp_path / 'r'}",
+                        f"trainer.resume={tmp_path / 'nope.pt'}", *FAST])
+    assert rc == 2 and "checkpoint not found" in capsys.readouterr().err
