@@ -168,6 +168,7 @@ def _train_proc(run: Path, *extra: str) -> subprocess.CompletedProcess:
     return _run(args)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_same_losses(tmp_path):
     full = _train_proc(tmp_path / "full")
     assert full.returncode == 0, full.stderr[-2000:]
@@ -189,6 +190,7 @@ def test_kill_and_resume_gives_the_same_losses(tmp_path):
 
 # ------------------------------------------------------------------ torchrun, 2 CPU processes
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gloo(tmp_path):
     run, trace = tmp_path / "run", tmp_path / "trace"
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
