@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         # Only rank 0 writes hydra's output folder and logs.
         overrides += ["hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+        if not any(o.startswith("hydra.run.dir=") for o in overrides):
+            overrides.append("hydra.run.dir=.")  # its own timestamp would name a second, empty folder
     errors: list[BaseException] = []
     results: list[dict] = []
 
