@@ -262,3 +262,12 @@ def test_default_recipe_is_the_papers_and_arms_differ_only_in_audio():
         assert a["audio"]["enabled"] and not b["audio"]["enabled"] and b["audio"]["encoder"] is None
         a.pop("audio"), b.pop("audio")
         assert a == b, (av, vis)
+
+
+def test_train_from_python_without_the_app(tmp_path):
+    from avis.engine.config import compose
+    from avis.engine.loop import train
+
+    out = train(compose(["experiment=toy_visual", "trainer.max_steps=3", "trainer.eval_every=0", *FAST],
+                        out_dir=tmp_path / "run"))
+    assert out["step"] == 3 and (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
