@@ -9,6 +9,10 @@ Add a method side by side by appending to VARIANTS (any online VISMethod works t
 
     VARIANTS.append(method("crossvis_r50", lambda: crossvis_r50(num_classes=40)))
 
+Clip-level methods (EfficientVIS) cannot step frame by frame: ``clip_method`` entries are timed clip by clip
+(queries carried), reported as the per-frame latency amortised over a clip and the clip delay (the first frame
+of a clip waits for the T - 1 frames after it, at ``--video-fps``, plus the clip's compute time).
+
     python scripts/bench_online.py [--frames 10] [--warmup 3] [--device cpu|cuda] [--amp] [--threads N]
                                    [--only NAME ...]
 """
@@ -28,6 +32,7 @@ from torch import nn
 
 from avis.models.audio import audio_tokens_vggish
 from avis.models.backbones import ResNetBackbone
+from avis.models.efficientvis import efficientvis_r50
 from avis.models.rcf import rcf_r50
 
 NUM_CLASSES = 40  # YTVIS-2019 / AVIS scale
@@ -35,6 +40,19 @@ WIDTH, HEIGHT = 640, 360
 WINDOW = 15360  # 0.96 s at 16 kHz
 
 Stepper = Callable[[torch.Tensor, torch.Tensor | None], None]  # (frame uint8 3xHxW, audio window S) -> None
+
+
+@dataclass
+class ClipVariant:
+    """A clip-level method: ``build()`` -> a model with ``clip_frames`` and ``run_clip`` / ``carry``."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    group: str = "clip"
+
+
+def clip_method(name: str, build: Callable[[], nn.Module]) -> ClipVariant:
+    return ClipVariant(name, build)
 
 
 @dataclass
@@ -91,6 +109,11 @@ VARIANTS: list[Variant] = [
     Variant("vggish audio features alone", lambda device: _vggish_alone(device), "audio"),
 ]
 
+CLIP_VARIANTS: list[ClipVariant] = [
+    clip_method("efficientvis_r50 T=36", lambda: efficientvis_r50(NUM_CLASSES, clip_length=36)),
+    clip_method("efficientvis_r50 T=9", lambda: efficientvis_r50(NUM_CLASSES, clip_length=9)),
+]
+
 
 def _vggish_alone(device) -> Stepper:
     enc = audio_encoder().to(device).eval()
@@ -130,6 +153,34 @@ def run(variants: list[Variant], frames: int, warmup: int, device: torch.device,
     return {k: statistics.median(t) for k, t in times.items()}
 
 
+def run_clips(variants: list[ClipVariant], clips: int, warmup: int, device: torch.device,
+              amp: bool) -> dict[str, tuple[float, int]]:
+    """-> (median seconds per clip, T) per variant (queries carried from clip to clip), interleaved."""
+    models, queries = {}, {}
+    for v in variants:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            models[v.name] = v.build().to(device).eval()
+        queries[v.name] = None
+    g = torch.Generator().manual_seed(0)
+    times: dict[str, list[float]] = {v.name: [] for v in variants}
+    for i in range(warmup + clips):
+        for v in variants:
+            m = models[v.name]
+            frames = torch.randint(0, 256, (1, m.clip_frames, 3, HEIGHT, WIDTH), dtype=torch.uint8,
+                                   generator=g).to(device)
+            _sync(device)
+            t0 = time.perf_counter()
+            with torch.no_grad(), torch.autocast(device.type, enabled=amp):
+                out = m.run_clip(frames, queries[v.name])[-1]
+                queries[v.name] = m.carry(out)
+                out["logits"].softmax(-1)
+            _sync(device)
+            if i >= warmup:
+                times[v.name].append(time.perf_counter() - t0)
+    return {k: (statistics.median(t), models[k].clip_frames) for k, t in times.items()}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=10, help="timed frames per variant (median reported)")
@@ -138,6 +189,9 @@ def main(argv=None) -> int:
     p.add_argument("--amp", action="store_true", help="autocast (mixed precision)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--only", nargs="*", help="names (substrings) of the variants to run")
+    p.add_argument("--clips", type=int, default=2, help="timed clips per clip-level variant (median)")
+    p.add_argument("--clip-warmup", type=int, default=1)
+    p.add_argument("--video-fps", type=float, default=30.0, help="frame rate for the clip delay")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -146,12 +200,22 @@ def main(argv=None) -> int:
     print(f"torch {torch.__version__}, {platform.machine()} {platform.processor() or ''}, device {device}, "
           f"threads {torch.get_num_threads()}, amp {args.amp}, {WIDTH}x{HEIGHT}, "
           f"median of {args.frames} frames after {args.warmup} warm-up")
-    med = run(variants, args.frames, args.warmup, device, args.amp)
+    clip_variants = [v for v in CLIP_VARIANTS if not args.only or any(s in v.name for s in args.only)]
+    med = run(variants, args.frames, args.warmup, device, args.amp) if variants else {}
+    per_clip = run_clips(clip_variants, args.clips, args.clip_warmup, device, args.amp) if clip_variants else {}
+    for name, (sec, t) in per_clip.items():  # amortised per frame, reported with the online variants
+        med[name] = sec / t
+    variants = variants + clip_variants
     base = next((med[v.name] for v in variants if v.group == "backbone"), None)
     print(f"{'variant':34s} {'ms/frame':>9s} {'FPS':>7s} {'x backbone':>11s}")
     for v in variants:
         ratio = f"{med[v.name] / base:11.3f}" if base else f"{'-':>11s}"
         print(f"{v.name:34s} {1000 * med[v.name]:9.1f} {1 / med[v.name]:7.2f} {ratio}")
+    for v in clip_variants:
+        sec, t = per_clip[v.name]
+        delay = (t - 1) / args.video_fps + sec
+        print(f"{v.name}: {1000 * sec:.0f} ms per clip of {t} frames; clip delay "
+              f"{delay:.2f} s at {args.video_fps:g} fps ((T - 1) / fps + clip compute)")
     for audio in ("off", "on"):
         d1, d5 = f"rcf_r50 delta=1 audio={audio}", f"rcf_r50 delta=5 audio={audio}"
         if d1 in med and d5 in med:

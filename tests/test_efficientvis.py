@@ -192,3 +192,35 @@ def test_tiny_overfits_two_clips():
                             for tr in tracks if k in tr.masks and tr.label == lab), default=0.0)
                 ious.append(best)
     assert min(ious) > 0.8, ious
+
+
+@pytest.mark.slow
+def test_efficientvis_tiny_trains_and_evaluates_through_the_engine(tmp_path):
+    """`avis train experiment=efficientvis_tiny` on synthetic shards, then `avis eval` of its checkpoint."""
+    for module in ("data_tools.build", "data_tools.synth", "avis.engine.train"):
+        pytest.importorskip(module)
+    import json
+
+    from avis import cli as avis_cli
+
+    root = tmp_path
+    assert avis_cli.main(["synth", "--out", str(root / "synth"), "--videos", "4", "--frames", "8",
+                          "--size", "64x48", "--seed", "1"]) == 0
+    for split in ("train", "val"):
+        assert avis_cli.main(["build", "--videos", str(root / "synth"), "--annotations",
+                              str(root / "synth" / f"{split}.json"), "--out", str(root / split),
+                              "--shard-size", "20000"]) == 0
+    run = root / "run"
+    assert avis_cli.main(["train", "experiment=efficientvis_tiny", f"data.train.pattern={root / 'train'}",
+                          f"data.val_pattern={root / 'val'}", f"hydra.run.dir={run}", "trainer.max_steps=2",
+                          "trainer.log_every=1", "trainer.ckpt_every=2", "trainer.eval_every=0",
+                          "data.batch_size=1", "data.scales=[48]", "data.test_size=48", "model.num_queries=4",
+                          "trainer.progress=false", "trainer.tensorboard=false"]) == 0
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in recs if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2] and all(r["loss"] > 0 for r in train)
+    assert {"loss_ce", "loss_mask", "loss_dice", "loss_bbox", "loss_giou", "loss_ce_c2"} <= set(train[0])
+    out = root / "eval"
+    assert avis_cli.main(["eval", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--out", str(out)]) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert "AP" in summary["metrics"] and summary["timing"]["frames"] > 0
