@@ -96,19 +96,20 @@ def test_build_tracklets_marks_empty_frames():
     assert tr.masks[0, 0].sum() == 4 and tr.masks[0, 1].sum() == 0
 
 
-def _square_clips(b=2, t=4, size=32, moving=True):
-    """Two objects per video (classes 0 and 1), 12 px squares on the 4 px grid; object 2 of video 0 appears
-    only from frame 2 on (an instance new in clip 2)."""
-    frames = torch.zeros(b, t, 3, size, size, dtype=torch.uint8)
+def _square_clips(b=2, t=4, size=(32, 40)):
+    """Two objects per video (classes 0 and 1), 16 px squares on the 4 px grid (the masks' stride), object 1
+    moving; object 2 of video 0 appears only from frame 2 on (an instance new in clip 2)."""
+    h, w = size
+    frames = torch.zeros(b, t, 3, h, w, dtype=torch.uint8)
     frames[:, :, 1] = 40
     targets = []
     for v in range(b):
         clip = []
         for k in range(t):
-            ms = torch.zeros(2, size, size, dtype=torch.bool)
-            y = 4 * (k % 3) if moving else 4
-            ms[0, y:y + 12, 4 * v:4 * v + 12] = True
-            ms[1, 16:28, 16 - 4 * v:28 - 4 * v] = True
+            ms = torch.zeros(2, h, w, dtype=torch.bool)
+            y = 4 * (k % 3)
+            ms[0, y:y + 16, 4 * v:4 * v + 16] = True
+            ms[1, 16:32, 24 - 4 * v:40 - 4 * v] = True
             keep = [0, 1] if (v or k >= 2) else [0]
             frames[v, k, 0][ms[0]] = 220
             if 1 in keep:
@@ -165,7 +166,7 @@ def test_predict_video_carries_queries_over_clips():
     assert [s[0] for s in seen] == [2, 2, 1] and seen[0][1] is None
     assert seen[1][1].shape == (1, 3, 32)
     for tr in tracks:
-        assert all(0 <= t < 5 and mk.shape == (32, 32) and mk.dtype == torch.bool for t, mk in tr.masks.items())
+        assert all(0 <= t < 5 and mk.shape == (32, 40) and mk.dtype == torch.bool for t, mk in tr.masks.items())
 
 
 @pytest.mark.slow
@@ -191,6 +192,7 @@ def test_tiny_overfits_two_clips():
                 best = max((float((tr.masks[k] & g).sum() / (tr.masks[k] | g).sum())
                             for tr in tracks if k in tr.masks and tr.label == lab), default=0.0)
                 ious.append(best)
+    print(f"loss {first:.2f} -> {loss.item():.2f}, mask IoU min {min(ious):.3f} mean {sum(ious) / len(ious):.3f}")
     assert min(ious) > 0.8, ious
 
 

@@ -25,7 +25,13 @@ def efficientvis_tiny(num_classes: int, clip_length: int = 3, width: int = 16, h
                         dim_feedforward=dim_feedforward, dynamic_dim=dynamic_dim, pool_size=pool_size, **kwargs)
 
 
+# RoIs from stride 8 and 128-channel mask features at stride 4 keep the heads' cost below the backbone's
+# (docs/benchmarks.md); pass roi_level / mask_dim to change them.
+_LARGE = {"roi_level": 1, "mask_dim": 128}
+
+
 def _resnet(name, num_classes, clip_length, backbone_weights, frozen_bn, kwargs) -> EfficientVIS:
+    kwargs = {**_LARGE, **kwargs}
     return EfficientVIS(ResNetBackbone(name, backbone_weights, frozen_bn), num_classes, clip_length, **kwargs)
 
 

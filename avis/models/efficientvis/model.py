@@ -12,8 +12,8 @@ Deviations from the paper (also in configs/model/efficientvis*.yaml):
 
 - Masks: a dynamic mask head (mask embedding of the query at frame t dotted with a per-frame mask feature
   map at stride s), not an RoI mask head pasted into the frame; it gives full-frame masks directly.
-- Base feature: one fused level (lateral 1x1 convs summed at the finest stride + a 3x3 conv), not an FPN with
-  multi-level RoI assignment.
+- Base feature: one fused level (lateral 1x1 convs summed, resized to stride 8 for R-50 + a 3x3 conv), not
+  an FPN with multi-level RoI assignment; mask features at stride 4 (128 channels for R-50).
 - Classification: softmax cross-entropy with an empty class (weight ``empty_weight``), not focal loss.
 - Training clips: the engine delivers ``clip_length = 2T`` consecutive frames; the first T frames are clip 1,
   the last T clip 2 (the paper samples two clips of one video, not necessarily adjacent).
@@ -36,23 +36,28 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class BaseFeature(nn.Module):
-    """Backbone levels -> one D-channel map at the finest level's stride, plus the mask feature map."""
+    """Backbone levels -> the base feature for RoIs (D channels, at level ``roi_level``'s stride) and the mask
+    feature map (``mask_dim`` channels, at the finest stride). Laterals (1x1 to D) are summed top-down at the
+    finest stride; the RoI level is that sum resized to its stride + a 3x3 conv."""
 
-    def __init__(self, channels: list[int], dim: int, mask_dim: int):
+    def __init__(self, channels: list[int], dim: int, mask_dim: int, roi_level: int = 0):
         super().__init__()
+        self.roi_level = roi_level
         self.lateral = nn.ModuleList([nn.Conv2d(c, dim, 1) for c in channels])
         self.fuse = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.GroupNorm(min(32, dim), dim),
                                   nn.ReLU(inplace=True))
-        self.mask = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.ReLU(inplace=True),
-                                  nn.Conv2d(dim, mask_dim, 1))
+        # 1x1 first: a 3x3 at D channels and the finest stride would cost about a ResNet-50 per frame.
+        self.mask = nn.Sequential(nn.Conv2d(dim, mask_dim, 1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(mask_dim, mask_dim, 3, padding=1))
 
     def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         size = feats[0].shape[-2:]
         x = self.lateral[0](feats[0])
         for lat, f in zip(self.lateral[1:], feats[1:]):
             x = x + F.interpolate(lat(f), size=size, mode="bilinear", align_corners=False)
-        x = self.fuse(x)
-        return x, self.mask(x)
+        roi = x if self.roi_level == 0 else F.interpolate(x, size=feats[self.roi_level].shape[-2:],
+                                                          mode="bilinear", align_corners=False)
+        return self.fuse(roi), self.mask(x)
 
 
 class EfficientVIS(VISMethod):
@@ -64,6 +69,8 @@ class EfficientVIS(VISMethod):
         clip_length: T, frames per clip (36 in the paper; 9 to compare with online methods). Training
             batches hold ``2T`` frames when ``correspondence`` is on (the model's ``clip_length`` attribute).
         num_queries: N. num_stages: M. hidden_dim: D. pool_size: RoI bins S. dynamic_dim: TDC's inner width.
+        mask_dim: channels of the mask features (default D). roi_level: backbone level whose stride the RoI
+            feature has (0: finest).
         correspondence: train on two consecutive clips, clip 2 starting from clip 1's queries.
         class/l1/giou/dice/bce weights, empty_weight: the loss; cost_*: the matching cost.
         aux_loss: losses on every stage (each stage matched on its own for clip 1).
@@ -71,7 +78,8 @@ class EfficientVIS(VISMethod):
 
     def __init__(self, backbone: nn.Module, num_classes: int, clip_length: int = 36, num_queries: int = 10,
                  num_stages: int = 6, hidden_dim: int = 256, nhead: int = 8, dim_feedforward: int = 2048,
-                 dynamic_dim: int = 64, pool_size: int = 7, mask_dim: int | None = None, dropout: float = 0.0,
+                 dynamic_dim: int = 64, pool_size: int = 7, mask_dim: int | None = None, roi_level: int = 0,
+                 dropout: float = 0.0,
                  correspondence: bool = True, aux_loss: bool = True, class_weight: float = 2.0,
                  l1_weight: float = 5.0, giou_weight: float = 2.0, dice_weight: float = 8.0,
                  bce_weight: float = 1.0, empty_weight: float = 0.1, cost_class: float = 2.0,
@@ -86,8 +94,8 @@ class EfficientVIS(VISMethod):
         self.clip_length = 2 * self.clip_frames if correspondence else self.clip_frames
         self.aux_loss = aux_loss
         self.backbone = backbone
-        self.stride = int(backbone.strides[0])
-        self.base = BaseFeature(list(backbone.channels), hidden_dim, mask_dim)
+        self.stride = int(backbone.strides[roi_level])  # of the RoI feature; masks are at strides[0]
+        self.base = BaseFeature(list(backbone.channels), hidden_dim, mask_dim, roi_level)
         self.init_queries = nn.Embedding(num_queries, hidden_dim)
         self.init_boxes = nn.Embedding(num_queries, 4)
         nn.init.constant_(self.init_boxes.weight[:, :2], 0.5)  # whole-frame proposals (paper, Sec. 3.1)
