@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from avis.models.base import Track, VISMethod
-from avis.models.efficientvis.criterion import TrackletCriterion, TrackletMatcher, build_tracklets
+from avis.models.efficientvis.criterion import TrackletCriterion, TrackletMatcher, Tracklets, build_tracklets
 from avis.models.efficientvis.stage import Stage
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -245,8 +245,6 @@ class EfficientVIS(VISMethod):
         return tracks
 
 
-def _subset(tgt, idx: list[int]):
-    from avis.models.efficientvis.criterion import Tracklets
-
+def _subset(tgt: Tracklets, idx: list[int]) -> Tracklets:
     i = torch.as_tensor(idx, dtype=torch.long, device=tgt.labels.device)
     return Tracklets(tgt.ids[i], tgt.labels[i], tgt.masks[i], tgt.boxes[i], tgt.valid[i])
