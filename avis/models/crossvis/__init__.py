@@ -64,14 +64,16 @@ def condinst_vis_r50(num_classes: int, weights_path: str | None = None, **kwargs
     return crossvis_r50(num_classes, weights_path, **{"crossover": False, "embedding": "pairwise", **kwargs})
 
 
-def bench_entry(num_classes: int = 40, height: int = 360, width: int = 640):
-    """For ``scripts/bench_online.py``: (name, model in eval mode, a step function frame -> None, state factory).
+def bench_entry(variant: str = "crossvis_r50", num_classes: int = 40, device: str = "cpu",
+                full_path: bool = True) -> tuple[str, CrossVIS]:
+    """For ``scripts/bench_online.py``: (name, model in eval mode on ``device``); time ``model.step(state, frame)``
+    with ``state = model.init_state()`` and uint8 3 x 360 x 640 frames.
 
-    Times the per-frame online step of CrossVIS R-50 at ``height`` x ``width`` (random init weights)."""
-    model = crossvis_r50(num_classes).eval()
-    state = model.init_state()
-
-    def step(frame):
-        model.step(state, frame)
-
-    return "CrossVIS R-50", model, step
+    Random-init weights score nothing above 0.05, so ``full_path`` sets ``score_threshold=0``: every frame then
+    runs the full post-processing (top-1000 -> NMS -> 100 masks -> association), the worst case."""
+    builders = {"crossvis_r50": crossvis_r50, "condinst_vis_r50": condinst_vis_r50, "crossvis_tiny": crossvis_tiny,
+                "condinst_vis_tiny": condinst_vis_tiny}
+    kwargs = {"score_threshold": 0.0} if full_path else {}
+    model = builders[variant](num_classes, **kwargs).to(device).eval()
+    name = {"crossvis_r50": "CrossVIS R-50", "condinst_vis_r50": "CondInst-VIS R-50"}.get(variant, variant)
+    return name, model
