@@ -161,6 +161,34 @@ def test_condinst_vis_variant_losses():
     assert isinstance(crossvis_tiny(2), CrossVIS) and crossvis_tiny(2).clip_length == 2
 
 
+@pytest.mark.parametrize("build", [crossvis_tiny, condinst_vis_tiny])
+def test_empty_and_one_sided_instances_keep_every_parameter_in_the_graph(build):
+    """No objects at all, or an object in one frame only: finite losses and a gradient for every parameter
+    (what DDP without find_unused_parameters needs); odd frame sizes are padded."""
+    torch.manual_seed(0)
+    model = build(3)
+    h, w = 24, 37
+    frames = torch.randint(0, 256, (2, 3, 3, h, w), dtype=torch.uint8)
+    none = {"labels": torch.zeros(0, dtype=torch.long), "masks": torch.zeros(0, h, w, dtype=torch.bool),
+            "instance_ids": torch.zeros(0, dtype=torch.long)}
+    masks = torch.zeros(2, h, w, dtype=torch.bool)
+    masks[0, 2:10, 3:12] = True  # the second instance is empty in this frame
+    some = {"labels": torch.tensor([1, 2]), "masks": masks, "instance_ids": torch.tensor([4, 5])}
+    for targets in ([[none] * 3, [none] * 3], [[some, none, none], [none, none, some]]):
+        losses = model({"frames": frames, "targets": targets, "video_ids": [0, 1]})
+        assert all(torch.isfinite(v) for v in losses.values())
+        model.zero_grad()
+        sum(losses.values()).backward()
+        assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    model.eval()
+    assert model.predict_video(frames[0]) == []  # random init: nothing above 0.05
+    model.score_threshold = 0.0
+    tracks = model.predict_video(frames[0])
+    assert 0 < len(tracks) <= 100 * 3
+    assert all(m.shape == (h, w) and m.dtype == torch.bool for t in tracks for m in t.masks.values())
+    assert all(len([t for t in tracks if f in t.masks]) <= 100 for f in range(3))
+
+
 # -- overfitting ----------------------------------------------------------------------------------------
 H = W = 64
 

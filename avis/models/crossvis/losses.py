@@ -47,7 +47,7 @@ class GlobalEmbeddingLoss(nn.Module):
 
     def forward(self, emb: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         if emb.shape[0] == 0:
-            return self.proxies.weight.sum() * 0 + emb.sum() * 0
+            return sum(p.sum() for p in self.parameters()) * 0 + emb.sum() * 0  # keeps every parameter in the graph
         target = F.one_hot(ids, self.num_identities).to(emb.dtype)
         loss = sigmoid_focal_loss(self.logits(emb), target, self.alpha, self.gamma, reduction="sum")
         return loss / max(emb.shape[0], 1)
@@ -60,8 +60,8 @@ def pairwise_embedding_loss(emb: torch.Tensor, ids: torch.Tensor, ref_emb: torch
     emb P x E (key-frame positives) with identity ids P; ref_emb M x E (one embedding per reference-frame
     instance) with ids ref_ids M -> cross entropy over [new, ref_1..ref_M] with logits [0, emb . ref_m].
     """
-    if emb.shape[0] == 0:
-        return emb.sum() * 0
+    if emb.shape[0] == 0 or ref_emb.shape[0] == 0:  # nothing to tell apart: every key is new
+        return emb.sum() * 0 + ref_emb.sum() * 0
     logits = torch.cat([emb.new_zeros(emb.shape[0], 1), emb @ ref_emb.T], 1)
     match = ids[:, None] == ref_ids[None, :]
     target = torch.where(match.any(1), match.float().argmax(1) + 1, torch.zeros_like(ids))

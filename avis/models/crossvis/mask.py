@@ -92,7 +92,8 @@ def mask_logits(head: DynamicMaskHead, mask_feats: torch.Tensor, params: torch.T
     """
     if params.shape[0] == 0:
         h, w = mask_feats.shape[-2:]
-        return mask_feats.new_zeros(0, 2 * h, 2 * w)
+        # keep the graph connected (DDP without find_unused_parameters needs a gradient for every parameter)
+        return mask_feats.new_zeros(0, 2 * h, 2 * w) + (mask_feats.sum() + params.sum()) * 0
     rel = relative_coords(locations, soi, *mask_feats.shape[-2:], stride=stride)
     logits = head(torch.cat([mask_feats, rel.to(mask_feats.dtype)], 1), params)
     # align_corners=False keeps pixel centres aligned: stride-4 pixel k sits at 4k + 2, as in the targets
