@@ -1,0 +1,175 @@
+"""Reading the shards ``avis build`` writes (format: docs/data.md).
+
+A shard sample is the group of tar members sharing a key: ``KEY.json`` (metadata, frame times, RLE
+instances), ``KEY.audio.flac`` (16 kHz mono on the frame timeline) and ``KEY.NNNNN.jpg`` (one per frame).
+:func:`decode_sample` turns such a group (as webdataset's ``tarfile_to_samples`` yields it, or as
+:func:`iter_samples` reads it) into a :class:`Video`, decoding only the frames asked for.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from avis.errors import InputError
+from avis.io import masks as mask_io
+
+MAX_MEMBER_BYTES = 1 << 30  # refuse absurd tar members before reading them
+
+
+@dataclass
+class Instance:
+    """One annotated object of a video: its masks in the decoded frames (all-False where it is absent)."""
+
+    instance_id: int
+    category_id: int
+    masks: np.ndarray  # bool T x H x W
+    present: np.ndarray  # bool T
+    iscrowd: int = 0
+
+
+@dataclass
+class Video:
+    video_id: int | str
+    frames: np.ndarray  # uint8 T x H x W x 3 (RGB)
+    frame_times: np.ndarray  # float64 T, seconds on the frame timeline
+    audio: np.ndarray  # float32 1 x N, sample 0 = time 0 of the frame timeline
+    sample_rate: int
+    has_audio: bool
+    instances: list[Instance] = field(default_factory=list)
+    fps: float | None = None
+    key: str = ""
+    meta: dict = field(default_factory=dict)  # the sample's whole JSON record
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frame_times)
+
+
+def expand_shards(pattern: str | os.PathLike | Iterable) -> list[str]:
+    """Brace patterns (``shard-{000000..000009}.tar``), globs, folders (their ``shard-*.tar``) or lists of these."""
+    from webdataset.shardlists import expand_urls
+
+    if isinstance(pattern, (str, os.PathLike)):
+        items = [os.fspath(pattern)]
+    else:
+        items = [os.fspath(p) for p in pattern]
+    out: list[str] = []
+    for item in items:
+        for url in expand_urls(item):
+            if os.path.isdir(url):
+                out += sorted(glob.glob(os.path.join(url, "shard-*.tar")))
+            elif any(ch in url for ch in "*?["):
+                out += sorted(glob.glob(url))
+            else:
+                out.append(url)
+    if not out:
+        raise InputError("no shards match", str(pattern))
+    return out
+
+
+def load_manifest(shards: list[str]) -> dict | None:
+    """The ``manifest.json`` beside the first shard, or None."""
+    path = Path(shards[0]).parent / "manifest.json"
+    if not path.is_file():
+        return None
+    from avis.io.ytvis import load_json
+
+    return load_json(path)
+
+
+def iter_samples(path: str | os.PathLike) -> Iterator[dict]:
+    """Stream one shard: dicts ``{"__key__": KEY, "__url__": path, "json": bytes, "00000.jpg": bytes, ...}``.
+
+    Reads members in order and never extracts anything; non-file members are ignored.
+    """
+    path = os.fspath(path)
+    sample: dict | None = None
+    try:
+        with tarfile.open(path, mode="r|") as tar:
+            for m in tar:
+                if not m.isfile():
+                    continue
+                base = os.path.basename(m.name)
+                if "." not in base:
+                    continue
+                if m.size > MAX_MEMBER_BYTES:
+                    raise InputError(f"member {m.name} is {m.size} bytes; refusing to read it", path)
+                key, suffix = base.split(".", 1)
+                data = tar.extractfile(m).read()
+                if sample is None or sample["__key__"] != key:
+                    if sample is not None:
+                        yield sample
+                    sample = {"__key__": key, "__url__": path}
+                sample[suffix] = data
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise InputError(f"unreadable shard ({e})", path) from None
+    if sample is not None:
+        yield sample
+
+
+def sample_meta(sample: dict) -> dict:
+    try:
+        return json.loads(sample["json"])
+    except (KeyError, ValueError) as e:
+        raise InputError(f"sample {sample.get('__key__')}: missing or invalid metadata ({e})",
+                         sample.get("__url__")) from None
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def decode_audio(data: bytes) -> np.ndarray:
+    """FLAC bytes -> float32 (N,)."""
+    import soundfile as sf
+
+    x, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+    return x.reshape(-1) if x.ndim == 1 else x.mean(axis=1)
+
+
+def decode_sample(sample: dict, frames: Iterable[int] | None = None, audio: bool = True) -> Video:
+    """A shard sample -> :class:`Video` holding the frames at indices ``frames`` (all by default)."""
+    meta = sample_meta(sample)
+    T = int(meta["num_frames"])
+    idx = list(range(T)) if frames is None else [int(i) for i in frames]
+    url = sample.get("__url__")
+    try:
+        imgs = [decode_jpeg(sample[f"{i:05d}.jpg"]) for i in idx]
+    except KeyError as e:
+        raise InputError(f"sample {meta.get('key')}: frame {e} missing", url) from None
+    H, W = int(meta["height"]), int(meta["width"])
+    frames_arr = np.stack(imgs) if imgs else np.zeros((0, H, W, 3), np.uint8)
+    wav = decode_audio(sample["audio.flac"]) if audio and "audio.flac" in sample else np.zeros(0, np.float32)
+    instances = []
+    for inst in meta.get("instances", []):
+        segs = inst["segmentations"]
+        present = np.array([segs[i] is not None for i in idx], dtype=bool)
+        masks = np.zeros((len(idx), H, W), dtype=bool)
+        for j, i in enumerate(idx):
+            if segs[i] is not None:
+                masks[j] = mask_io.decode(segs[i]).astype(bool)
+        instances.append(Instance(instance_id=inst["id"], category_id=inst["category_id"], masks=masks,
+                                  present=present, iscrowd=int(inst.get("iscrowd", 0))))
+    times = np.asarray(meta["frame_times"], dtype=np.float64)[idx]
+    return Video(video_id=meta["video_id"], frames=frames_arr, frame_times=times, audio=wav[None, :],
+                 sample_rate=int(meta["sample_rate"]), has_audio=bool(meta["has_audio"]), instances=instances,
+                 fps=meta.get("fps"), key=meta.get("key", sample.get("__key__", "")), meta=meta)
+
+
+def iter_videos(pattern: str | os.PathLike | Iterable) -> Iterator[Video]:
+    """Every video of the shards matching ``pattern``, in shard order, fully decoded (see :class:`Video`)."""
+    for shard in expand_shards(pattern):
+        for sample in iter_samples(shard):
+            yield decode_sample(sample)

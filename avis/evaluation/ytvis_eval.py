@@ -1,0 +1,448 @@
+"""The YouTube-VIS evaluation protocol (AP/AR over videos), exact to the official evaluator and fast.
+
+The official evaluator (the ``ytvos``/``ytvoseval`` fork of the COCO API) defines the numbers every VIS paper
+reports; this module reproduces its results to the last digit (see ``../shared/specs/metrics.md`` and
+``docs/evaluation.md``) while replacing its per-pair, per-frame Python loops:
+
+* video IoU: per frame, one pycocotools ``iou`` call over all (prediction, ground truth) pairs of a
+  (video, category); the crowd form of that call returns intersection / prediction area, from which the
+  integer intersection is recovered exactly; the union is the sum of both per-frame areas minus it.
+* matching: the greedy COCO matching runs for the 4 area ranges x 10 IoU thresholds at once (numpy lanes) and
+  only for the detections that reach the lowest threshold with some ground truth (the others match nothing).
+* accumulation: vectorised over thresholds; the same arrays and reductions as the official code so that the
+  float results are bit-identical.
+
+Entry point: :func:`evaluate` (``gt`` as returned by :func:`avis.io.ytvis.load_annotations`, ``results`` by
+:func:`avis.io.ytvis.load_results`) -> :class:`Evaluation`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from tqdm import tqdm
+
+from avis.errors import InputError
+
+# Parameters of the official evaluator (Params.setDetParams), built the same way so the floats are identical.
+IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
+REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
+MAX_DETS = (1, 10, 100)
+AREA_RNG = ((0**2, 1e5**2), (0**2, 128**2), (128**2, 256**2), (256**2, 1e5**2))
+AREA_LBL = ("all", "small", "medium", "large")
+STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def average_area(areas) -> float:
+    """Mean of the per-frame areas that are neither null nor zero (the official ``if a`` filter); 0 if none."""
+    kept = [a for a in areas if a]
+    return float(np.array(kept).mean()) if kept else 0.0
+
+
+@dataclass
+class VideoCategoryEval:
+    """Matching of one (video, category): D detections (top 100 by score, stable) and G ground truths."""
+
+    video_id: int
+    category_id: int
+    scores: np.ndarray  # (D,) sorted descending, stable
+    det_index: np.ndarray  # (D,) index of each detection in the results list
+    gt_ids: np.ndarray  # (G,) annotation ids, ground-truth file order
+    gt_crowd: np.ndarray  # (G,) bool
+    ious: np.ndarray  # (D, G) video IoU
+    dt_match: np.ndarray  # (A, T, D) matched ground-truth id, 0 = unmatched (the official marker)
+    dt_ignore: np.ndarray  # (A, T, D) bool
+    gt_ignore: np.ndarray  # (A, G) bool
+    gt_match_det: np.ndarray = field(repr=False, default=None)  # (A, T, G) index into the D detections or -1
+
+
+# ----------------------------------------------------------------------------------------------- video IoU
+class Tubes:
+    """Per-frame RLE sequences of N instances of one video, with their (N, T) areas computed once.
+
+    ``rles`` (N, T) object array (``None`` where absent or past the sequence's end), ``lengths`` (N,) the
+    sequence lengths (frames are paired as ``zip`` does, up to the shorter sequence), ``areas`` (N, T) int64.
+    """
+
+    def __init__(self, seqs: list[list], shape: tuple[int, int] | None = None):
+        N = len(seqs)
+        self.shape = shape
+        self.lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+        T = int(self.lengths.max()) if N else 0
+        self.rles = np.full((N, T), None, dtype=object)
+        for i, s in enumerate(seqs):
+            self.rles[i, : len(s)] = s
+        self.present = np.not_equal(self.rles, None)
+        if shape is not None and self.present.any():
+            sizes = {tuple(r["size"]) for r in self.rles[self.present]}
+            if sizes != {tuple(shape)}:
+                bad = sorted(sizes - {tuple(shape)})[0]
+                raise InputError(f"a mask of size {list(bad)} in a video of size {list(shape)}")
+        self.areas = np.zeros((N, T), dtype=np.int64)
+        if self.present.any():
+            self.areas[self.present] = rle_areas(list(self.rles[self.present]))
+        self.cum_areas = np.concatenate([np.zeros((N, 1), np.int64), np.cumsum(self.areas, 1)], 1)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def rle_areas(rles: list) -> np.ndarray:
+    """int64 areas of many RLEs. pycocotools' ``area`` fails on more than 255 masks with NumPy 2 (it sizes its
+    output with a uint8 array), hence the chunks."""
+    return np.concatenate([np.asarray(mask_utils.area(rles[i : i + 255]), dtype=np.int64)
+                           for i in range(0, len(rles), 255)])
+
+
+def _frame_shapes(h: int, w: int) -> list[list[int]]:
+    """Distinct [h', w'] with h' * w' = h * w, starting with [h, w].
+
+    A compressed RLE is a run-length code of the h * w pixels in column order, so reading it with another shape
+    of the same pixel count leaves every intersection and area unchanged, while pycocotools' ``iou`` skips the
+    run merge of any pair whose shapes differ (it returns -1 after a bounding-box test). Giving each frame its own
+    shape therefore lets one ``iou`` call cover many frames and compute only the same-frame pairs.
+    """
+    n = h * w
+    divs = [k for k in range(1, int(np.sqrt(n)) + 1) if n % k == 0]
+    pairs = [[k, n // k] for k in divs] + [[n // k, k] for k in divs if k * k != n]
+    pairs.remove([h, w])
+    return [[h, w]] + pairs
+
+
+_PAIR_BUDGET = 200_000  # (detection frames) x (ground-truth frames) per pycocotools call
+
+
+def intersections(d: Tubes, g: Tubes, d_rows=None, g_cols=None) -> np.ndarray:
+    """(D', G') summed per-frame intersection areas of the tubes ``d_rows`` of ``d`` and ``g_cols`` of ``g``
+    (default all).
+
+    pycocotools' ``iou`` in its crowd form gives intersection / detection area, from which the integer
+    intersection is recovered exactly (rounding a quotient of integers < 2^32). Frames are batched into one call
+    by giving each frame its own RLE shape (see :func:`_frame_shapes`); the call's fixed cost (about 20 us)
+    would otherwise dominate.
+    """
+    rows = np.arange(len(d)) if d_rows is None else np.asarray(d_rows, dtype=np.int64)
+    cols = np.arange(len(g)) if g_cols is None else np.asarray(g_cols, dtype=np.int64)
+    inter = np.zeros((len(rows), len(cols)), dtype=np.int64)
+    T = min(d.rles.shape[1], g.rles.shape[1])
+    if len(rows) == 0 or len(cols) == 0 or T == 0:
+        return inter
+    dp = d.present[rows, :T]
+    gp = g.present[cols, :T]
+    frames = np.flatnonzero(dp.any(0) & gp.any(0))
+    if len(frames) == 0:
+        return inter
+    shapes = _frame_shapes(*d.shape) if d.shape else [None]
+    per_call = max(1, min(len(shapes), int(np.sqrt(_PAIR_BUDGET / (len(rows) * len(cols))))))
+    for c0 in range(0, len(frames), per_call):
+        fr = frames[c0 : c0 + per_call]
+        di, dt = np.nonzero(dp[:, fr].T)[::-1]  # frame-major order: rows di at local frame dt
+        gi, gt = np.nonzero(gp[:, fr].T)[::-1]
+        if len(di) == 0 or len(gi) == 0:
+            continue
+        d_rles = [{"size": shapes[k], "counts": r["counts"]} for r, k in zip(d.rles[rows[di], fr[dt]], dt)]
+        g_rles = [{"size": shapes[k], "counts": r["counts"]} for r, k in zip(g.rles[cols[gi], fr[gt]], gt)]
+        o = np.asarray(mask_utils.iou(d_rles, g_rles, [1] * len(g_rles)))
+        same = dt[:, None] == gt[None, :]
+        a, b = np.nonzero(same)
+        vals = np.rint(o[a, b] * d.areas[rows[di[a]], fr[dt[a]]]).astype(np.int64)
+        np.add.at(inter, (di[a], gi[b]), vals)
+    return inter
+
+
+def tube_iou(d: Tubes, g: Tubes, inter: np.ndarray, d_rows=None, g_cols=None) -> np.ndarray:
+    """IoU = I / U with U = both areas summed over the shared frames minus I (0 where U = 0), as the official
+    ``iou_seq`` whose I and U are sums of exact integer areas."""
+    rows = np.arange(len(d)) if d_rows is None else np.asarray(d_rows, dtype=np.int64)
+    cols = np.arange(len(g)) if g_cols is None else np.asarray(g_cols, dtype=np.int64)
+    n = np.minimum(d.lengths[rows][:, None], g.lengths[cols][None, :])
+    union = d.cum_areas[rows[:, None], n] + g.cum_areas[cols[None, :], n] - inter
+    out = np.zeros(inter.shape)
+    pos = union > 0
+    out[pos] = inter[pos].astype(np.float64) / union[pos].astype(np.float64)
+    return out
+
+
+def video_iou(dets: list[list], gts: list[list], shape: tuple[int, int] | None = None) -> np.ndarray:
+    """(D, G) video IoU of per-frame RLE sequences (``None`` where absent), as the official ``iou_seq``.
+    ``shape`` (height, width) of the frames, taken from the masks when not given."""
+    if shape is None:
+        first = next((r for s in (*dets, *gts) for r in s if r is not None), None)
+        shape = None if first is None else tuple(first["size"])
+    d, g = Tubes(dets, shape), Tubes(gts, shape)
+    return tube_iou(d, g, intersections(d, g))
+
+# ------------------------------------------------------------------------------------------------ matching
+def greedy_match(ious: np.ndarray, gt_ids: np.ndarray, gt_crowd: np.ndarray, gt_ignore: np.ndarray,
+                 thresholds: np.ndarray):
+    """The official greedy matching for L lanes (area ranges) x T thresholds at once.
+
+    ``ious`` (D, G) with detections sorted by score; ``gt_ignore`` (L, G). Per detection in order, per lane:
+    the eligible (unmatched or crowd) non-ignored ground truth with the highest IoU >= threshold wins, ties
+    to the later one in file order; only if none, the same among ignored ones (the official loop visits
+    ground truths sorted ignore-last, keeps the running best with ``>=``, and stops at the first ignored one
+    once a regular match exists).
+
+    Returns ``dt_match`` (L, T, D) matched gt id (0 = none), ``dt_ignore`` (L, T, D) bool (matched to an
+    ignored gt), ``gt_match_det`` (L, T, G) detection index or -1.
+    """
+    D, G = ious.shape
+    L, T = gt_ignore.shape[0], len(thresholds)
+    dt_match = np.zeros((L, T, D))
+    dt_ignore = np.zeros((L, T, D), dtype=bool)
+    gt_match_det = np.full((L, T, G), -1, dtype=np.int64)
+    if D == 0 or G == 0:
+        return dt_match, dt_ignore, gt_match_det
+    thr = np.minimum(thresholds, 1 - 1e-10)[None, :, None]  # (1, T, 1)
+    regular = ~gt_ignore[:, None, :]  # (L, 1, G)
+    rev = np.arange(G)[::-1]
+    gt_ids_f = gt_ids.astype(np.float64)
+    lanes_l, lanes_t = np.meshgrid(np.arange(L), np.arange(T), indexing="ij")
+    for d in np.flatnonzero(ious.max(1) >= thr.min()):  # the others reach no threshold
+        v = ious[d]
+        ok = ((gt_match_det < 0) | gt_crowd) & (v >= thr)  # (L, T, G)
+        found = None
+        for group in (ok & regular, ok & ~regular):
+            has = group.any(-1)
+            if not has.any():
+                continue
+            vals = np.where(group, v, -np.inf)[..., ::-1]
+            idx = rev[np.argmax(vals, axis=-1)]  # last index among equal maxima
+            if found is None:
+                found, m = has, idx
+            else:
+                m = np.where(found, m, idx)
+                found = found | has
+        if found is None:
+            continue
+        li, ti, gi = lanes_l[found], lanes_t[found], m[found]
+        dt_match[li, ti, d] = gt_ids_f[gi]
+        dt_ignore[li, ti, d] = ~regular[li, 0, gi]
+        gt_match_det[li, ti, gi] = d
+    return dt_match, dt_ignore, gt_match_det
+
+
+def _out_of(area: np.ndarray) -> np.ndarray:
+    """(A, N) bool: area outside each range (bounds inclusive, as the official test)."""
+    lo = np.array([r[0] for r in AREA_RNG], dtype=np.float64)[:, None]
+    hi = np.array([r[1] for r in AREA_RNG], dtype=np.float64)[:, None]
+    return (area[None, :] < lo) | (area[None, :] > hi)
+
+
+# --------------------------------------------------------------------------------------- per-video work
+def _evaluate_video(task) -> list[VideoCategoryEval]:
+    """All categories of one video. ``task`` = (video_id, (height, width), {cat: [gt dicts]},
+    {cat: [(index in the results, result dict)]}).
+
+    Areas of every mask are computed once per video; intersections per (category, frame).
+    """
+    video_id, shape, gts_by_cat, dts_by_cat = task
+    cats = sorted(set(gts_by_cat) | set(dts_by_cat))
+    gts, g_cat, dts, d_cat, d_scores = [], [], [], [], []
+    for cat in cats:
+        gl = gts_by_cat.get(cat, [])
+        gts += gl
+        g_cat += [cat] * len(gl)
+        dl = dts_by_cat.get(cat, [])
+        scores = np.array([r["score"] for _, r in dl], dtype=np.float64)
+        order = np.argsort(-scores, kind="mergesort")[: MAX_DETS[-1]]
+        dts += [dl[i] for i in order]
+        d_cat += [cat] * len(order)
+        d_scores.append(scores[order])
+    g_cat, d_cat = np.array(g_cat, dtype=np.int64), np.array(d_cat, dtype=np.int64)
+    d_scores = np.concatenate(d_scores) if d_scores else np.zeros(0)
+    gtub = Tubes([g["segmentations"] for g in gts], shape)
+    try:
+        dtub = Tubes([r["segmentations"] for _, r in dts], shape)
+    except InputError as e:
+        raise InputError(f"video {video_id}: predictions: {e}") from None
+    n_frames = (dtub.areas > 0).sum(1)  # average over non-empty frames (the official ``if a`` filter)
+    dt_area = np.where(n_frames > 0, dtub.areas.sum(1) / np.maximum(n_frames, 1), 0.0)
+    dt_out = _out_of(dt_area)  # (A, D)
+    gt_ids_all = np.array([g["id"] for g in gts], dtype=np.int64)
+    gt_crowd_all = np.array([bool(g.get("iscrowd", 0)) for g in gts], dtype=bool)
+    gt_area = np.array([average_area(g.get("areas") or []) for g in gts], dtype=np.float64)
+    gt_ignore_all = gt_crowd_all[None, :] | _out_of(gt_area)  # (A, G)
+    det_index = np.array([i for i, _ in dts], dtype=np.int64)
+    out = []
+    for cat in cats:
+        dr, gc = np.flatnonzero(d_cat == cat), np.flatnonzero(g_cat == cat)
+        ious = tube_iou(dtub, gtub, intersections(dtub, gtub, dr, gc), dr, gc)
+        gt_ids, gt_crowd, gt_ignore = gt_ids_all[gc], gt_crowd_all[gc], gt_ignore_all[:, gc]
+        dt_match, dt_ignore, gt_match_det = greedy_match(ious, gt_ids, gt_crowd, gt_ignore, IOU_THRS)
+        dt_ignore |= (dt_match == 0) & dt_out[:, None, dr]
+        out.append(VideoCategoryEval(video_id, cat, d_scores[dr], det_index[dr], gt_ids, gt_crowd, ious,
+                                     dt_match, dt_ignore, gt_ignore, gt_match_det))
+    return out
+
+# ------------------------------------------------------------------------------------------- preparation
+def group_inputs(gt: dict, results: list[dict], path: str | None = None):
+    """Video ids (sorted), category ids (sorted) and per-video tasks in the official order."""
+    vid_ids = sorted({v["id"] for v in gt["videos"]})
+    cat_ids = sorted({c["id"] for c in gt["categories"]})
+    known_v, known_c = set(vid_ids), set(cat_ids)
+    gts = defaultdict(lambda: defaultdict(list))
+    for a in gt["annotations"]:
+        if a["video_id"] in known_v and a["category_id"] in known_c:
+            gts[a["video_id"]][a["category_id"]].append(a)
+    dts = defaultdict(lambda: defaultdict(list))
+    for i, r in enumerate(results):
+        if r["video_id"] not in known_v:
+            raise InputError(f"result {i}: video_id {r['video_id']} is not in the ground truth", path)
+        if r["category_id"] in known_c:  # the official loader drops unknown categories silently
+            dts[r["video_id"]][r["category_id"]].append((i, r))
+    shapes = {v["id"]: (int(v["height"]), int(v["width"])) for v in gt["videos"]}
+    tasks = [(v, shapes[v], dict(gts[v]), dict(dts[v])) for v in vid_ids if v in gts or v in dts]
+    return vid_ids, cat_ids, tasks
+
+
+# ------------------------------------------------------------------------------------------- accumulation
+@dataclass
+class Evaluation:
+    """Everything the scorer computed: the official ``precision`` (T, R, K, A, M) and ``recall``
+    (T, K, A, M) arrays, the 12 summary numbers, and the per-(video, category) matchings."""
+
+    video_ids: list[int]
+    category_ids: list[int]
+    category_names: dict[int, str]
+    entries: list[VideoCategoryEval]
+    precision: np.ndarray
+    recall: np.ndarray
+    stats: dict[str, float]
+
+    def per_category(self) -> list[dict]:
+        """AP / AP50 / AP75 / AR100 per category (area all, 100 detections), -1 where undefined."""
+        rows = []
+        for k, cat in enumerate(self.category_ids):
+            p = self.precision[:, :, k, 0, -1]
+            r = self.recall[:, k, 0, -1]
+            rows.append({
+                "category_id": cat, "name": self.category_names.get(cat, str(cat)),
+                "AP": _mean_defined(p), "AP50": _mean_defined(p[0]), "AP75": _mean_defined(p[5]),
+                "AR100": _mean_defined(r),
+                "instances": int(sum(int((~e.gt_ignore[0]).sum()) for e in self.entries if e.category_id == cat)),
+            })
+        return rows
+
+
+def _mean_defined(s: np.ndarray) -> float:
+    s = s[s > -1]
+    return -1.0 if len(s) == 0 else float(np.mean(s))
+
+
+def accumulate(entries: list[VideoCategoryEval], cat_ids: list[int], area_idx=None, maxdet_idx=None):
+    """The official ``accumulate``: precision (T, R, K, A, M), recall (T, K, A, M); entries in video order."""
+    T, R, K, A, M = len(IOU_THRS), len(REC_THRS), len(cat_ids), len(AREA_RNG), len(MAX_DETS)
+    precision = -np.ones((T, R, K, A, M))
+    recall = -np.ones((T, K, A, M))
+    by_cat = defaultdict(list)
+    for e in entries:
+        by_cat[e.category_id].append(e)
+    area_idx = range(A) if area_idx is None else area_idx
+    maxdet_idx = range(M) if maxdet_idx is None else maxdet_idx
+    for k, cat in enumerate(cat_ids):
+        E = by_cat.get(cat)
+        if not E:
+            continue
+        for m in maxdet_idx:
+            max_det = MAX_DETS[m]
+            scores = np.concatenate([e.scores[:max_det] for e in E])
+            inds = np.argsort(-scores, kind="mergesort")
+            for a in area_idx:
+                gt_ig = np.concatenate([e.gt_ignore[a] for e in E])
+                npig = np.count_nonzero(gt_ig == 0)
+                if npig == 0:
+                    continue
+                dtm = np.concatenate([e.dt_match[a, :, :max_det] for e in E], axis=1)[:, inds]
+                dt_ig = np.concatenate([e.dt_ignore[a, :, :max_det] for e in E], axis=1)[:, inds]
+                precision[:, :, k, a, m], recall[:, k, a, m] = _pr_curve(dtm, dt_ig, npig)
+    return precision, recall
+
+
+def _pr_curve(dtm: np.ndarray, dt_ig: np.ndarray, npig: int):
+    """(T, R) interpolated precision and (T,) final recall from sorted matches, as the official loop."""
+    T, nd = dtm.shape
+    tps = np.logical_and(dtm, np.logical_not(dt_ig))
+    fps = np.logical_and(np.logical_not(dtm), np.logical_not(dt_ig))
+    tp_sum = np.cumsum(tps, axis=1).astype(dtype=np.float64)
+    fp_sum = np.cumsum(fps, axis=1).astype(dtype=np.float64)
+    q = np.zeros((T, len(REC_THRS)))
+    if nd == 0:
+        return q, np.zeros(T)
+    rc = tp_sum / npig
+    pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
+    pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]  # monotone from the right
+    for t in range(T):
+        inds = np.searchsorted(rc[t], REC_THRS, side="left")
+        ok = inds < nd
+        q[t, ok] = pr[t, inds[ok]]
+    return q, rc[:, -1].copy()
+
+
+def summarize(precision: np.ndarray, recall: np.ndarray) -> dict[str, float]:
+    """The 12 official summary numbers (mean over defined entries, -1 if none)."""
+
+    def one(ap, iou_thr=None, area="all", max_dets=100):
+        a = AREA_LBL.index(area)
+        m = MAX_DETS.index(max_dets)
+        s = precision if ap else recall
+        if iou_thr is not None:
+            s = s[np.where(iou_thr == IOU_THRS)[0]]
+        s = s[:, :, :, a, m] if ap else s[:, :, a, m]
+        return -1.0 if len(s[s > -1]) == 0 else float(np.mean(s[s > -1]))
+
+    vals = [one(1), one(1, iou_thr=0.5), one(1, iou_thr=0.75), one(1, area="small"), one(1, area="medium"),
+            one(1, area="large"), one(0, max_dets=1), one(0, max_dets=10), one(0), one(0, area="small"),
+            one(0, area="medium"), one(0, area="large")]
+    return dict(zip(STAT_KEYS, vals))
+
+
+# ------------------------------------------------------------------------------------------------ driver
+_TASKS = None
+
+
+def _evaluate_task_index(i: int) -> list[VideoCategoryEval]:
+    return _evaluate_video(_TASKS[i])
+
+
+def match_all(gt: dict, results: list[dict], workers: int = 1, progress: bool = False,
+              path: str | None = None):
+    """Per-(video, category) matchings in video-id order (parallel over videos when ``workers`` > 1)."""
+    vid_ids, cat_ids, tasks = group_inputs(gt, results, path)
+    workers = max(1, min(workers, os.cpu_count() or 1, len(tasks) or 1))
+    bar = tqdm(total=len(tasks), desc="score", unit="video", disable=not progress)
+    entries: list[VideoCategoryEval] = []
+    if workers == 1:
+        for task in tasks:
+            entries.extend(_evaluate_video(task))
+            bar.update()
+    else:
+        # fork: the workers inherit the grouped inputs instead of receiving them pickled
+        global _TASKS
+        _TASKS = tasks
+        try:
+            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                chunk = max(1, len(tasks) // (4 * workers))
+                for res in pool.map(_evaluate_task_index, range(len(tasks)), chunksize=chunk):
+                    entries.extend(res)
+                    bar.update()
+        finally:
+            _TASKS = None
+    bar.close()
+    return vid_ids, cat_ids, entries
+
+
+def evaluate(gt: dict, results: list[dict], workers: int = 1, progress: bool = False,
+             path: str | None = None) -> Evaluation:
+    """Score ``results`` against ``gt`` with the YouTube-VIS protocol."""
+    vid_ids, cat_ids, entries = match_all(gt, results, workers, progress, path)
+    precision, recall = accumulate(entries, cat_ids)
+    names = {c["id"]: c.get("name", str(c["id"])) for c in gt["categories"]}
+    return Evaluation(vid_ids, cat_ids, names, entries, precision, recall, summarize(precision, recall))

@@ -1,0 +1,138 @@
+"""Audio tokens for RCF (paper Section III-C): per-frame audio features -> bi-LSTM -> two FC -> C' channels.
+
+For a target frame t with delta reference frames, the data pipeline gives the per-frame windows of the
+1 + delta frames (``frame_windows``: eta seconds ending at each frame's time, 16 kHz mono)::
+
+    audio  B x T x S  --front end + backbone, per window-->  a  B x T x C_a  (VGGish: C_a = 4096)
+           --2-layer bidirectional LSTM over T (hidden 512)-->  B x T x 1024
+           --fc 1024->512, ReLU, fc 512->C'-->  O_aud  B x T x C'   (T = 1 + delta tokens)
+
+Two presets share this interface: :func:`audio_tokens_vggish` (the paper's) and :func:`audio_tokens_tiny`
+(a small conv net on the same log-mel and a small LSTM, for CPU tests and the demo). Both are
+hydra-instantiable (``_target_: avis.models.audio.audio_tokens_vggish``).
+
+Online use: :meth:`AudioTokenEncoder.frame_features` computes a_t once per frame (cache it like the visual
+features), :meth:`AudioTokenEncoder.tokens` turns the cached a_{t-delta..t} into tokens. Training with a
+frozen VGGish can skip the backbone with precomputed features: ``encoder(features=a)`` (see
+:mod:`avis.models.audio.precompute`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from avis.models.audio.frontend import LogMelFrontend
+from avis.models.audio.vggish import vggish
+
+
+class TinyAudioNet(nn.Module):
+    """Small CPU backbone on VGGish log-mel examples: N x 96 x 64 -> N x ``feature_dim``."""
+
+    def __init__(self, feature_dim: int = 128, width: int = 16):
+        super().__init__()
+        self.feature_dim = feature_dim
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(1),
+        )
+        self.fc = nn.Sequential(nn.Linear(4 * width, feature_dim), nn.ReLU(inplace=True))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            x = x[:, None]
+        return self.fc(self.features(x))
+
+
+class AudioFeatureExtractor(nn.Module):
+    """Per-frame audio features: windows (..., S) at 16 kHz -> (..., C_a).
+
+    ``backbone`` maps log-mel examples N x 96 x 64 to N x ``feature_dim`` (``forward_features``).
+    ``trainable=False`` freezes it: no gradients, always in eval mode, run under ``torch.no_grad``.
+    """
+
+    def __init__(self, backbone: nn.Module, trainable: bool = False, chunk_size: int = 256):
+        super().__init__()
+        self.frontend = LogMelFrontend()
+        self.backbone = backbone
+        self.feature_dim = int(backbone.feature_dim)
+        self.trainable = trainable
+        self.chunk_size = chunk_size  # windows per backbone call, bounds activation memory
+        if not trainable:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not self.trainable:
+            self.backbone.eval()
+        return self
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        lead, s = windows.shape[:-1], windows.shape[-1]
+        flat = windows.reshape(-1, s)
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            out = [self.backbone.forward_features(self.frontend.examples(chunk))
+                   for chunk in flat.split(self.chunk_size)]
+        feats = torch.cat(out) if out else flat.new_zeros(0, self.feature_dim)
+        return feats.reshape(*lead, self.feature_dim)
+
+
+class AudioTokenEncoder(nn.Module):
+    """audio B x T x S (per-frame windows, 16 kHz) -> tokens B x T x ``out_channels``.
+
+    ``forward(features=a)`` takes precomputed per-frame features a (B x T x C_a, any float dtype) instead.
+    """
+
+    def __init__(self, extractor: AudioFeatureExtractor, out_channels: int = 256, lstm_hidden: int = 512,
+                 lstm_layers: int = 2, fc_hidden: int = 512):
+        super().__init__()
+        self.extractor = extractor
+        self.feature_dim = extractor.feature_dim
+        self.out_channels = out_channels
+        self.lstm = nn.LSTM(self.feature_dim, lstm_hidden, num_layers=lstm_layers, batch_first=True,
+                            bidirectional=True)
+        # Last layer without ReLU: tokens enter the fusion transformer next to unconstrained visual tokens.
+        self.head = nn.Sequential(nn.Linear(2 * lstm_hidden, fc_hidden), nn.ReLU(inplace=True),
+                                  nn.Linear(fc_hidden, out_channels))
+
+    def frame_features(self, audio: torch.Tensor) -> torch.Tensor:
+        """(..., S) windows -> (..., C_a) features a_t."""
+        return self.extractor(audio)
+
+    def tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """B x T x C_a -> B x T x C'."""
+        if features.dim() != 3 or features.shape[-1] != self.feature_dim:
+            raise ValueError(f"expected features B x T x {self.feature_dim}, got {tuple(features.shape)}")
+        weight = self.lstm.weight_ih_l0
+        h, _ = self.lstm(features.to(weight.dtype))
+        return self.head(h)
+
+    def forward(self, audio: torch.Tensor | None = None, *, features: torch.Tensor | None = None) -> torch.Tensor:
+        if (audio is None) == (features is None):
+            raise ValueError("give exactly one of audio (B x T x S) or features (B x T x C_a)")
+        if features is None:
+            if audio.dim() != 3:
+                raise ValueError(f"expected audio B x T x S, got {tuple(audio.shape)}")
+            features = self.frame_features(audio)
+        return self.tokens(features)
+
+
+def audio_tokens_vggish(out_channels: int = 256, weights: str | os.PathLike | None = None, freeze: bool = True,
+                        lstm_hidden: int = 512, lstm_layers: int = 2, fc_hidden: int = 512,
+                        chunk_size: int = 64) -> AudioTokenEncoder:
+    """The paper's audio branch: VGGish (C_a = 4096; official weights from a local torchvggish file, else
+    random init with a warning), 2-layer bi-LSTM with hidden 512, fc 1024->512->C'."""
+    extractor = AudioFeatureExtractor(vggish(weights), trainable=not freeze, chunk_size=chunk_size)
+    return AudioTokenEncoder(extractor, out_channels, lstm_hidden, lstm_layers, fc_hidden)
+
+
+def audio_tokens_tiny(out_channels: int = 64, feature_dim: int = 64, width: int = 8, lstm_hidden: int = 32,
+                      lstm_layers: int = 2, fc_hidden: int = 64, freeze: bool = False) -> AudioTokenEncoder:
+    """CPU preset with the same interface: small conv net on the VGGish log-mel, small bi-LSTM."""
+    extractor = AudioFeatureExtractor(TinyAudioNet(feature_dim, width), trainable=not freeze)
+    return AudioTokenEncoder(extractor, out_channels, lstm_hidden, lstm_layers, fc_hidden)

@@ -1,0 +1,501 @@
+"""``avis build``: raw videos (+ YTVIS JSON) -> synchronised WebDataset shards + ``manifest.json``.
+
+Three input forms (docs/data.md):
+
+1. ``--videos DIR`` alone: every video file under DIR (sorted by path), frames every 1/``--fps`` s;
+2. ``--annotations FILE`` whose videos give ``video_file`` (relative to DIR) and ``fps`` or ``frame_times``;
+3. ``--annotations FILE`` whose videos give ``file_names`` (JPEG frames under DIR) and an ``audio_file``.
+
+One shard sample per video (key = zero-padded video id)::
+
+    KEY.json          metadata, frame times, instances (RLE masks at the stored frame size, original category ids)
+    KEY.audio.flac    16 kHz mono int16 FLAC on the frame timeline (silence if the video has no sound)
+    KEY.00000.jpg ... one JPEG per frame, in time order
+
+Determinism: inputs are processed in a fixed order, shards are cut by size in that order and tar headers are
+fixed (mtime 0, uid/gid 0, mode 0644), so the bytes do not depend on ``--workers``. Resumability: shards are
+written as ``.shard-NNNNNN.tar.tmp`` and renamed when complete; ``.build-state.json`` records the finished
+shards, and ``--resume`` continues after the last one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import multiprocessing
+import os
+import re
+import sys
+import tarfile
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from avis import __version__
+from avis.errors import ConfigError, InputError
+from avis.io import masks as mask_io
+from avis.io.atomic import atomic_write_json
+from avis.io.ytvis import load_json, normalize_annotations
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SAMPLE_RATE = 16_000
+STATE_FILE = ".build-state.json"
+VIDEO_EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".flv",
+                    ".wmv", ".3gp", ".ogv"}
+EXIT_SOME_FAILED = 3
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--videos", required=True, help="folder of the videos (or of the JPEG frame folders)")
+    p.add_argument("--annotations", help="YTVIS JSON (optional; see docs/data.md for the builder extensions)")
+    p.add_argument("--out", required=True, help="output folder for shard-NNNNNN.tar and manifest.json")
+    p.add_argument("--fps", type=float, default=6.0,
+                   help="frame rate to sample raw videos at, and the rate of JPEG frames without fps (default 6)")
+    p.add_argument("--max-size", type=int, default=None, help="scale frames so the longer side is at most this")
+    p.add_argument("--workers", type=int, default=1, help="decoding processes (default 1; output is identical)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted build in --out")
+    p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of the stored frames (default 90)")
+    p.add_argument("--shard-size", type=int, default=256 << 20, help="target shard size in bytes (default 256 MiB)")
+    p.add_argument("--require-audio", action="store_true", help="treat a video without sound as a failed input")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# jobs: one picklable dict per input video, in the output order
+
+
+def _key(video_id) -> str:
+    if isinstance(video_id, int) and not isinstance(video_id, bool) and video_id >= 0:
+        return f"{video_id:08d}"
+    return re.sub(r"[^A-Za-z0-9_-]", "_", str(video_id)) or "_"
+
+
+def _scan_videos(root: Path) -> list[str]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in filenames:
+            if not f.startswith(".") and Path(f).suffix.lower() in VIDEO_EXTENSIONS:
+                files.append(os.path.relpath(os.path.join(dirpath, f), root))
+    return sorted(files, key=lambda s: s.replace(os.sep, "/"))
+
+
+def make_jobs(videos_dir: Path, annotations: str | None, fps: float) -> tuple[list[dict], list[dict]]:
+    """-> (jobs, categories sorted by id)."""
+    if annotations is None:
+        files = _scan_videos(videos_dir)
+        if not files:
+            raise InputError(f"no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) found", videos_dir)
+        return [{"video_id": i + 1, "kind": "video", "source": f, "fps": fps, "times": None, "annotations": None,
+                 "video": None} for i, f in enumerate(files)], []
+    data = load_json(annotations)
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("videos", "categories")):
+        raise InputError("not a YTVIS annotation file (needs 'videos' and 'categories' lists)", annotations)
+    cats = []
+    for c in data["categories"]:
+        if not isinstance(c, dict) or not isinstance(c.get("id"), int):
+            raise InputError(f"category without an integer id: {c!r:.80}", annotations)
+        cats.append(c)
+    cats.sort(key=lambda c: c["id"])
+    by_video: dict = {}
+    for a in data.get("annotations") or []:
+        if isinstance(a, dict):
+            by_video.setdefault(a.get("video_id"), []).append(a)
+    jobs = []
+    seen = set()
+    for v in data["videos"]:
+        if not isinstance(v, dict) or "id" not in v:
+            raise InputError(f"video entry without an id: {v!r:.80}", annotations)
+        if v["id"] in seen:
+            raise InputError(f"duplicate video id {v['id']}", annotations)
+        seen.add(v["id"])
+        kind = "video" if v.get("video_file") else "frames"
+        source = v.get("video_file") or (v.get("file_names") or [None])[0]
+        times = v.get("frame_times")
+        jobs.append({"video_id": v["id"], "kind": kind, "source": source, "fps": v.get("fps"), "times": times,
+                     "annotations": by_video.get(v["id"], []), "video": v})
+    jobs.sort(key=lambda j: (not isinstance(j["video_id"], int), j["video_id"] if isinstance(j["video_id"], int)
+                             else str(j["video_id"])))
+    return jobs, cats
+
+
+# ----------------------------------------------------------------------------------------------------------
+# worker: one job -> the files of its shard sample (runs in the pool; no shared state)
+
+
+def _resize_mask(m: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Nearest-neighbour resize by index gathering (deterministic, no interpolation library)."""
+    if m.shape == (h, w):
+        return m
+    rows = np.minimum((np.arange(h) + 0.5) * m.shape[0] / h, m.shape[0] - 1).astype(np.int64)
+    cols = np.minimum((np.arange(w) + 0.5) * m.shape[1] / w, m.shape[1] - 1).astype(np.int64)
+    return m[rows[:, None], cols[None, :]]
+
+
+def _frame_times(job: dict, default_fps: float) -> tuple[np.ndarray | None, float | None]:
+    """Annotated forms: the frame times the JSON gives (or k / fps for its length). None for raw videos."""
+    v = job["video"]
+    if v is None:
+        return None, job["fps"]
+    if job["times"] is not None:
+        t = np.asarray(job["times"], dtype=np.float64)
+        if t.ndim != 1 or len(t) == 0 or not np.all(np.isfinite(t)) or np.any(np.diff(t) <= 0):
+            raise InputError(f"video {v['id']}: frame_times must be increasing finite seconds")
+        return t, (float(v["fps"]) if v.get("fps") else None)
+    fps = float(job["fps"] or default_fps)
+    n = v.get("length") or len(v.get("file_names") or [])
+    if not n:
+        lens = [len(a.get("segmentations") or []) for a in job["annotations"]]
+        n = max(lens, default=0)
+    if not n:
+        raise InputError(f"video {v['id']}: no length, file_names or frame_times to know its frames")
+    return np.arange(int(n), dtype=np.float64) / fps, fps
+
+
+def _encode_jpeg(img: np.ndarray, quality: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _encode_flac(audio: np.ndarray, sample_rate: int) -> bytes:
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    # int16 full scale is 32768 so that reading back as float (x / 32768) returns the quantised input
+    pcm = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
+    sf.write(buf, pcm, sample_rate, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def process(job: dict, settings: dict) -> dict:
+    """Decode one input and encode its sample. -> {"files": [(name, bytes)], "meta": ..., "warnings": [...]}."""
+    from data_tools import decode as dec
+
+    root = Path(settings["videos"])
+    key = _key(job["video_id"])
+    warnings = []
+    times, fps = _frame_times(job, settings["fps"])
+    src = root / job["source"] if job["source"] else None
+    if src is None:
+        raise InputError(f"video {job['video_id']}: no video_file or file_names")
+    meta = {"video_id": job["video_id"], "key": key, "source": job["source"], "sample_rate": SAMPLE_RATE,
+            "audio_encoding": "flac-pcm16", "format_version": FORMAT_VERSION}
+    if job["kind"] == "video":
+        d = dec.decode(src, times=times, fps=None if times is not None else fps, max_size=settings["max_size"],
+                       sample_rate=SAMPLE_RATE)
+        if times is not None and times[-1] >= d.duration - 1e-6:
+            raise InputError(f"annotated frame times reach {times[-1]:.3f} s but the video lasts "
+                             f"{d.duration:.3f} s", src)
+        frames, audio, has_audio = d.frames, d.audio, d.has_audio
+        orig_w, orig_h, duration = d.width, d.height, d.duration
+        meta.update(shown_times=[round(float(t), 6) for t in d.shown_times], rotation=d.rotation,
+                    audio_source=job["source"] if has_audio else None)
+    else:
+        v = job["video"]
+        names = v.get("file_names") or []
+        if len(names) != len(times):
+            raise InputError(f"video {v['id']}: {len(names)} file_names for {len(times)} frame times")
+        frames = [dec.read_image(root / n, settings["max_size"]) for n in names]
+        if len({f.shape for f in frames}) != 1:
+            raise InputError(f"video {v['id']}: its frames do not all have the same size", root / names[0])
+        frames = np.stack(frames)
+        orig_w, orig_h = dec.read_image_size(root / names[0])
+        period = 1.0 / fps if fps else (float(np.median(np.diff(times))) if len(times) > 1 else 1.0)
+        duration = float(times[-1] + period)
+        n = int(round(duration * SAMPLE_RATE))
+        audio = np.zeros(n, np.float32)
+        has_audio = bool(v.get("audio_file"))
+        if has_audio:
+            a = dec.decode_audio_file(root / v["audio_file"], SAMPLE_RATE)[:n]
+            audio[:len(a)] = a
+        meta.update(shown_times=[round(float(t), 6) for t in times], rotation=0,
+                    audio_source=v.get("audio_file"))
+    if not has_audio:
+        if settings["require_audio"]:
+            raise InputError("no sound stream (--require-audio)", src)
+        warnings.append(f"{src}: no sound stream; storing silence (has_audio = false)")
+    T, H, W = frames.shape[:3]
+    if T == 0:
+        raise InputError("no frames at the requested times", src)
+    frame_times = times if times is not None else np.arange(T, dtype=np.float64) / fps
+    instances = []
+    if job["video"] is not None:
+        v = dict(job["video"])
+        jw, jh = v.get("width"), v.get("height")
+        if (jw, jh) != (None, None) and (jw, jh) != (orig_w, orig_h):
+            raise InputError(f"video {v['id']}: annotations are {jw}x{jh} but the frames are {orig_w}x{orig_h}", src)
+        v.setdefault("width", orig_w)
+        v.setdefault("height", orig_h)
+        v["length"] = T
+        anns = normalize_annotations({"videos": [v], "annotations": [dict(a) for a in job["annotations"]],
+                                      "categories": []})["annotations"]
+        cat_ids = set(settings["category_ids"])
+        for a in anns:
+            segs = a["segmentations"]
+            if len(segs) != T:
+                raise InputError(f"video {v['id']} annotation {a.get('id')}: {len(segs)} segmentations for "
+                                 f"{T} frames")
+            if a.get("category_id") not in cat_ids:
+                raise InputError(f"video {v['id']} annotation {a.get('id')}: unknown category_id "
+                                 f"{a.get('category_id')}")
+            if (W, H) != (orig_w, orig_h):
+                segs = [None if s is None else mask_io.encode(_resize_mask(mask_io.decode(s), H, W)) for s in segs]
+            instances.append({"id": a.get("id"), "category_id": a["category_id"],
+                              "iscrowd": int(a.get("iscrowd", 0)), "segmentations": segs})
+    meta.update(num_frames=T, width=W, height=H, orig_width=orig_w, orig_height=orig_h, fps=fps,
+                frame_times=[float(t) for t in frame_times], duration=round(float(duration), 6),
+                has_audio=bool(has_audio), num_samples=int(len(audio)), instances=instances)
+    files = [(f"{key}.json", json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()),
+             (f"{key}.audio.flac", _encode_flac(audio, SAMPLE_RATE))]
+    q = settings["jpeg_quality"]
+    files += [(f"{key}.{t:05d}.jpg", _encode_jpeg(frames[t], q)) for t in range(T)]
+    return {"files": files, "warnings": warnings, "num_frames": T, "num_instances": len(instances),
+            "has_audio": bool(has_audio)}
+
+
+def _work(arg) -> tuple[int, dict | None, str | None]:
+    """Pool entry point: never raises, so that one bad input cannot stop the build."""
+    index, job, settings = arg
+    try:
+        return index, process(job, settings), None
+    except InputError as e:
+        # the source is reported beside the reason; name the file only when it is another one (a frame)
+        same = e.path is None or e.path == os.fspath(Path(settings["videos"]) / (job["source"] or ""))
+        return index, None, e.message if same else str(e)
+    except Exception as e:  # noqa: BLE001 - a decoder or library failing on odd input is still that input's failure
+        log.debug("input %s failed:\n%s", job.get("source"), traceback.format_exc())
+        return index, None, f"internal error: {type(e).__name__}: {e}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# shard writing
+
+
+class _HashingFile:
+    def __init__(self, f):
+        self.f, self.sha, self.n = f, hashlib.sha256(), 0
+
+    def write(self, b):
+        self.sha.update(b)
+        self.n += len(b)
+        return self.f.write(b)
+
+    def tell(self):
+        return self.n
+
+
+def _member_size(n: int) -> int:
+    return 512 + (n + 511) // 512 * 512
+
+
+class ShardWriter:
+    """Writes one shard under a temporary name; :meth:`close` fsyncs and renames it."""
+
+    def __init__(self, out: Path, index: int):
+        self.name = f"shard-{index:06d}.tar"
+        self.path = out / self.name
+        self.tmp = out / f".{self.name}.tmp"
+        self.f = open(self.tmp, "wb")
+        self.h = _HashingFile(self.f)
+        self.tar = tarfile.open(fileobj=self.h, mode="w", format=tarfile.USTAR_FORMAT)
+        self.bytes = 0
+        self.keys: list[str] = []
+        self.num_frames = 0
+
+    def add(self, key: str, files: list[tuple[str, bytes]], num_frames: int) -> None:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
+            info.uname = info.gname = ""
+            self.tar.addfile(info, io.BytesIO(data))
+            self.bytes += _member_size(len(data))
+        self.keys.append(key)
+        self.num_frames += num_frames
+
+    def close(self) -> dict:
+        self.tar.close()
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        os.replace(self.tmp, self.path)
+        return {"name": self.name, "sha256": self.h.sha.hexdigest(), "bytes": self.h.n,
+                "num_videos": len(self.keys), "num_frames": self.num_frames, "keys": self.keys}
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _settings(args, videos: Path, cats) -> dict:
+    if not args.fps > 0:
+        raise ConfigError(f"--fps must be positive, got {args.fps}")
+    if args.max_size is not None and args.max_size < 16:
+        raise ConfigError(f"--max-size must be at least 16, got {args.max_size}")
+    if not 1 <= args.jpeg_quality <= 100:
+        raise ConfigError(f"--jpeg-quality must be in 1..100, got {args.jpeg_quality}")
+    if args.shard_size < 1:
+        raise ConfigError("--shard-size must be positive")
+    if args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    return {"videos": str(videos), "annotations": args.annotations, "fps": float(args.fps),
+            "max_size": args.max_size, "jpeg_quality": args.jpeg_quality, "shard_size": args.shard_size,
+            "require_audio": bool(args.require_audio), "sample_rate": SAMPLE_RATE,
+            "category_ids": [c["id"] for c in cats]}
+
+
+def _clean(out: Path) -> None:
+    for p in out.iterdir():
+        if p.name in ("manifest.json", STATE_FILE) or re.fullmatch(r"\.?shard-\d{6}\.tar(\.tmp)?", p.name):
+            p.unlink()
+
+
+def _jobs_digest(jobs) -> str:
+    return hashlib.sha256(json.dumps(jobs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _load_state(out: Path, settings: dict, digest: str) -> dict | None:
+    path = out / STATE_FILE
+    if not path.exists():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        log.warning("%s is unreadable; starting over", path)
+        return None
+    if state.get("settings") != settings or state.get("inputs") != digest:
+        raise ConfigError(f"{out} holds a build with other settings or inputs; rerun without --resume to "
+                          "start over")
+    # keep the finished shards that are intact, drop everything after the first damaged one
+    kept = []
+    for s in state["shards"]:
+        p = out / s["name"]
+        if not p.exists() or p.stat().st_size != s["bytes"] or sha256_file(p) != s["sha256"]:
+            log.warning("%s is missing or damaged; rebuilding from it on", p)
+            break
+        kept.append(s)
+    if len(kept) < len(state["shards"]):
+        state["next_index"] = kept[-1]["next_index"] if kept else 0
+        state["failed"] = [f for f in state["failed"] if f["index"] < state["next_index"]]
+        state["no_audio"] = [a for a in state["no_audio"] if a[0] < state["next_index"]]
+        state["shards"] = kept
+    return state
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    videos = Path(args.videos)
+    if not videos.is_dir():
+        raise InputError("not a folder", videos)
+    out = Path(args.out)
+    jobs, cats = make_jobs(videos, args.annotations, args.fps)
+    settings = _settings(args, videos, cats)
+    out.mkdir(parents=True, exist_ok=True)
+    digest = _jobs_digest(jobs)
+    state = _load_state(out, settings, digest) if args.resume else None
+    if state is None:
+        _clean(out)
+        state = {"settings": settings, "inputs": digest, "shards": [], "failed": [], "next_index": 0,
+                 "no_audio": []}
+    elif state.get("done") and (out / "manifest.json").exists():
+        print(f"avis build: {out} is complete; nothing to do", file=sys.stderr)
+        return EXIT_SOME_FAILED if state["failed"] else 0
+    for p in out.glob(".shard-*.tar.tmp"):  # a shard that was being written when the build stopped
+        p.unlink()
+
+    start = state["next_index"]
+    todo = [(i, jobs[i], settings) for i in range(start, len(jobs))]
+    pending_failed: list[dict] = []
+    pending_no_audio: list[str] = []
+    writer: ShardWriter | None = None
+
+    def save_state():
+        atomic_write_json(state, out / STATE_FILE)
+
+    def finish_shard(next_index: int):
+        nonlocal writer
+        rec = writer.close()
+        rec["next_index"] = next_index
+        state["shards"].append(rec)
+        state["failed"].extend(pending_failed)
+        state["no_audio"].extend(pending_no_audio)
+        pending_failed.clear()
+        pending_no_audio.clear()
+        state["next_index"] = next_index
+        save_state()
+        writer = None
+
+    if args.workers > 1 and len(todo) > 1:
+        pool = multiprocessing.get_context("spawn").Pool(min(args.workers, len(todo)))
+        results = pool.imap(_work, todo, chunksize=1)
+    else:
+        pool = None
+        results = map(_work, todo)
+    bar = tqdm(total=len(jobs), initial=start, unit="video", desc="avis build", disable=None, file=sys.stderr)
+    try:
+        for index, res, error in results:
+            job = jobs[index]
+            bar.update(1)
+            if error is not None:
+                src = job["source"] or f"video {job['video_id']}"
+                pending_failed.append({"index": index, "video_id": job["video_id"], "source": src, "reason": error})
+                tqdm.write(f"avis build: failed: {src}: {error}", file=sys.stderr)
+                continue
+            for w in res["warnings"]:
+                tqdm.write(f"avis build: warning: {w}", file=sys.stderr)
+            if not res["has_audio"]:
+                pending_no_audio.append([index, job["source"]])
+            size = sum(_member_size(len(b)) for _, b in res["files"])
+            if writer is not None and writer.keys and writer.bytes + size > args.shard_size:
+                finish_shard(index)
+            if writer is None:
+                writer = ShardWriter(out, len(state["shards"]))
+            writer.add(_key(job["video_id"]), res["files"], res["num_frames"])
+        if writer is not None:
+            finish_shard(len(jobs))
+        else:
+            state["failed"].extend(pending_failed)
+            state["no_audio"].extend(pending_no_audio)
+            state["next_index"] = len(jobs)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "avis_version": __version__,
+        "settings": {k: v for k, v in settings.items() if k != "category_ids"},
+        "categories": cats,
+        "counts": {"videos": sum(s["num_videos"] for s in state["shards"]),
+                   "frames": sum(s["num_frames"] for s in state["shards"]),
+                   "shards": len(state["shards"]), "failed": len(state["failed"]),
+                   "without_audio": len(state["no_audio"])},
+        "shards": [{k: s[k] for k in ("name", "sha256", "bytes", "num_videos", "num_frames", "keys")}
+                   for s in state["shards"]],
+        "failed": [{k: f[k] for k in ("video_id", "source", "reason")} for f in state["failed"]],
+        "without_audio": [src for _, src in state["no_audio"]],
+    }
+    atomic_write_json(manifest, out / "manifest.json", indent=1)
+    state["done"] = True
+    save_state()
+    n_failed = len(state["failed"])
+    print(f"avis build: {manifest['counts']['videos']} videos, {manifest['counts']['frames']} frames in "
+          f"{len(state['shards'])} shards -> {out}" + (f"; {n_failed} inputs failed (see manifest.json)"
+                                                        if n_failed else ""), file=sys.stderr)
+    return EXIT_SOME_FAILED if n_failed else 0

@@ -1,0 +1,132 @@
+"""avis ttest: the samples each test is built from (matching, thresholds, pairing), with scipy as the oracle
+for the formulas."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from avis.evaluation.ttest import cohen_d, cohen_dz, compare
+from avis.io import masks as mask_io
+
+H, W = 10, 400
+
+
+def box(x0, rows, h=H, w=W):
+    """10 x 10 block at column x0 with only its first ``rows`` rows: IoU rows / 10 with the full block."""
+    m = np.zeros((h, w), np.uint8)
+    m[:rows, x0 : x0 + 10] = 1
+    return mask_io.encode(m)
+
+
+def case(rows_a, rows_b, videos=2):
+    """Instance i (in video i % videos + 1) is the full block at column 12 i; A / B predict it with rows_a[i]
+    / rows_b[i] rows (None: no prediction), so their IoUs are rows / 10."""
+    n = len(rows_a)
+    gt = {"videos": [{"id": v, "width": W, "height": H, "length": 1, "file_names": ["x.jpg"]} for v in range(1, videos + 1)],
+          "categories": [{"id": 1, "name": "thing"}],
+          "annotations": [{"id": i + 1, "video_id": i % videos + 1, "category_id": 1, "iscrowd": 0,
+                           "segmentations": [box(12 * i, 10)], "areas": [100], "bboxes": [None]} for i in range(n)]}
+
+    def results(rows, rev):
+        out = [{"video_id": i % videos + 1, "category_id": 1, "score": 0.5 + 0.01 * i,
+                "segmentations": [box(12 * i, r)]} for i, r in enumerate(rows) if r is not None]
+        return out[::-1] if rev else out
+
+    return gt, results(rows_a, False), results(rows_b, True)  # B in another file order: pairing is by instance
+
+
+ROWS_A = [10, 9, 9, 8, 7, 6, 9, 4, None, 8]
+ROWS_B = [8, 9, 6, 6, 5, 7, 8, None, 3, 6]
+
+
+def iou(r):
+    return 0.0 if r is None else r / 10
+
+
+def by(rows, test, variant, tau):
+    return next(r for r in rows if r["test"] == test and r["variant"] == variant and r["iou"] == tau)
+
+
+def test_paper_test_uses_matched_ious_above_threshold():
+    gt, a, b = case(ROWS_A, ROWS_B)
+    out = compare(gt, a, b, ious=(0.5, 0.75), bootstrap=0)
+    for tau in (0.5, 0.75):
+        xa = [iou(r) for r in ROWS_A if r is not None and iou(r) >= tau]
+        xb = [iou(r) for r in ROWS_B if r is not None and iou(r) >= tau]
+        assert sorted(out["ious_a"][tau]) == pytest.approx(sorted(xa))
+        assert sorted(out["ious_b"][tau]) == pytest.approx(sorted(xb))
+        for variant, eq in (("student", True), ("welch", False)):
+            row = by(out["rows"], "paper", variant, tau)
+            ref = sps.ttest_ind(xa, xb, equal_var=eq)
+            assert row["p_value"] == pytest.approx(ref.pvalue) and row["statistic"] == pytest.approx(ref.statistic)
+            assert (row["n_a"], row["n_b"]) == (len(xa), len(xb))
+            assert row["effect"] == pytest.approx(cohen_d(xa, xb))
+
+
+def test_paired_tests_pair_by_instance_and_count_misses_as_zero():
+    gt, a, b = case(ROWS_A, ROWS_B)
+    out = compare(gt, a, b, ious=(0.5, 0.75), bootstrap=0)
+    for tau in (0.5, 0.75):
+        xa = np.array([iou(r) if iou(r) >= tau else 0.0 for r in ROWS_A])
+        xb = np.array([iou(r) if iou(r) >= tau else 0.0 for r in ROWS_B])
+        row = by(out["rows"], "paired-instance", "paired", tau)
+        ref = sps.ttest_rel(xa, xb)
+        assert row["n_a"] == 10 and row["p_value"] == pytest.approx(ref.pvalue)
+        assert row["effect"] == pytest.approx(cohen_dz(xa - xb))
+        # per video: instances 0, 2, 4, ... in video 1, the others in video 2
+        va, vb = [xa[0::2].mean(), xa[1::2].mean()], [xb[0::2].mean(), xb[1::2].mean()]
+        row = by(out["rows"], "paired-video", "paired", tau)
+        assert row["mean_a"] == pytest.approx(np.mean(va)) and row["p_value"] == pytest.approx(sps.ttest_rel(va, vb).pvalue)
+    assert out["headline"]["test"] == "paired-instance" and out["headline"]["iou"] == 0.5
+
+
+def test_matching_is_greedy_by_score_at_the_threshold():
+    # two predictions for instance 0: the higher-scored one has IoU 0.6, the other 1.0. At 0.5 the greedy
+    # matching gives the instance 0.6; at 0.75 the 0.6 one cannot match, so it gets 1.0.
+    gt, a, b = case([6, 10], [10, 10])
+    a.append({"video_id": 1, "category_id": 1, "score": 0.1, "segmentations": [box(0, 10)]})
+    a[0]["score"] = 0.99
+    out = compare(gt, a, b, ious=(0.5, 0.75), bootstrap=0)
+    assert sorted(out["ious_a"][0.5]) == pytest.approx([0.6, 1.0])
+    assert sorted(out["ious_a"][0.75]) == pytest.approx([1.0, 1.0])
+
+
+def test_seeds_and_bootstrap(tmp_path, cli):
+    gt, a, b = case(ROWS_A, ROWS_B)
+    runs_a = [a, case([10, 10, 9, 9, 9, 9, 9, 9, 9, 9], ROWS_B)[1]]
+    runs_b = [b, case(ROWS_A, [5] * 10)[2]]
+    out = compare(gt, a, b, ious=(0.5,), runs_a=runs_a, runs_b=runs_b, bootstrap=50)
+    row = by(out["rows"], "seeds-AP", "welch", "0.50:0.95")
+    from avis.evaluation.ytvis_eval import evaluate
+
+    ap_a = [evaluate(gt, r).stats["AP"] for r in runs_a]
+    ap_b = [evaluate(gt, r).stats["AP"] for r in runs_b]
+    assert row["p_value"] == pytest.approx(sps.ttest_ind(ap_a, ap_b, equal_var=False).pvalue)
+    boot = by(out["rows"], "bootstrap-AP", "videos", "0.50:0.95")
+    d = evaluate(gt, a).stats["AP"] - evaluate(gt, b).stats["AP"]
+    assert boot["diff"] == pytest.approx(d) and boot["ci_low"] <= boot["ci_high"]
+    assert not math.isnan(boot["ci_low"])
+
+    # CLI: table, markdown, CSV, JSON, plot
+    for name, data in (("gt.json", gt), ("a.json", a), ("b.json", b)):
+        (tmp_path / name).write_text(json.dumps(data))
+    p = cli("ttest", "--gt", tmp_path / "gt.json", "--a", tmp_path / "a.json", "--b", tmp_path / "b.json",
+            "--bootstrap", "20", "--markdown", tmp_path / "t.md", "--csv", tmp_path / "t.csv", "--json",
+            tmp_path / "t.json", "--plot", tmp_path / "t.png")
+    assert p.returncode == 0, p.stderr
+    assert "headline (paired-instance" in p.stdout
+    j = json.loads((tmp_path / "t.json").read_text())
+    assert j["headline"]["p_value"] == pytest.approx(
+        sps.ttest_rel([iou(r) if iou(r) >= 0.5 else 0 for r in ROWS_A],
+                      [iou(r) if iou(r) >= 0.5 else 0 for r in ROWS_B]).pvalue)
+    assert (tmp_path / "t.md").read_text().startswith("| test |")
+    assert (tmp_path / "t.csv").read_text().startswith("test,variant,iou")
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+    bad = cli("ttest", "--gt", tmp_path / "gt.json", "--a", tmp_path / "a.json", "--b", tmp_path / "b.json",
+              "--runs-a", tmp_path / "a.json")
+    assert bad.returncode == 2 and "runs" in bad.stderr
