@@ -108,6 +108,24 @@ def test_identity_map_first_seen_order_saved_and_overflow():
     assert fresh.identities.table == {(4, 4): 0, (2, 1): 1}
 
 
+def test_identity_map_is_shared_across_ddp_ranks(monkeypatch):
+    """Under DDP every rank adds all ranks' new identities, in rank order (the gather is simulated: this rank
+    is rank 1 and rank 0 brings (0, 1) and (9, 9))."""
+    from avis.models.crossvis import losses
+
+    gathered_by_rank0 = [(0, 1), (9, 9)]
+    monkeypatch.setattr(losses.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(losses.dist, "get_world_size", lambda: 2)
+
+    def all_gather_object(out, obj):
+        out[0], out[1] = gathered_by_rank0, obj
+
+    monkeypatch.setattr(losses.dist, "all_gather_object", all_gather_object)
+    ids = IdentityMap(10)
+    assert ids.indices([(1, 1), (9, 9), (1, 1)]) == [2, 1, 2]
+    assert ids.table == {(0, 1): 0, (9, 9): 1, (1, 1): 2}
+
+
 def test_association_rule():
     e = torch.eye(4)
     trk_emb, trk_boxes, trk_labels = e[:2], torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]), torch.tensor([0, 1])

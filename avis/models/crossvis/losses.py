@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
@@ -72,9 +73,10 @@ class IdentityMap(nn.Module):
     """Maps training identities (video_id, instance_id) to proxy indices in [0, N), on the fly.
 
     Identities get the next free index in the order they are first seen; the table is saved in the module's
-    state dict (``get_extra_state``), so resumed training keeps its proxies. Past N distinct identities, new
-    ones share proxies by a fixed hash (``(video_id * 1000003 + instance_id) mod N``): set N (the config's
-    ``num_identities``) to at least the number of instances in the training set to avoid that.
+    state dict (``get_extra_state``), so resumed training keeps its proxies. Under DDP, :meth:`indices`
+    gathers every rank's new identities first and assigns them in rank order, so all ranks share one table.
+    Past N distinct identities, new ones share proxies by a fixed hash (``(video_id * 1000003 + instance_id)
+    mod N``): set N (the config's ``num_identities``) to at least the number of instances in the training set.
     """
 
     def __init__(self, num_identities: int):
@@ -83,16 +85,30 @@ class IdentityMap(nn.Module):
         self.table: dict[tuple[int, int], int] = {}
         self.overflowed = 0
 
+    def _add(self, key: tuple[int, int]) -> None:
+        if key in self.table:
+            return
+        if len(self.table) < self.num_identities:
+            self.table[key] = len(self.table)
+        else:
+            self.overflowed += 1
+
     def index(self, video_id: int, instance_id: int) -> int:
         key = (int(video_id), int(instance_id))
-        idx = self.table.get(key)
-        if idx is None:
-            if len(self.table) < self.num_identities:
-                idx = self.table[key] = len(self.table)
-            else:
-                self.overflowed += 1
-                idx = (key[0] * 1000003 + key[1]) % self.num_identities
-        return idx
+        self._add(key)
+        return self.table.get(key, (key[0] * 1000003 + key[1]) % self.num_identities)
+
+    def indices(self, keys: list[tuple[int, int]]) -> list[int]:
+        """Indices of a batch of (video_id, instance_id) keys; a collective call when DDP is running."""
+        keys = [(int(v), int(i)) for v, i in keys]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            new = [k for k in dict.fromkeys(keys) if k not in self.table]
+            gathered: list = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, new)
+            for rank_keys in gathered:
+                for key in rank_keys:
+                    self._add(tuple(key))
+        return [self.index(*k) for k in keys]
 
     def get_extra_state(self):
         keys = list(self.table)

@@ -155,9 +155,8 @@ class CrossVIS(VISMethod):
         if self.embedding:
             emb = _flat(out["emb"])
             if self.embedding == "global":
-                ids = torch.tensor([self.identities.index(targets[n]["video"], targets[n]["ids"][g])
-                                    for n, g in zip(pos_img.tolist(), pos_gt.tolist())],
-                                   dtype=torch.long, device=emb.device)
+                keys = [(targets[n]["video"], targets[n]["ids"][g]) for n, g in zip(pos_img.tolist(), pos_gt.tolist())]
+                ids = torch.tensor(self.identities.indices(keys), dtype=torch.long, device=emb.device)
                 losses["loss_embed"] = self.embed_loss(emb[pos_img, pos_loc], ids)
             else:
                 losses["loss_embed"] = self._pairwise_loss(emb, pos_img, pos_loc, pos_gt, targets)
