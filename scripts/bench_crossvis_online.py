@@ -17,21 +17,23 @@ import torch
 from avis.models.crossvis import bench_entry
 
 
-def time_variant(variant: str, frames: torch.Tensor, warmup: int, device: str) -> list[float]:
+def time_variant(variant: str, frames: torch.Tensor, warmup: int, device: str) -> tuple[list[float], list[float]]:
+    """-> per-frame wall seconds and process CPU seconds (the latter is steadier on a shared CPU)."""
     name, model = bench_entry(variant, device=device)
     state = model.init_state()
-    times = []
+    times, cpu = [], []
     for i, frame in enumerate(frames):
         frame = frame.to(device)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         model.step(state, frame)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    return times
+            cpu.append(time.process_time() - c0)
+    return times, cpu
 
 
 def main() -> None:
@@ -46,9 +48,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, 640x360")
     base = None
     for v in args.variants:
-        ms = 1000 * statistics.median(time_variant(v, frames, args.warmup, args.device))
+        wall, cpu = time_variant(v, frames, args.warmup, args.device)
+        ms, cpu_ms = 1000 * statistics.median(wall), 1000 * statistics.median(cpu)
         base = base or ms
-        print(f"{v:20s} {ms:9.1f} ms/frame  ratio {ms / base:.2f}")
+        print(f"{v:20s} {ms:9.1f} ms/frame (wall)  {cpu_ms:9.1f} ms/frame (process CPU)  ratio {ms / base:.2f}")
 
 
 if __name__ == "__main__":
