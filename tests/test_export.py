@@ -348,3 +348,134 @@ def test_video_names_are_unique_and_safe():
     gt["videos"].append({"id": 3, "width": 4, "height": 4, "length": 1, "file_names": ["x.jpg"]})
     gt["videos"].append({"id": 4, "width": 4, "height": 4, "length": 1, "video_file": "../../we ird$.mp4"})
     assert video_names(gt) == {1: "clipA_1", 2: "clipA_2", 3: "video_3", 4: "we_ird"}
+
+
+# ------------------------------------------------------------------------------------------------ overlay
+def _write_mp4(path, n=20, fps=10, w=W, h=H, sr=22050, seconds=2.0, audio=True):
+    """Tiny H.264 (+ AAC) file written with PyAV: frame k is flat grey level 8 k, the sound a 440 Hz tone."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        if audio:
+            a = c.add_stream("aac", rate=sr)
+            a.codec_context.layout = "mono"
+        for k in range(n):
+            f = av.VideoFrame.from_ndarray(np.full((h, w, 3), 8 * k, np.uint8), format="rgb24")
+            f.pts = k
+            for p in vs.encode(f):
+                c.mux(p)
+        for p in vs.encode(None):
+            c.mux(p)
+        if audio:
+            total = int(sr * seconds)
+            x = (0.3 * np.sin(2 * np.pi * 440 * np.arange(total) / sr)).astype(np.float32)
+            for s in range(0, total, 1024):
+                fr = av.AudioFrame.from_ndarray(x[None, s:s + 1024].copy(), format="flt", layout="mono")
+                fr.sample_rate, fr.pts, fr.time_base = sr, s, Fraction(1, sr)
+                for p in a.encode(fr):
+                    c.mux(p)
+            for p in a.encode(None):
+                c.mux(p)
+
+
+def _probe(path):
+    import av
+
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(v)]
+        info = {"codec": v.codec_context.name, "rate": float(v.average_rate), "frames": frames}
+    with av.open(str(path)) as c:
+        if c.streams.audio:
+            a = c.streams.audio[0]
+            info.update(audio_codec=a.codec_context.name, sample_rate=a.codec_context.sample_rate,
+                        audio_header=float(a.duration * a.time_base) if a.duration else None,
+                        audio_samples=sum(f.samples for f in c.decode(a)))
+    return info
+
+
+MW, MH = 96, 64  # big enough for the labels to stay clear of the pixels the tests look at
+
+
+@pytest.fixture
+def media(tmp_path):
+    _write_mp4(tmp_path / "clipA.mp4", w=MW, h=MH)
+    gt = _gt()
+    gt["videos"] = gt["videos"][:1]
+    gt["videos"][0].update(length=20, fps=10.0, width=MW, height=MH,
+                           file_names=[f"clipA/{t:05d}.jpg" for t in range(20)])
+    a = [_rect(20, 40, 10 + t % 10, 30 + t % 10, MH, MW) if t < 15 else None for t in range(20)]
+    res = [{"video_id": 1, "category_id": 1, "score": 0.9, "segmentations": _enc(a)},
+           {"video_id": 1, "category_id": 2, "score": 0.6, "segmentations": _enc([_rect(44, 64, 60, 90, MH, MW)] * 20)}]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "res.json").write_text(json.dumps(res))
+    return tmp_path
+
+
+@pytest.mark.parametrize("fps,frames", [(None, 20), (5.0, 10), (25.0, 50)])
+def test_overlay_frame_count_and_audio(media, fps, frames):
+    out = media / f"out_{fps}"
+    export_cmd.export(media / "res.json", media / "gt.json", ["overlay"], out, videos_dir=media, overlay_fps=fps)
+    src, ov = _probe(media / "clipA.mp4"), _probe(out / "overlay" / "clipA.mp4")
+    assert ov["codec"] == "h264" and ov["audio_codec"] == "aac"
+    assert len(ov["frames"]) == frames  # the source's 2.0 s at the chosen rate
+    assert ov["rate"] == pytest.approx(fps or 10.0)
+    assert ov["sample_rate"] == src["sample_rate"]
+    assert abs(ov["audio_samples"] - src["audio_samples"]) <= 1024  # within one AAC frame
+    assert ov["audio_header"] == pytest.approx(src["audio_header"], abs=1024 / src["sample_rate"])
+
+
+def test_overlay_draws_masks_on_the_right_frames(media):
+    export_cmd.export(media / "res.json", media / "gt.json", ["overlay"], media / "o", videos_dir=media)
+    ov = _probe(media / "o" / "overlay" / "clipA.mp4")["frames"]
+    for k in (0, 7, 16):
+        src_level = 8 * k
+        frame = ov[k].astype(int)
+        assert frame.shape == (MH, MW, 3)
+        outside = frame[MH - 2, 2]  # far from both masks and labels: the source's grey (up to H.264 loss)
+        assert np.abs(outside - src_level).max() <= 6
+        inside = frame[30, 20 + k % 10]  # the 0.9 track, which moves right and is gone from frame 15
+        assert (np.abs(inside - src_level).max() > 20) == (k < 15)
+        if k == 7:  # the mask of frame 7 (columns 17..36), not an earlier one: column 12 is clear
+            assert np.abs(frame[30, 12] - src_level).max() <= 6
+        assert np.abs(frame[55, 75] - src_level).max() > 20  # the 0.6 track, in every frame
+
+
+def test_overlay_with_separate_audio_file_and_jpeg_frames(tmp_path):
+    import av
+
+    # a 1.5 s WAV next to JPEG frames: the overlay is the frames at the annotation rate plus that sound
+    sr = 16000
+    with av.open(str(tmp_path / "a.wav"), "w") as c:
+        s = c.add_stream("pcm_s16le", rate=sr)
+        s.codec_context.layout = "mono"
+        f = av.AudioFrame.from_ndarray(np.zeros((1, int(1.5 * sr)), np.int16), format="s16", layout="mono")
+        f.sample_rate = sr
+        for p in s.encode(f):
+            c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    (tmp_path / "f").mkdir()
+    for t in range(6):
+        Image.fromarray(np.full((H, W, 3), 40 * t, np.uint8)).save(tmp_path / "f" / f"{t}.jpg")
+    gt = {"videos": [{"id": 1, "width": W, "height": H, "file_names": [f"f/{t}.jpg" for t in range(6)],
+                      "frame_times": [0.0, 0.25, 0.5, 0.75, 1.0, 1.25], "audio_file": "a.wav"}],
+          "annotations": [], "categories": [{"id": 1, "name": "cat"}]}
+    res = [{"video_id": 1, "category_id": 1, "score": 0.9, "segmentations": _enc([_rect(0, 5, 0, 5)] * 6)}]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "res.json").write_text(json.dumps(res))
+    export_cmd.export(tmp_path / "res.json", tmp_path / "gt.json", ["overlay"], tmp_path / "o", videos_dir=tmp_path)
+    ov = _probe(tmp_path / "o" / "overlay" / "f.mp4")  # named after the frames folder
+    assert len(ov["frames"]) == 6 and ov["rate"] == pytest.approx(4.0)
+    assert abs(ov["audio_samples"] - int(1.5 * sr)) <= 1024
+
+
+def test_overlay_missing_media_is_an_input_error(media):
+    (media / "clipA.mp4").unlink()
+    with pytest.raises(InputError, match="clipA.mp4: no such file"):
+        export_cmd.export(media / "res.json", media / "gt.json", ["overlay"], media / "o", videos_dir=media)
+    assert not list((media / "o").glob("**/*.mp4"))  # no partial file left behind
