@@ -479,3 +479,39 @@ def test_overlay_missing_media_is_an_input_error(media):
     with pytest.raises(InputError, match="clipA.mp4: no such file"):
         export_cmd.export(media / "res.json", media / "gt.json", ["overlay"], media / "o", videos_dir=media)
     assert not list((media / "o").glob("**/*.mp4"))  # no partial file left behind
+
+
+def test_batch_script_exports_every_run_resumes_and_reports_failures(files, tmp_path, capsys):
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("export_annotations", REPO / "scripts" / "export_annotations.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    gt_path, _ = files
+    runs = tmp_path / "runs"
+    for name, res in (("rcf_av/seed1", _results()), ("rcf_v/seed1", _results(with_track_ids=True))):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "results.json").write_text(json.dumps(res))
+    bad = _results()
+    bad[2]["video_id"] = 9
+    (runs / "broken").mkdir()
+    (runs / "broken" / "results.json").write_text(json.dumps(bad))
+    argv = ["--runs", str(runs), "--gt", str(gt_path), "--format", "ytvis,png", "--out", str(tmp_path / "ex")]
+    assert script.main(argv) == 1
+    out = capsys.readouterr().out
+    assert "2 exported, 0 already done, 1 failed (of 3 runs)" in out
+    assert "failed: broken:" in out and "result 2 video 9: unknown video_id" in out
+    for name in ("rcf_av__seed1", "rcf_v__seed1"):
+        assert (tmp_path / "ex" / name / "results.json").is_file()
+        assert (tmp_path / "ex" / name / "png" / "clipA" / "00000.png").is_file()
+    assert not (tmp_path / "ex" / "broken" / "results.json").exists()
+    # second pass: the finished runs are skipped, the broken one is tried again
+    assert script.main(argv) == 1
+    assert "0 exported, 2 already done, 1 failed" in capsys.readouterr().out
+    # a changed results file is exported again
+    (runs / "rcf_v" / "seed1" / "results.json").write_text(json.dumps(_results()[:2]))
+    script.main(argv)
+    assert "1 exported, 1 already done" in capsys.readouterr().out
+    assert len(json.loads((tmp_path / "ex" / "rcf_v__seed1" / "results.json").read_text())) == 2
