@@ -351,8 +351,9 @@ def test_video_names_are_unique_and_safe():
 
 
 # ------------------------------------------------------------------------------------------------ overlay
-def _write_mp4(path, n=20, fps=10, w=W, h=H, sr=22050, seconds=2.0, audio=True):
-    """Tiny H.264 (+ AAC) file written with PyAV: frame k is flat grey level 8 k, the sound a 440 Hz tone."""
+def _write_mp4(path, n=20, fps=10, w=W, h=H, sr=22050, seconds=2.0, audio=True, pts=None):
+    """Tiny H.264 (+ AAC) file written with PyAV: frame k is flat grey level 8 k, the sound a 440 Hz tone;
+    ``pts`` (in 1 / fps units) makes a variable-frame-rate file."""
     from fractions import Fraction
 
     import av
@@ -365,7 +366,7 @@ def _write_mp4(path, n=20, fps=10, w=W, h=H, sr=22050, seconds=2.0, audio=True):
             a.codec_context.layout = "mono"
         for k in range(n):
             f = av.VideoFrame.from_ndarray(np.full((h, w, 3), 8 * k, np.uint8), format="rgb24")
-            f.pts = k
+            f.pts = k if pts is None else pts[k]
             for p in vs.encode(f):
                 c.mux(p)
         for p in vs.encode(None):
@@ -443,6 +444,16 @@ def test_overlay_draws_masks_on_the_right_frames(media):
         if k == 7:  # the mask of frame 7 (columns 17..36), not an earlier one: column 12 is clear
             assert np.abs(frame[30, 12] - src_level).max() <= 6
         assert np.abs(frame[55, 75] - src_level).max() > 20  # the 0.6 track, in every frame
+
+
+def test_overlay_frames_follow_presentation_times_of_a_vfr_source(tmp_path):
+    from data_tools.exporters.overlay import iter_frames
+
+    # frames shown at 0, 0.1, 0.3, 0.4, 0.7 s (the last lasting 0.1 s): at 10 fps the overlay shows, at each
+    # k / 10 s, the last frame whose time is <= k / 10
+    _write_mp4(tmp_path / "vfr.mp4", n=5, audio=False, pts=[0, 1, 3, 4, 7])
+    levels = [int(round(rgb.mean() / 8)) for _, _, rgb in iter_frames(tmp_path / "vfr.mp4", 10.0)]
+    assert levels == [0, 1, 1, 2, 3, 3, 3, 4]
 
 
 def test_overlay_with_separate_audio_file_and_jpeg_frames(tmp_path):

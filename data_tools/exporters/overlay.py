@@ -21,7 +21,7 @@ from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from avis.errors import ConfigError, InputError
 from avis.io import masks as mask_io
@@ -101,9 +101,22 @@ def _open(path: Path):
         raise InputError(f"unreadable media file ({e})", path) from None
 
 
+def _rgb(frame) -> np.ndarray:
+    """Decoded frame -> uint8 H x W x 3 in display orientation (the stream's rotation applied, as the builder)."""
+    img = frame.to_ndarray(format="rgb24")
+    try:
+        rot = int(round((frame.rotation or 0) / 90.0)) % 4
+    except (AttributeError, ValueError):
+        rot = 0
+    return np.ascontiguousarray(np.rot90(img, rot)) if rot else img
+
+
 def iter_frames(path: Path, fps: float):
     """Stream ``(k, t, rgb)``: the frame shown at t = k / fps on the frame timeline (t = 0 at the first frame),
-    for every t before the end of the last frame. Memory stays at two frames whatever the video's length."""
+    for every t before the end of the last frame. Memory stays at two frames whatever the video's length.
+
+    Same timing rule as the dataset builder's decoder (``data_tools/decode.py``: the last frame whose
+    presentation time is <= t), which holds the whole clip in memory; an overlay of a long video must not."""
     with _open(path) as c:
         if not c.streams.video:
             raise InputError("no video stream", path)
@@ -122,7 +135,7 @@ def iter_frames(path: Path, fps: float):
                     last_dur = t - prev_t
                     rgb = None
                     while k / fps < t - TIME_EPS:
-                        rgb = prev.to_ndarray(format="rgb24") if rgb is None else rgb
+                        rgb = _rgb(prev) if rgb is None else rgb
                         yield k, k / fps, rgb
                         k += 1
                 prev, prev_t = frame, t
@@ -138,7 +151,7 @@ def iter_frames(path: Path, fps: float):
         end = prev_t + last_dur
         rgb = None
         while k / fps < end - TIME_EPS:
-            rgb = prev.to_ndarray(format="rgb24") if rgb is None else rgb
+            rgb = _rgb(prev) if rgb is None else rgb
             yield k, k / fps, rgb
             k += 1
 
@@ -242,7 +255,7 @@ def _jpeg_frames(v: dict, videos_dir: Path, times: list[float], fps: float):
                 raise InputError("no such file", paths[i])
             try:
                 with Image.open(paths[i]) as im:
-                    cache = (i, np.asarray(im.convert("RGB")))
+                    cache = (i, np.asarray(ImageOps.exif_transpose(im).convert("RGB")))
             except OSError as e:
                 raise InputError(f"unreadable image ({e})", paths[i]) from None
         yield k, k / fps, cache[1]
