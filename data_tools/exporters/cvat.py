@@ -43,10 +43,10 @@ def _runs(flat: np.ndarray) -> list[int]:
 
 def mask_to_cvat(mask: np.ndarray) -> dict[str, str] | None:
     """H x W mask -> CVAT mask attributes (rle, left, top, width, height), or None when empty."""
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))  # much faster than nonzero
+    if rows.size == 0:
         return None
-    top, left, bottom, right = int(ys.min()), int(xs.min()), int(ys.max()), int(xs.max())
+    top, left, bottom, right = int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
     crop = mask[top:bottom + 1, left:right + 1]
     return {"rle": ", ".join(map(str, _runs(crop.ravel()))), "left": str(left), "top": str(top),
             "width": str(right - left + 1), "height": str(bottom - top + 1)}

@@ -59,10 +59,10 @@ def draw(frame: np.ndarray, items: list[tuple[np.ndarray, int, str]], font=None)
     d = ImageDraw.Draw(img)
     font = font or ImageFont.load_default(size=max(10, frame.shape[0] // 28))
     for m, tid, text in items:
-        ys, xs = np.nonzero(m)
-        if ys.size == 0:
+        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        if rows.size == 0:
             continue
-        x, y = int(xs.min()), int(ys.min())
+        x, y = int(cols[0]), int(rows[0])
         box = d.textbbox((x, y), text, font=font)
         y = max(0, y - (box[3] - box[1]) - 2)
         box = d.textbbox((x, y), text, font=font)

@@ -30,10 +30,16 @@ MAX_INSTANCES = 255
 def index_masks(vtracks: list[dict], height: int, width: int, length: int) -> np.ndarray:
     """Tracks of one video (best first; track k gets index k + 1) -> uint8 T x H x W index maps."""
     out = np.zeros((length, height, width), np.uint8)
-    for k in range(len(vtracks) - 1, -1, -1):  # lowest score first, so the best is painted last
-        for t, s in enumerate(vtracks[k]["segmentations"]):
-            if s is not None:
-                out[t][mask_io.decode(s).astype(bool)] = k + 1
+    n = len(vtracks)
+    for t in range(length):
+        ks = [k for k in range(n) if vtracks[k]["segmentations"][t] is not None]
+        if not ks:
+            continue
+        masks = mask_io.decode_many([vtracks[k]["segmentations"][t] for k in ks])  # one call, C order
+        # priority n - k: the best track (k = 0) has the highest, so the max picks it where masks overlap
+        pri = np.asarray([n - k for k in ks], np.uint8)[:, None, None]
+        top = (masks * pri).max(axis=0)
+        out[t] = np.where(top > 0, n + 1 - top, 0)
     return out
 
 
