@@ -246,6 +246,7 @@ def _check_cvat_structure(path):
         labels[label.findtext("name")] = attrs
     track_ids = [int(t.get("id")) for t in kids[2:]]
     assert len(set(track_ids)) == len(track_ids)
+    assert all(int(t.get("group_id", "0")) >= 0 for t in kids[2:])
     n_shapes = 0
     for track in kids[2:]:
         assert track.get("label") in labels and track.get("source") in ("manual", "auto")
@@ -261,7 +262,7 @@ def _check_cvat_structure(path):
                 left, top, w, h = (int(shape.get(k)) for k in ("left", "top", "width", "height"))
                 assert min(rle) >= 0 and sum(rle) == w * h
                 assert 0 <= left and left + w <= width and 0 <= top and top + h <= height
-                int(shape.get("z_order"))
+            int(shape.get("z_order", "0"))
             if shape.tag == "polygon":
                 pts = [tuple(map(float, p.split(","))) for p in shape.get("points").split(";")]
                 assert len(pts) >= 3 and all(len(p) == 2 for p in pts)
@@ -282,13 +283,25 @@ def test_cvat_xml_has_the_documented_structure(files, tmp_path, shape):
     paths = sorted((tmp_path / "cvat").glob("*.xml"))
     assert [p.name for p in paths] == ["clipA.xml", "clipB.xml"]
     root, n = _check_cvat_structure(paths[0])
-    assert n > 0
-    track2 = root.findall("track")[1]  # visible at frames 1, 3, 4: outside at 2, reappears at 3
-    assert [(s.get("frame"), s.get("outside")) for s in track2] == [("1", "0"), ("2", "1"), ("3", "0"), ("4", "0")]
-    track1 = root.findall("track")[0]  # visible 0..3, gone at 4: closed by an outside shape at 4
-    assert [(s.get("frame"), s.get("outside")) for s in track1][-1] == ("4", "1")
-    assert track1.get("label") == "cat" and track1[0].find("attribute").text == "0.900000"
     _check_cvat_structure(paths[1])
+    tracks = root.findall("track")
+    assert [t.get("id") for t in tracks] == [str(i) for i in range(len(tracks))]  # as CVAT numbers them
+    by_object = {}
+    for t in tracks:
+        by_object.setdefault(t.get("group_id"), []).append([(s.get("frame"), s.get("outside")) for s in t])
+    first = tracks[0]
+    assert first.get("label") == "cat" and first[0].find("attribute").text == "0.900000"
+    if shape == "polygon":
+        # one CVAT track per object: visible 0..3 then closed at 4; object 2 visible at 1, 3, 4 (gone at 2)
+        assert by_object["1"] == [[("0", "0"), ("1", "0"), ("2", "0"), ("3", "0"), ("4", "1")]]
+        assert by_object["2"] == [[("1", "0"), ("2", "1"), ("3", "0"), ("4", "0")]]
+    else:
+        # CVAT has no mask tracks: one single-frame track per (object, frame), closed on the next frame,
+        # as CVAT exports mask shapes; group_id ties an object's frames together
+        assert by_object["1"] == [[("0", "0"), ("1", "1")], [("1", "0"), ("2", "1")], [("2", "0"), ("3", "1")],
+                                  [("3", "0"), ("4", "1")]]
+        assert by_object["2"] == [[("1", "0"), ("2", "1")], [("3", "0"), ("4", "1")], [("4", "0")]]
+        assert n == 13
 
 
 def test_cvat_mask_rle_matches_cvat_documented_example():

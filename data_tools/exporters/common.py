@@ -46,7 +46,7 @@ def select_tracks(results: list[dict], gt: dict, score_threshold: float = 0.0, m
     for vid in sorted(by_video):
         tracks = by_video[vid]
         own = [t.get("track_id") for t in tracks]
-        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in own) or len(set(own)) != len(own):
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in own) or len(set(own)) != len(own):
             for k, t in enumerate(tracks, start=1):
                 t["track_id"] = k
         tracks = sorted(tracks, key=lambda t: -t["score"])

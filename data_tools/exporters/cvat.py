@@ -5,13 +5,16 @@ Follows CVAT's documented "XML annotation format", version 1.1, interpolation mo
 ``<track id label source>`` per predicted object with one shape per frame. Shapes are
 
 * ``mask`` (default, exact): ``rle`` = comma-separated run lengths of the mask cropped to its box
-  (``left``, ``top``, ``width``, ``height``), row-major, starting with a run of background, as CVAT writes it;
-* ``polygon`` (``--cvat-shape polygon``): the outline of the largest connected part, ``points="x0,y0;x1,y1;..."``
-  (lossy: CVAT allows one shape per track and frame, and polygons have no holes).
+  (``left``, ``top``, ``width``, ``height``), row-major, starting with a run of background, as CVAT writes it.
+  CVAT has no mask tracks (its importer keeps only the first shape of one), so each (object, frame) mask is a
+  single-frame track, as CVAT exports mask shapes, and ``group_id`` ties an object's frames together;
+* ``polygon`` (``--cvat-shape polygon``): one real track per object, the outline of the largest connected part
+  per frame, ``points="x0,y0;x1,y1;..."`` (lossy: one shape per track and frame, no holes), which CVAT can
+  interpolate and edit as a track.
 
 Every visible frame is a keyframe; when an object disappears, a shape with ``outside="1"`` closes the run, as
-CVAT itself exports tracks. Each shape carries the prediction's score as a ``score`` attribute, declared in
-the label's attributes.
+CVAT itself exports tracks. Each ``<track>`` has ``group_id`` = the object's track id, and each shape carries
+the prediction's score as a ``score`` attribute, declared in the label's attributes.
 """
 
 from __future__ import annotations
@@ -133,38 +136,64 @@ def _meta(root: ET.Element, v: dict, name: str, cat_names: list[str], shape: str
     _text(meta, "dumped", now)
 
 
+def _shape(track: ET.Element, kind: str, t: int, outside: bool, geom: dict, score: float) -> None:
+    attrs = {"frame": str(t), "keyframe": "1", "outside": str(int(outside)), "occluded": "0", **geom,
+             "z_order": "0"}
+    el = ET.SubElement(track, kind, attrs)
+    _text(el, "attribute", f"{score:.6f}").set("name", "score")
+
+
+def _geometry(s, kind: str) -> dict | None:
+    m = mask_io.decode(s)
+    if kind == "mask":
+        return mask_to_cvat(m)
+    poly = mask_to_polygon(m)
+    return None if poly is None else {
+        "points": ";".join(f"{poly[i]:.2f},{poly[i + 1]:.2f}" for i in range(0, len(poly), 2))}
+
+
 def video_xml(v: dict, vtracks: list[dict], name: str, cats: dict[int, str], shape: str = "mask") -> ET.ElementTree:
+    """One video's CVAT for video 1.1 document. Every ``<track>`` carries ``group_id`` = the object's track id.
+
+    Polygons form one CVAT track per object. CVAT has no mask *tracks* (its importer keeps only the first
+    shape of a mask track), so masks are written as CVAT itself exports mask shapes: one single-frame track per
+    (object, frame), closed by an ``outside`` shape on the next frame, the object's frames tied by
+    ``group_id``.
+    """
     if shape not in SHAPES:
         raise ValueError(f"CVAT shape must be one of {SHAPES}, got {shape!r}")
     root = ET.Element("annotations")
     _text(root, "version", "1.1")
     _meta(root, v, name, [cats[c] for c in sorted(cats)], shape)
     T = v["length"]
+    counter = 0
+
+    def new_track(tr):
+        nonlocal counter
+        el = ET.SubElement(root, "track", {"id": str(counter), "label": cats[tr["category_id"]], "source": "auto",
+                                           "group_id": str(tr["track_id"])})
+        counter += 1
+        return el
+
     for tr in vtracks:
-        track = ET.SubElement(root, "track", {"id": str(tr["track_id"]), "label": cats[tr["category_id"]],
-                                              "source": "auto"})
-        last = None  # geometry of the previous visible frame, repeated in the closing outside="1" shape
-        for t in range(T):
-            s = tr["segmentations"][t]
-            geom = None
-            if s is not None:
-                m = mask_io.decode(s)
-                if shape == "mask":
-                    geom = mask_to_cvat(m)
-                else:
-                    poly = mask_to_polygon(m)
-                    geom = None if poly is None else {
-                        "points": ";".join(f"{poly[i]:.2f},{poly[i + 1]:.2f}" for i in range(0, len(poly), 2))}
+        if shape == "mask":
+            for t, s in enumerate(tr["segmentations"]):
+                geom = None if s is None else _geometry(s, shape)
+                if geom is None:
+                    continue
+                track = new_track(tr)
+                _shape(track, shape, t, False, geom, tr["score"])
+                if t + 1 < T:
+                    _shape(track, shape, t + 1, True, geom, tr["score"])
+            continue
+        track, last = None, None  # last: geometry of the previous visible frame, repeated when it disappears
+        for t, s in enumerate(tr["segmentations"]):
+            geom = None if s is None else _geometry(s, shape)
             if geom is None and last is None:
                 continue
-            outside = geom is None
-            attrs = {"frame": str(t), "keyframe": "1", "outside": str(int(outside)), "occluded": "0"}
-            attrs.update(last if outside else geom)
-            if shape == "mask":
-                attrs["z_order"] = "0"
-            el = ET.SubElement(track, shape, attrs)
-            _text(el, "attribute", f"{tr['score']:.6f}").set("name", "score")
-            last = None if outside else geom
+            track = track if track is not None else new_track(tr)
+            _shape(track, shape, t, geom is None, last if geom is None else geom, tr["score"])
+            last = geom
     ET.indent(root, space="  ")
     return ET.ElementTree(root)
 
@@ -191,10 +220,14 @@ def read_cvat(path: str | os.PathLike, gt: dict) -> list[dict]:
         vid = int(root.findtext("meta/task/id"))
         v = next(x for x in gt["videos"] if x["id"] == vid)
         by_name = {c["name"]: c["id"] for c in gt["categories"]}
-        tracks = []
+        objects: dict[int, dict] = {}  # group_id (the object's track id) -> track
         for tr in root.iter("track"):
-            segs: list = [None] * v["length"]
-            score = None
+            oid = int(tr.get("group_id") or tr.get("id"))
+            if oid not in objects:
+                objects[oid] = {"video_id": vid, "category_id": by_name[tr.get("label")], "score": None,
+                                "track_id": oid, "segmentations": [None] * v["length"]}
+            obj = objects[oid]
+            segs = obj["segmentations"]
             for el in tr:
                 if el.get("outside") == "1":
                     continue
@@ -209,11 +242,11 @@ def read_cvat(path: str | os.PathLike, gt: dict) -> list[dict]:
                     raise ValueError(f"unsupported shape <{el.tag}>")
                 segs[t] = mask_io.encode(m)
                 a = el.find("attribute[@name='score']")
-                if a is not None and score is None:
-                    score = float(a.text)
-            tracks.append({"video_id": vid, "category_id": by_name[tr.get("label")],
-                           "score": 1.0 if score is None else score, "track_id": int(tr.get("id")),
-                           "segmentations": segs})
+                if a is not None and obj["score"] is None:
+                    obj["score"] = float(a.text)
+        tracks = list(objects.values())
+        for t in tracks:
+            t["score"] = 1.0 if t["score"] is None else t["score"]
     except (KeyError, TypeError, ValueError, StopIteration, AttributeError, IndexError) as e:
         raise InputError(f"not a CVAT for video 1.1 file avis can read ({type(e).__name__}: {e})", path) from None
     return tracks
