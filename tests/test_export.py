@@ -539,3 +539,13 @@ def test_batch_script_exports_every_run_resumes_and_reports_failures(files, tmp_
     script.main(argv)
     assert "1 exported, 1 already done" in capsys.readouterr().out
     assert len(json.loads((tmp_path / "ex" / "rcf_v__seed1" / "results.json").read_text())) == 2
+
+
+def test_cli_all_formats_with_overlay(media, cli):
+    r = cli("export", "--results", media / "res.json", "--gt", media / "gt.json", "--format", "all",
+            "--videos", media, "--out", media / "all", "--overlay-fps", "5")
+    assert r.returncode == 0, r.stderr
+    for rel in ("results.json", "results.zip", "ytvis_annotations.json", "coco_instances.json",
+                "png/clipA/00019.png", "cvat/clipA.xml", "overlay/clipA.mp4"):
+        assert (media / "all" / rel).is_file(), rel
+    assert len(_probe(media / "all" / "overlay" / "clipA.mp4")["frames"]) == 10
