@@ -29,6 +29,8 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from avis.errors import InputError
+from avis.evaluation import rle_kernels
+from avis.evaluation.rle_kernels import RleTable
 
 # Parameters of the official evaluator (Params.setDetParams), built the same way so the floats are identical.
 IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
@@ -36,6 +38,8 @@ REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoi
 MAX_DETS = (1, 10, 100)
 AREA_RNG = ((0**2, 1e5**2), (0**2, 128**2), (128**2, 256**2), (256**2, 1e5**2))
 AREA_LBL = ("all", "small", "medium", "large")
+# "numba": decode each mask once (avis.evaluation.rle_kernels); "pycocotools": batched pycocotools calls only
+BACKEND = "numba" if rle_kernels.AVAILABLE else "pycocotools"
 STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
@@ -70,7 +74,7 @@ class Tubes:
     sequence lengths (frames are paired as ``zip`` does, up to the shorter sequence), ``areas`` (N, T) int64.
     """
 
-    def __init__(self, seqs: list[list], shape: tuple[int, int] | None = None):
+    def __init__(self, seqs: list[list], shape: tuple[int, int] | None = None, areas: bool = True):
         N = len(seqs)
         self.shape = shape
         self.lengths = np.array([len(s) for s in seqs], dtype=np.int64)
@@ -84,10 +88,15 @@ class Tubes:
             if sizes != {tuple(shape)}:
                 bad = sorted(sizes - {tuple(shape)})[0]
                 raise InputError(f"a mask of size {list(bad)} in a video of size {list(shape)}")
-        self.areas = np.zeros((N, T), dtype=np.int64)
-        if self.present.any():
-            self.areas[self.present] = rle_areas(list(self.rles[self.present]))
-        self.cum_areas = np.concatenate([np.zeros((N, 1), np.int64), np.cumsum(self.areas, 1)], 1)
+        self.index = np.full((N, T), -1, dtype=np.int64)  # row in an RleTable of the present masks
+        self.index[self.present] = np.arange(int(self.present.sum()))
+        self.set_areas(rle_areas(list(self.rles[self.present])) if areas and self.present.any() else None)
+
+    def set_areas(self, values) -> None:
+        self.areas = np.zeros(self.rles.shape, dtype=np.int64)
+        if values is not None:
+            self.areas[self.present] = values
+        self.cum_areas = np.concatenate([np.zeros((len(self.areas), 1), np.int64), np.cumsum(self.areas, 1)], 1)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -154,6 +163,19 @@ def intersections(d: Tubes, g: Tubes, d_rows=None, g_cols=None) -> np.ndarray:
         vals = np.rint(o[a, b] * d.areas[rows[di[a]], fr[dt[a]]]).astype(np.int64)
         np.add.at(inter, (di[a], gi[b]), vals)
     return inter
+
+
+def table_intersections(table, d: Tubes, g: Tubes, d_rows, g_cols) -> np.ndarray:
+    """As :func:`intersections`, with the masks decoded once in ``table`` (an :class:`RleTable` holding the
+    masks that ``d.index`` / ``g.index`` point to): every same-frame pair in one compiled call."""
+    rows, cols = np.asarray(d_rows, dtype=np.int64), np.asarray(g_cols, dtype=np.int64)
+    T = min(d.rles.shape[1], g.rles.shape[1])
+    if len(rows) == 0 or len(cols) == 0 or T == 0:
+        return np.zeros((len(rows), len(cols)), dtype=np.int64)
+    i, j, t = np.nonzero(d.present[rows, None, :T] & g.present[None, cols, :T])
+    vals = table.intersections(d.index[rows[i], t], g.index[cols[j], t])
+    flat = np.bincount(i * len(cols) + j, weights=vals, minlength=len(rows) * len(cols))  # exact below 2^53
+    return flat.astype(np.int64).reshape(len(rows), len(cols))
 
 
 def tube_iou(d: Tubes, g: Tubes, inter: np.ndarray, d_rows=None, g_cols=None) -> np.ndarray:
@@ -257,11 +279,28 @@ def _evaluate_video(task) -> list[VideoCategoryEval]:
         d_scores.append(scores[order])
     g_cat, d_cat = np.array(g_cat, dtype=np.int64), np.array(d_cat, dtype=np.int64)
     d_scores = np.concatenate(d_scores) if d_scores else np.zeros(0)
-    gtub = Tubes([g["segmentations"] for g in gts], shape)
+    use_table = BACKEND == "numba"
+    gtub = Tubes([g["segmentations"] for g in gts], shape, areas=not use_table)
     try:
-        dtub = Tubes([r["segmentations"] for _, r in dts], shape)
+        dtub = Tubes([r["segmentations"] for _, r in dts], shape, areas=not use_table)
     except InputError as e:
         raise InputError(f"video {video_id}: predictions: {e}") from None
+    table = None
+    if use_table:
+        n_g = int(gtub.present.sum())
+        try:
+            # intervals only for ground truth and detections of a category that has ground truth here
+            need = np.concatenate([np.ones(n_g, bool),
+                                   np.broadcast_to(np.isin(d_cat, g_cat)[:, None], dtub.present.shape)[dtub.present]])
+            table = RleTable([r["counts"] for r in gtub.rles[gtub.present]] +
+                             [r["counts"] for r in dtub.rles[dtub.present]], need)
+        except (UnicodeEncodeError, TypeError, KeyError):
+            raise InputError(f"video {video_id}: a mask's RLE counts are not a compressed RLE string") from None
+        if shape is not None and len(table.totals) and (table.totals != shape[0] * shape[1]).any():
+            raise InputError(f"video {video_id}: an RLE does not cover {shape[0]}x{shape[1]} pixels")
+        gtub.set_areas(table.areas[:n_g])
+        dtub.set_areas(table.areas[n_g:])
+        dtub.index[dtub.present] += n_g
     n_frames = (dtub.areas > 0).sum(1)  # average over non-empty frames (the official ``if a`` filter)
     dt_area = np.where(n_frames > 0, dtub.areas.sum(1) / np.maximum(n_frames, 1), 0.0)
     dt_out = _out_of(dt_area)  # (A, D)
@@ -273,7 +312,12 @@ def _evaluate_video(task) -> list[VideoCategoryEval]:
     out = []
     for cat in cats:
         dr, gc = np.flatnonzero(d_cat == cat), np.flatnonzero(g_cat == cat)
-        ious = tube_iou(dtub, gtub, intersections(dtub, gtub, dr, gc), dr, gc)
+        if len(dr) and len(gc):
+            inter = (table_intersections(table, dtub, gtub, dr, gc) if use_table
+                     else intersections(dtub, gtub, dr, gc))
+        else:
+            inter = np.zeros((len(dr), len(gc)), dtype=np.int64)
+        ious = tube_iou(dtub, gtub, inter, dr, gc)
         gt_ids, gt_crowd, gt_ignore = gt_ids_all[gc], gt_crowd_all[gc], gt_ignore_all[:, gc]
         dt_match, dt_ignore, gt_match_det = greedy_match(ious, gt_ids, gt_crowd, gt_ignore, IOU_THRS)
         dt_ignore |= (dt_match == 0) & dt_out[:, None, dr]
