@@ -98,6 +98,8 @@ def iter_samples(path: str | os.PathLike) -> Iterator[dict]:
             for m in tar:
                 if not m.isfile():
                     continue
+                if _escapes(m.name):  # never written anywhere, but a shard that tries this is not ours
+                    raise InputError(f"member name {m.name!r} is absolute or goes up with '..'", path)
                 base = os.path.basename(m.name)
                 if "." not in base:
                     continue
@@ -114,6 +116,11 @@ def iter_samples(path: str | os.PathLike) -> Iterator[dict]:
         raise InputError(f"unreadable shard ({e})", path) from None
     if sample is not None:
         yield sample
+
+
+def _escapes(name: str) -> bool:
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":")
 
 
 def sample_meta(sample: dict) -> dict:
