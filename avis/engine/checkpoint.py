@@ -57,11 +57,13 @@ def load(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise InputError("checkpoint not found", path)
+    if path.stat().st_size == 0:
+        raise InputError("not a loadable checkpoint (empty file)", path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means an unusable file
-        raise InputError(f"not a loadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
-                         path) from None
+        first = (str(e).splitlines() or [""])[0][:200]  # some errors have no message at all
+        raise InputError(f"not a loadable checkpoint ({type(e).__name__}: {first})", path) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise InputError("not an avis checkpoint (no 'format: avis-checkpoint' entry)", path)
     return ckpt
