@@ -106,12 +106,11 @@ def iter_samples(path: str | os.PathLike) -> Iterator[dict]:
                 if m.size > MAX_MEMBER_BYTES:
                     raise InputError(f"member {m.name} is {m.size} bytes; refusing to read it", path)
                 key, suffix = base.split(".", 1)
-                data = tar.extractfile(m).read()
                 if sample is None or sample["__key__"] != key:
-                    if sample is not None:
+                    if sample is not None:  # complete: hand it out before reading on (the rest may be damaged)
                         yield sample
                     sample = {"__key__": key, "__url__": path}
-                sample[suffix] = data
+                sample[suffix] = tar.extractfile(m).read()
     except (tarfile.TarError, OSError, EOFError) as e:
         raise InputError(f"unreadable shard ({e})", path) from None
     if sample is not None:
