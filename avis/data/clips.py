@@ -147,7 +147,7 @@ def category_ids(shards: list[str], categories=None) -> list[int]:
 def make_clip_pipeline(shards, clip_length: int, batch_size: int, size, *, shuffle: bool = True,
                        resampled: bool = False, seed: int = 0, clips_per_video: int = 1, shuffle_buffer: int = 64,
                        scales: Sequence | None = None, categories=None, eta: float = DEFAULT_ETA,
-                       partial: bool = True):
+                       partial: bool = True, on_error: str = "fail"):
     """The webdataset pipeline yielding batches; see :func:`make_clip_loader`."""
     import webdataset as wds
 
@@ -160,7 +160,10 @@ def make_clip_pipeline(shards, clip_length: int, batch_size: int, size, *, shuff
         stages = [wds.ResampledShards(urls, seed=seed, deterministic=True)]
     else:
         stages = [wds.SimpleShardList(urls, seed=seed if shuffle else None), wds.split_by_node, wds.split_by_worker]
-    stages.append(wds.tarfile_to_samples())
+    if on_error not in ("warn", "fail"):
+        raise ConfigError(f"on_error must be 'warn' or 'fail', got {on_error!r}")
+    # warn: a corrupt shard is skipped with a warning (what was read before the damage is kept)
+    stages.append(wds.tarfile_to_samples(handler=wds.warn_and_continue if on_error == "warn" else wds.reraise_exception))
     if shuffle:
         stages.append(_Shuffle(shuffle_buffer, seed))
     stages.append(_Clips(clip_length, label_of, clips_per_video, seed, eta))
@@ -187,7 +190,8 @@ def make_clip_loader(shards, clip_length: int, batch_size: int, size, num_worker
     shards: pattern, folder or list (see :func:`avis.data.shards.expand_shards`); clip_length: frames per clip
     (1 + delta, or T); size: (H, W) or int; resampled: infinite stream of shards drawn with replacement (set
     the number of steps in the training loop); other keyword arguments go to :func:`make_clip_pipeline`
-    (clips_per_video, shuffle_buffer, scales, categories, eta, partial). With torchrun, shards are split by
+    (clips_per_video, shuffle_buffer, scales, categories, eta, partial, on_error: "fail" or "warn" to skip
+    corrupt shards with a warning). With torchrun, shards are split by
     rank (finite mode), so give each rank at least one shard per DataLoader worker.
     """
     pipeline = make_clip_pipeline(shards, clip_length, batch_size, size, shuffle=shuffle, resampled=resampled,
