@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import tarfile
@@ -13,6 +14,16 @@ import pytest
 from avis import cli as avis_cli
 from tests.hostile import jsons
 from tests.hostile.media import make_media
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """``avis.cli.main`` sets up logging on the (captured, later closed) stderr of the test that first calls it."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def call(capsys, *args) -> tuple[int, str, str]:
