@@ -201,3 +201,16 @@ def test_training_run_skips_a_corrupt_shard(built, bad_shards, tmp_path, capsys)
     assert ckpt_io.load(tmp_path / "warn" / "checkpoints" / "last.pt")["step"] == 3
     rc, _, err = call(capsys, *common, f"hydra.run.dir={tmp_path / 'fail'}", "data.train.on_error=fail")
     error_line(rc, err, "train", d / "shard-000002.tar", r"unreadable shard")
+
+
+def test_clip_pipeline_skips_a_corrupt_shard(built, bad_shards):
+    """``avis.data.make_clip_pipeline`` (webdataset): the same choice, by webdataset's warn_and_continue."""
+    from avis.data import make_clip_pipeline
+
+    urls = [str(built / "shard-000000.tar"), str(bad_shards["truncated"]), str(built / "shard-000001.tar")]
+    kw = dict(clip_length=2, batch_size=1, size=16, shuffle=False, categories=[])
+    with pytest.warns(UserWarning, match="unexpected end of data|truncated|ReadError"):
+        batches = list(make_clip_pipeline(urls, **kw))
+    assert sorted(b["video_ids"][0] for b in batches) == [1, 2]
+    with pytest.raises(Exception, match="unexpected end of data|ReadError|truncated"):
+        list(make_clip_pipeline(urls, on_error="fail", **kw))
