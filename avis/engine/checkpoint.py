@@ -50,7 +50,13 @@ def save(path: str | os.PathLike, ckpt: dict) -> None:
     """Atomic: the file is complete or absent, and an older checkpoint of the same name survives a crash."""
     ckpt = {"format": FORMAT, "version": 1, **ckpt}
     with atomic_open(path, "wb") as f:
-        torch.save(ckpt, f)
+        try:
+            torch.save(ckpt, f)
+        except RuntimeError as e:
+            # torch's zip writer turns a failed write (disk full) into "unexpected pos": report the cause
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
 
 
 def load(path: str | os.PathLike) -> dict:
