@@ -105,8 +105,13 @@ def make_jobs(videos_dir: Path, annotations: str | None, fps: float) -> tuple[li
         cats.append(c)
     cats.sort(key=lambda c: c["id"])
     by_video: dict = {}
+    ann_ids: set = set()
     for a in data.get("annotations") or []:
         if isinstance(a, dict):
+            if isinstance(a.get("id"), (int, str)):  # an annotation id is the instance's track id in the shards
+                if a["id"] in ann_ids:
+                    raise InputError(f"duplicate annotation id {a['id']}", annotations)
+                ann_ids.add(a["id"])
             by_video.setdefault(a.get("video_id"), []).append(a)
     jobs = []
     seen = set()
