@@ -19,7 +19,11 @@ def _rle(y0: int, x0: int, size: int = 6) -> dict:
     return mask_io.encode(m)
 
 
-def valid_gt() -> dict:
+def valid_gt(media: bool = False) -> dict:
+    """Two videos of T frames (H x W), three instances. ``media``: the videos are ``a.mp4`` / ``b.mp4`` (the
+    64 x 48 test clips, annotated at 5 fps) in the builder's video_file form, with masks of that size."""
+    if media:
+        return _media_gt()
     videos = [{"id": v, "width": W, "height": H, "length": T, "file_names": [f"v{v}/{t:05d}.jpg" for t in range(T)]}
               for v in (1, 2)]
     anns = []
@@ -28,6 +32,20 @@ def valid_gt() -> dict:
                      "segmentations": [_rle(y, x + t) for t in range(T)]})
     return {"videos": videos, "annotations": anns,
             "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]}
+
+
+def _media_gt() -> dict:
+    global H, W
+    saved = H, W
+    H, W = 48, 64
+    try:
+        gt = valid_gt()
+    finally:
+        H, W = saved
+    for v, name in zip(gt["videos"], ("a.mp4", "b.mp4")):
+        v.pop("file_names")
+        v.update(width=64, height=48, video_file=name, fps=5)
+    return gt
 
 
 def valid_results(gt: dict | None = None) -> list[dict]:
@@ -41,13 +59,13 @@ def _dump(path: Path, obj) -> Path:
     return path
 
 
-def bad_gt_cases(root: Path) -> dict[str, Path]:
-    """name -> a bad ground-truth file."""
+def bad_gt_cases(root: Path, media: bool = False) -> dict[str, Path]:
+    """name -> a bad ground-truth file (``media``: made from ``valid_gt(media=True)``)."""
     root.mkdir(parents=True, exist_ok=True)
     out = {}
 
     def case(name, mutate):
-        gt = valid_gt()
+        gt = valid_gt(media)
         mutate(gt)
         out[name] = _dump(root / f"gt_{name}.json", gt)
 

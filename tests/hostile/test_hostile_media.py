@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from avis import cli as avis_cli
+from tests.hostile import jsons
 from tests.hostile.conftest import call, error_line
 
 # case -> what the one line says (None: the file is usable and the command succeeds)
@@ -86,3 +87,81 @@ def test_infer_stops_before_writing_when_any_video_is_bad(media, toy_checkpoint,
                       "--out", out, "--no-overlay")
     error_line(rc, err, "infer", media["text-as-mp4"], "unreadable media file")
     assert not (out / "results.json").exists()
+
+
+# ------------------------------------------------------------------------------------------------ build + bad JSON
+
+# Whole-file problems stop the build before --out is touched (exit 2); a problem of one video's annotations
+# fails that video only (exit 3, ``failed: <its media file>: video N annotation M: ...``), as a bad media
+# file does: the other videos are built.
+BUILD_JSON_CASES = {
+    "wrong-frame-count": (3, r"video 1 annotation 1: 2 segmentations for 3 frames"),
+    "unknown-category": (3, r"video 1 annotation 2: unknown category_id 99"),
+    "rle-wrong-size": (3, r"video 1 annotation 1 frame 1: RLE size \[8, 8\] does not match the video's \[48, 64\]"),
+    "duplicate-ids": (2, r"duplicate annotation id 1"),
+    "missing-fields": (3, r"video 1: annotations are 64xNone but the frames are 64x48"),
+    "absurd-dimensions": (3, r"video 2: annotations are 100000x100000 but the frames are 64x48"),
+    "deep-nesting": (2, r"JSON nested too deeply"),
+    "not-json": (2, r"invalid JSON at line 1 column 13"),
+    "zero-byte": (2, r"invalid JSON at line 1 column 1"),
+    "huge-string": (2, r"file is 500000000 bytes, larger than the 100000000 byte limit"),
+}
+
+
+@pytest.fixture(scope="module")
+def build_inputs(tmp_path_factory, media):
+    root = tmp_path_factory.mktemp("build_json")
+    videos = root / "videos"
+    videos.mkdir()
+    shutil.copy(media["good"], videos / "a.mp4")
+    shutil.copy(media["good"], videos / "b.mp4")
+    gt = root / "gt.json"
+    gt.write_text(json.dumps(jsons.valid_gt(media=True)))
+    return videos, gt, jsons.bad_gt_cases(root / "bad", media=True)
+
+
+@pytest.mark.parametrize("case", list(BUILD_JSON_CASES))
+def test_build_bad_annotations(case, build_inputs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AVIS_MAX_JSON_BYTES", str(100_000_000))
+    videos, gt, bad = build_inputs
+    out = tmp_path / "out"
+    assert call(capsys, "build", "--videos", videos, "--annotations", gt, "--out", out)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, what = BUILD_JSON_CASES[case]
+    rc, _, err = call(capsys, "build", "--videos", videos, "--annotations", bad[case], "--out", out)
+    assert rc == code and "Traceback" not in err
+    if code == 2:
+        error_line(rc, err, "build", bad[case], what)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier build is untouched
+    else:
+        lines = [ln[ln.index("avis build: failed:"):] for ln in err.splitlines() if "avis build: failed:" in ln]
+        assert len(lines) == 1 and re.search(what, lines[0]), err
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["counts"]["videos"] == 1 and len(manifest["failed"]) == 1
+
+
+OVERLAY_CASES = {
+    "zero-byte": r"unreadable media file",
+    "text-as-mp4": r"unreadable media file",
+    "truncated-50%": r"unreadable media file",
+    "audio-only": r"no video stream",
+    "corrupt-aac": r"corrupt or truncated audio",
+}
+
+
+@pytest.mark.parametrize("case", list(OVERLAY_CASES))
+def test_export_overlay_bad_media(case, media, tmp_path, capsys):
+    """``avis export --format overlay`` reads the source videos: a bad one is one line naming it."""
+    shutil.copy(media["good"], tmp_path / "a.mp4")
+    shutil.copy(media[case], tmp_path / "b.mp4")
+    gt = jsons.valid_gt(media=True)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "res.json").write_text(json.dumps(jsons.valid_results(gt)))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text("earlier output\n")
+    rc, _, err = call(capsys, "export", "--gt", tmp_path / "gt.json", "--results", tmp_path / "res.json",
+                      "--format", "overlay", "--videos", tmp_path, "--out", out, "--score-threshold", "0")
+    error_line(rc, err, "export", tmp_path / "b.mp4", OVERLAY_CASES[case])
+    assert rc == 2 and (out / "results.json").read_text() == "earlier output\n"
+    assert not list(out.rglob("*.tmp*"))

@@ -214,3 +214,18 @@ def test_clip_pipeline_skips_a_corrupt_shard(built, bad_shards):
     assert sorted(b["video_ids"][0] for b in batches) == [1, 2]
     with pytest.raises(Exception, match="unexpected end of data|ReadError|truncated"):
         list(make_clip_pipeline(urls, on_error="fail", **kw))
+
+
+@pytest.mark.parametrize("case", ["wrong-frame-count", "unknown-category", "duplicate-ids", "deep-nesting",
+                                  "huge-string"])
+def test_eval_bad_ground_truth(case, json_corpus, built, toy_checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AVIS_MAX_JSON_BYTES", str(100_000_000))
+    from tests.hostile.test_hostile_json import GT_CASES
+
+    bad = json_corpus["bad_gt"][case]
+    (tmp_path / "metrics.json").write_text("earlier output\n")
+    rc, _, err = call(capsys, "eval", "--checkpoint", toy_checkpoint, "--shards", built, "--gt", bad, "--out",
+                      tmp_path)
+    error_line(rc, err, "eval", bad, GT_CASES[case])
+    assert (tmp_path / "metrics.json").read_text() == "earlier output\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
