@@ -139,6 +139,11 @@ def test_area_ranges_use_average_nonempty_area():
     fp_small = res(1, 1, 0.95, [box(350, 350, 360, 360, h, w)] + [None] * 3)
     s2 = stats(gt, [fp_small, *results])
     assert s2["APm"] == pytest.approx(1) and s2["APs"] < 0.99
+    # a prediction's average skips zero-area frames too: 22500 (medium, a false positive there), not 11250
+    empty = mask_io.encode(np.zeros((h, w), np.uint8))
+    fp_med = res(1, 1, 0.95, [box(200, 200, 350, 350, h, w), empty, None, None])
+    s3 = stats(gt, [fp_med, *results])
+    assert s3["APm"] < 0.99 and s3["APs"] == pytest.approx(1)
     # the ground truth's average comes from its 'areas' field, not from its masks
     gt["annotations"][1]["areas"] = [30000]
     assert stats(gt, results)["APm"] == pytest.approx(1.0) and stats(gt, results)["APs"] == -1.0
@@ -307,6 +312,7 @@ def random_case(rng, n_videos=4, T=4, n_cats=3):
                 ms = [blob(m) for m in ms]
             else:
                 c, ms = int(rng.integers(1, n_cats + 1)), [blob() for _ in range(T)]
+            ms = [m * (rng.random() > 0.05) for m in ms]  # some empty (zero-area) frames
             segs = [None if rng.random() < 0.15 else mask_io.encode(m) for m in ms]
             results.append(res(v, c, float(rng.integers(1, 6)) / 5, segs))  # few distinct scores -> ties
     return gt_file({v: T for v in range(1, n_videos + 1)}, anns, n_cats=n_cats), results

@@ -13,17 +13,24 @@ from __future__ import annotations
 import numpy as np
 
 try:
-    from numba import njit
+    import numba
 
     AVAILABLE = True
 except ImportError:  # pragma: no cover - numba comes with librosa
     AVAILABLE = False
 
-    def njit(*args, **kwargs):
-        return lambda f: f
+
+def _jit(f):
+    """numba-compile ``f``, cached on disk when some cache folder is writable (else compiled per process)."""
+    if not AVAILABLE:  # pragma: no cover
+        return f
+    try:
+        return numba.njit(cache=True, nogil=True)(f)
+    except RuntimeError:  # "cannot cache function ...: no locator available" (read-only install, no home)
+        return numba.njit(nogil=True)(f)
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _decode(buf, offsets, need, starts, ends, iv_offsets, areas, totals):  # pragma: no cover - compiled
     """Decode each string ``buf[offsets[k]:offsets[k+1]]`` (pycocotools' ``rleFrString``: 5-bit groups with a
     continuation bit, sign-extended, each count after the third a delta against the count two places back)
@@ -62,7 +69,7 @@ def _decode(buf, offsets, need, starts, ends, iv_offsets, areas, totals):  # pra
     iv_offsets[len(offsets) - 1] = n_iv
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _pair_intersections(starts, ends, iv_offsets, pa, pb, out):  # pragma: no cover - compiled
     for k in range(len(pa)):
         i, ie = iv_offsets[pa[k]], iv_offsets[pa[k] + 1]
@@ -117,3 +124,42 @@ class RleTable:
         _pair_intersections(self.starts, self.ends, self.iv_offsets, np.ascontiguousarray(a, np.int64),
                             np.ascontiguousarray(b, np.int64), out)
         return out
+
+
+@_jit
+def greedy_match_kernel(ious, gt_ids, gt_crowd, gt_ignore, thresholds, dt_match, dt_ignore,
+                        gt_match_det):  # pragma: no cover - compiled
+    """The official matching loop, literally, for each lane (area range) and threshold; fills the outputs
+    (see :func:`avis.evaluation.ytvis_eval.greedy_match`)."""
+    D, G = ious.shape
+    L, T = gt_ignore.shape[0], len(thresholds)
+    order = np.empty(G, dtype=np.int64)
+    for lane in range(L):
+        n = 0
+        for g in range(G):  # ground truth sorted ignore-last, stable
+            if not gt_ignore[lane, g]:
+                order[n] = g
+                n += 1
+        for g in range(G):
+            if gt_ignore[lane, g]:
+                order[n] = g
+                n += 1
+        for t in range(T):
+            for d in range(D):
+                best = min(thresholds[t], 1 - 1e-10)
+                m = -1
+                for k in range(G):
+                    g = order[k]
+                    if gt_match_det[lane, t, g] >= 0 and not gt_crowd[g]:
+                        continue
+                    if m > -1 and not gt_ignore[lane, m] and gt_ignore[lane, g]:
+                        break
+                    if ious[d, g] < best:
+                        continue
+                    best = ious[d, g]
+                    m = g
+                if m == -1:
+                    continue
+                dt_ignore[lane, t, d] = gt_ignore[lane, m]
+                dt_match[lane, t, d] = gt_ids[m]
+                gt_match_det[lane, t, m] = d

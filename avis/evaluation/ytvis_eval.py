@@ -221,6 +221,12 @@ def greedy_match(ious: np.ndarray, gt_ids: np.ndarray, gt_crowd: np.ndarray, gt_
     gt_match_det = np.full((L, T, G), -1, dtype=np.int64)
     if D == 0 or G == 0:
         return dt_match, dt_ignore, gt_match_det
+    if BACKEND == "numba":
+        rle_kernels.greedy_match_kernel(np.ascontiguousarray(ious, np.float64), gt_ids.astype(np.float64),
+                                        np.ascontiguousarray(gt_crowd, np.bool_),
+                                        np.ascontiguousarray(gt_ignore, np.bool_),
+                                        np.asarray(thresholds, np.float64), dt_match, dt_ignore, gt_match_det)
+        return dt_match, dt_ignore, gt_match_det
     thr = np.minimum(thresholds, 1 - 1e-10)[None, :, None]  # (1, T, 1)
     regular = ~gt_ignore[:, None, :]  # (L, 1, G)
     rev = np.arange(G)[::-1]
@@ -310,9 +316,23 @@ def _evaluate_video(task) -> list[VideoCategoryEval]:
     gt_ignore_all = gt_crowd_all[None, :] | _out_of(gt_area)  # (A, G)
     det_index = np.array([i for i, _ in dts], dtype=np.int64)
     out = []
-    for cat in cats:
-        dr, gc = np.flatnonzero(d_cat == cat), np.flatnonzero(g_cat == cat)
-        if len(dr) and len(gc):
+    # detections and ground truth were listed category by category (ascending): slices, not masks
+    d_lo, d_hi = np.searchsorted(d_cat, cats, "left"), np.searchsorted(d_cat, cats, "right")
+    g_lo, g_hi = np.searchsorted(g_cat, cats, "left"), np.searchsorted(g_cat, cats, "right")
+    A, T = len(AREA_RNG), len(IOU_THRS)
+    # categories with detections only: all unmatched, ignored where outside the area range (read-only views)
+    no_match = np.zeros((A, T, len(d_cat)))
+    out_ignore = np.repeat(dt_out[:, None, :], T, axis=1)
+    no_ious, no_gt_ig, no_gt_det = np.zeros((len(d_cat), 0)), np.zeros((A, 0), bool), np.zeros((A, T, 0), np.int64)
+    for ci, cat in enumerate(cats):
+        if g_lo[ci] == g_hi[ci]:
+            sl = slice(d_lo[ci], d_hi[ci])
+            out.append(VideoCategoryEval(video_id, cat, d_scores[sl], det_index[sl], gt_ids_all[:0],
+                                         gt_crowd_all[:0], no_ious[sl], no_match[:, :, sl], out_ignore[:, :, sl],
+                                         no_gt_ig, no_gt_det))
+            continue
+        dr, gc = np.arange(d_lo[ci], d_hi[ci]), np.arange(g_lo[ci], g_hi[ci])
+        if len(dr):
             inter = (table_intersections(table, dtub, gtub, dr, gc) if use_table
                      else intersections(dtub, gtub, dr, gc))
         else:
@@ -394,18 +414,17 @@ def accumulate(entries: list[VideoCategoryEval], cat_ids: list[int], area_idx=No
         E = by_cat.get(cat)
         if not E:
             continue
+        npig = np.count_nonzero(np.concatenate([e.gt_ignore for e in E], axis=1) == 0, axis=1)  # (A,)
         for m in maxdet_idx:
             max_det = MAX_DETS[m]
             scores = np.concatenate([e.scores[:max_det] for e in E])
             inds = np.argsort(-scores, kind="mergesort")
+            dtm_all = np.concatenate([e.dt_match[:, :, :max_det] for e in E], axis=2)[:, :, inds]  # (A, T, N)
+            dt_ig_all = np.concatenate([e.dt_ignore[:, :, :max_det] for e in E], axis=2)[:, :, inds]
             for a in area_idx:
-                gt_ig = np.concatenate([e.gt_ignore[a] for e in E])
-                npig = np.count_nonzero(gt_ig == 0)
-                if npig == 0:
+                if npig[a] == 0:
                     continue
-                dtm = np.concatenate([e.dt_match[a, :, :max_det] for e in E], axis=1)[:, inds]
-                dt_ig = np.concatenate([e.dt_ignore[a, :, :max_det] for e in E], axis=1)[:, inds]
-                precision[:, :, k, a, m], recall[:, k, a, m] = _pr_curve(dtm, dt_ig, npig)
+                precision[:, :, k, a, m], recall[:, k, a, m] = _pr_curve(dtm_all[a], dt_ig_all[a], int(npig[a]))
     return precision, recall
 
 
