@@ -12,7 +12,9 @@ A checkpoint is a dict of tensors and plain containers only::
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,12 @@ def load(path: str | os.PathLike) -> dict:
         raise InputError("not a loadable checkpoint (empty file)", path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's text suggests weights_only=False: exactly what a hostile file wants; name what it holds instead
+        g, op = re.search(r"GLOBAL (\S+)", str(e)), re.search(r"Unsupported operand (\d+)", str(e))
+        what = f": {g.group(1)}" if g else (f": pickle opcode {op.group(1)}" if op else "")
+        raise InputError("not a loadable checkpoint (it holds pickled objects other than tensors and plain "
+                         f"containers{what}; refusing to unpickle them)", path) from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure means an unusable file
         first = (str(e).splitlines() or [""])[0][:200]  # some errors have no message at all
         raise InputError(f"not a loadable checkpoint ({type(e).__name__}: {first})", path) from None
