@@ -151,7 +151,8 @@ def check_segmentation(seg, height: int | None, width: int | None) -> str | None
     return f"segmentation is {_tname(seg)}, expected null, a polygon list or an RLE dict"
 
 
-def _check_relpath(p) -> str | None:
+def check_relpath(p) -> str | None:
+    """What is wrong with a media path of an annotation file (None: a relative path without '..')."""
     if not isinstance(p, str) or not p:
         return f"must be a non-empty string, got {_tname(p)}"
     if PurePosixPath(p).is_absolute() or PureWindowsPath(p).is_absolute() or ".." in re.split(r"[\\/]", p):
@@ -171,6 +172,9 @@ def _video_length(v: dict, where: str, problems: list[str]) -> int | None:
         fn = v["file_names"]
         if isinstance(fn, list) and all(isinstance(f, str) for f in fn):
             counts["file_names"] = len(fn)
+            bad = next((m for f in fn if (m := check_relpath(f))), None)
+            if bad:
+                problems.append(f"{where}: 'file_names' {bad}")
         else:
             problems.append(f"{where}: 'file_names' must be a list of strings")
     if "frame_times" in v:
@@ -223,7 +227,7 @@ def _check_video(i: int, v, ids: set, problems: list[str]) -> tuple[object, dict
     if "fps" in v and not (_is_finite(v["fps"]) and v["fps"] > 0):
         problems.append(f"{where}: 'fps' must be a positive number, got {v['fps']!r}")
     for key in ("video_file", "audio_file"):
-        if key in v and (msg := _check_relpath(v[key])):
+        if key in v and (msg := check_relpath(v[key])):
             problems.append(f"{where}: '{key}' {msg}")
     return vid, info
 
