@@ -165,3 +165,31 @@ def test_export_overlay_bad_media(case, media, tmp_path, capsys):
     error_line(rc, err, "export", tmp_path / "b.mp4", OVERLAY_CASES[case])
     assert rc == 2 and (out / "results.json").read_text() == "earlier output\n"
     assert not list(out.rglob("*.tmp*"))
+
+
+# ------------------------------------------------------------------------------------------------ escaping paths
+
+@pytest.mark.parametrize("key,value", [("video_file", "../outside.mp4"), ("video_file", "/abs/outside.mp4"),
+                                       ("audio_file", "../outside.mp4"), ("file_names", "/abs/00000.jpg")])
+def test_media_paths_must_stay_inside_the_videos_folder(key, value, build_inputs, media, tmp_path, capsys):
+    """An annotation file naming media outside ``--videos`` would pull any file of the machine into the shards
+    (or an overlay): ``avis build`` and ``avis export`` refuse it before reading anything."""
+    videos, _, _ = build_inputs
+    gt = jsons.valid_gt(media=True)
+    v = gt["videos"][0]
+    if key == "file_names":
+        v.pop("video_file")
+        v["file_names"] = [value] + [f"a/{t:05d}.jpg" for t in range(1, v["length"])]
+    else:
+        v[key] = value
+    bad = tmp_path / "gt.json"
+    bad.write_text(json.dumps(gt))
+    rc, _, err = call(capsys, "build", "--videos", videos, "--annotations", bad, "--out", tmp_path / "out")
+    error_line(rc, err, "build", bad, rf"video 1: '{key}' '{re.escape(value)}' must be a path relative to the "
+                                      r"videos folder, without '\.\.'")
+    assert rc == 2 and not (tmp_path / "out").exists()
+    (tmp_path / "res.json").write_text(json.dumps(jsons.valid_results(jsons.valid_gt(media=True))))
+    rc, _, err = call(capsys, "export", "--gt", bad, "--results", tmp_path / "res.json", "--format", "overlay",
+                      "--videos", videos, "--out", tmp_path / "exp")
+    error_line(rc, err, "export", bad, rf"'{key}' '{re.escape(value)}' must be a path relative")
+    assert not (tmp_path / "exp").exists()
