@@ -83,7 +83,8 @@ def test_build_sigkill_at_random_points_then_resume(videos, tmp_path, capsys):
     rng = random.Random(14)
     kills = 0
     for attempt in range(6):
-        args = _build_args(videos, out) + (["--resume"] if attempt else [])
+        # one process, then a pool of two (killed with its workers), alternately: the output must not care
+        args = _build_args(videos, out) + ["--workers", str(1 + attempt % 2)] + (["--resume"] if attempt else [])
         p = subprocess.Popen([sys.executable, "-m", "avis", *args], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, env=_env(), start_new_session=True)
         time.sleep(rng.uniform(0.3, 2.5))  # anywhere: start-up, decoding, writing a shard, renaming it
