@@ -151,10 +151,15 @@ def decode_sample(sample: dict, frames: Iterable[int] | None = None, audio: bool
     T = int(meta["num_frames"])
     idx = list(range(T)) if frames is None else [int(i) for i in frames]
     url = sample.get("__url__")
-    try:
-        imgs = [decode_jpeg(sample[f"{i:05d}.jpg"]) for i in idx]
-    except KeyError as e:
-        raise InputError(f"sample {meta.get('key')}: frame {e} missing", url) from None
+    imgs = []
+    for i in idx:
+        name = f"{i:05d}.jpg"
+        if name not in sample:
+            raise InputError(f"sample {meta.get('key')}: frame '{name}' missing", url)
+        try:
+            imgs.append(decode_jpeg(sample[name]))
+        except (OSError, ValueError) as e:  # PIL: unidentified or truncated image
+            raise InputError(f"sample {meta.get('key')}: frame {name}: unreadable JPEG ({e})", url) from None
     H, W = int(meta["height"]), int(meta["width"])
     frames_arr = np.stack(imgs) if imgs else np.zeros((0, H, W, 3), np.uint8)
     wav = decode_audio(sample["audio.flac"]) if audio and "audio.flac" in sample else np.zeros(0, np.float32)
