@@ -226,7 +226,13 @@ class _EpochClips(IterableDataset):
         for unit in units:
             for video in s.source.videos(unit):
                 for _ in range(s.clips_per_video):
-                    clip = sample_clip(video, s.categories, s.clip_length, rng, s.eta)
+                    try:
+                        clip = sample_clip(video, s.categories, s.clip_length, rng, s.eta)
+                    except InputError as e:  # a corrupt frame: the source's on_error says skip or stop
+                        if getattr(s.source, "on_error", "fail") == "fail":
+                            raise
+                        log.warning("skipping a video: %s", e)
+                        break
                     clip["_unit"] = unit
                     buf.append(clip)
                     if len(buf) >= s.shuffle_buffer:
