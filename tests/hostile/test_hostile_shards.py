@@ -3,12 +3,16 @@ loader's choice between skipping a corrupt shard (with a warning) and failing.""
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import logging
 import pickle
 import shutil
 import tarfile
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -232,3 +236,41 @@ def test_eval_bad_ground_truth(case, json_corpus, built, toy_checkpoint, tmp_pat
     error_line(rc, err, "eval", bad, GT_CASES[case])
     assert (tmp_path / "metrics.json").read_text() == "earlier output\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+@pytest.fixture(scope="module")
+def corrupt_jpeg_shard(built, tmp_path_factory) -> Path:
+    """A well-formed tar whose second frame of video 1 is noise instead of a JPEG."""
+    d = tmp_path_factory.mktemp("corrupt_jpeg")
+    shutil.copy(built / "manifest.json", d / "manifest.json")
+    out = d / "shard-000000.tar"
+    with tarfile.open(built / "shard-000000.tar") as t, tarfile.open(out, "w", format=tarfile.USTAR_FORMAT) as o:
+        for m in t.getmembers():
+            data = t.extractfile(m).read()
+            if m.name.endswith(".00001.jpg"):
+                data = bytes(np.random.default_rng(0).integers(0, 256, len(data), dtype=np.uint8))
+            o.addfile(m, io.BytesIO(data))
+    return out
+
+
+def test_corrupt_frame_in_a_shard(corrupt_jpeg_shard, built, toy_checkpoint, tmp_path, capsys, caplog):
+    what = r"sample 00000001: frame 00001\.jpg: unreadable JPEG \(cannot identify image file"
+    rc, _, err = call(capsys, "eval", "--checkpoint", toy_checkpoint, "--shards", corrupt_jpeg_shard, "--out",
+                      tmp_path / "eval")
+    error_line(rc, err, "eval", corrupt_jpeg_shard, what)
+    assert not (tmp_path / "eval" / "results.json").exists()
+    # training: the video is skipped with a warning (or the run stops, with on_error=fail)
+    from avis.engine.data import ClipStream
+
+    good = str(built / "shard-000001.tar")
+    src = ShardSource([good, str(corrupt_jpeg_shard)], categories=[])
+    stream = ClipStream(src, clip_length=4, batch_size=1, seed=0, shuffle_buffer=1)
+    with caplog.at_level(logging.WARNING, logger="avis.engine.data"):
+        # clip_length 4 covers frame 1 whatever the target frame: video 1 can never give a clip
+        ids = [b["video_ids"][0] for b, _ in itertools.islice(stream.batches(), 3)]
+    assert ids == [2, 2, 2]
+    assert any("skipping a video" in r.getMessage() and "unreadable JPEG" in r.getMessage() for r in caplog.records)
+    strict = ClipStream(ShardSource([good, str(corrupt_jpeg_shard)], categories=[], on_error="fail"), clip_length=4,
+                        batch_size=1, seed=0, shuffle_buffer=1)
+    with pytest.raises(InputError, match=what):
+        list(itertools.islice(strict.batches(), 3))
