@@ -274,3 +274,20 @@ def test_corrupt_frame_in_a_shard(corrupt_jpeg_shard, built, toy_checkpoint, tmp
                         batch_size=1, seed=0, shuffle_buffer=1)
     with pytest.raises(InputError, match=what):
         list(itertools.islice(strict.batches(), 3))
+
+
+def test_real_process_one_line_and_debug_traceback(bad_shards, bad_checkpoints, built, tmp_path):
+    """Through ``python -m avis``: the last stderr line is the error, exit 2, the traceback only with --debug."""
+    from tests.conftest import run_cli
+
+    shard = bad_shards["dotdot-member"]
+    ckpt = bad_checkpoints["pickle-payload-torch-zip"][0]
+    for argv, path in ((["inspect", shard], shard),
+                       (["eval", "--checkpoint", ckpt, "--shards", built, "--out", tmp_path / "o"], ckpt)):
+        p = run_cli(*argv)
+        assert p.returncode == 2 and "Traceback" not in p.stderr
+        assert p.stderr.strip().splitlines()[-1].startswith(f"avis {argv[0]}: error: {path}: ")
+        if argv[0] == "inspect":  # (--debug is the CLI's, the same for every command: checked once here)
+            d = run_cli(*argv, "--debug")
+            assert d.returncode == 2 and "Traceback" in d.stderr
+    assert not bad_checkpoints["pickle-payload-torch-zip"][1].exists()
