@@ -129,3 +129,23 @@ def test_real_process_one_line_and_debug_traceback(command, json_corpus, tmp_pat
     assert "Traceback" not in p.stderr
     d = run_cli(*argv, "--debug")
     assert d.returncode == 2 and "Traceback" in d.stderr
+
+
+def test_results_zip_bomb_is_refused_before_inflating(tmp_path, monkeypatch):
+    """The YTVIS server zip reader checks the declared size of results.json against the JSON limit."""
+    import zipfile
+
+    from avis.errors import InputError
+    from data_tools.exporters.ytvis import read_results
+    from tests.hostile import jsons
+
+    bomb = tmp_path / "results.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("results.json", "[" + " " * 5_000_000 + "]")  # 5 MB of spaces: a few KB compressed
+    assert bomb.stat().st_size < 50_000
+    monkeypatch.setenv("AVIS_MAX_JSON_BYTES", str(1_000_000))
+    with pytest.raises(InputError, match="results.json inflates to 5000002 bytes, larger than the 1000000 byte"):
+        read_results(bomb, jsons.valid_gt())
+    (tmp_path / "fake.zip").write_text("not a zip")
+    with pytest.raises(InputError, match="not a zip file"):
+        read_results(tmp_path / "fake.zip", jsons.valid_gt())
