@@ -162,7 +162,10 @@ def decode_sample(sample: dict, frames: Iterable[int] | None = None, audio: bool
             raise InputError(f"sample {meta.get('key')}: frame {name}: unreadable JPEG ({e})", url) from None
     H, W = int(meta["height"]), int(meta["width"])
     frames_arr = np.stack(imgs) if imgs else np.zeros((0, H, W, 3), np.uint8)
-    wav = decode_audio(sample["audio.flac"]) if audio and "audio.flac" in sample else np.zeros(0, np.float32)
+    try:
+        wav = decode_audio(sample["audio.flac"]) if audio and "audio.flac" in sample else np.zeros(0, np.float32)
+    except (RuntimeError, ValueError, OSError) as e:  # soundfile: corrupt FLAC
+        raise InputError(f"sample {meta.get('key')}: unreadable audio ({e})", url) from None
     instances = []
     for inst in meta.get("instances", []):
         segs = inst["segmentations"]
