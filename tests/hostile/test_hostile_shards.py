@@ -238,19 +238,31 @@ def test_eval_bad_ground_truth(case, json_corpus, built, toy_checkpoint, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
 
 
-@pytest.fixture(scope="module")
-def corrupt_jpeg_shard(built, tmp_path_factory) -> Path:
-    """A well-formed tar whose second frame of video 1 is noise instead of a JPEG."""
-    d = tmp_path_factory.mktemp("corrupt_jpeg")
+def _noise_member(built: Path, d: Path, suffix: str) -> Path:
+    """A well-formed copy of shard 0 whose member ending in ``suffix`` is noise."""
     shutil.copy(built / "manifest.json", d / "manifest.json")
     out = d / "shard-000000.tar"
     with tarfile.open(built / "shard-000000.tar") as t, tarfile.open(out, "w", format=tarfile.USTAR_FORMAT) as o:
         for m in t.getmembers():
             data = t.extractfile(m).read()
-            if m.name.endswith(".00001.jpg"):
+            if m.name.endswith(suffix):
                 data = bytes(np.random.default_rng(0).integers(0, 256, len(data), dtype=np.uint8))
             o.addfile(m, io.BytesIO(data))
     return out
+
+
+@pytest.fixture(scope="module")
+def corrupt_jpeg_shard(built, tmp_path_factory) -> Path:
+    """A well-formed tar whose second frame of video 1 is noise instead of a JPEG."""
+    return _noise_member(built, tmp_path_factory.mktemp("corrupt_jpeg"), ".00001.jpg")
+
+
+def test_corrupt_audio_in_a_shard(built, toy_checkpoint, tmp_path, capsys):
+    shard = _noise_member(built, tmp_path, ".audio.flac")
+    rc, _, err = call(capsys, "eval", "--checkpoint", toy_checkpoint, "--shards", shard, "--out", tmp_path / "e")
+    error_line(rc, err, "eval", shard, r"sample 00000001: unreadable audio \(")
+    rc, _, err = call(capsys, "inspect", shard)
+    error_line(rc, err, "inspect", shard, r"sample \S+: unreadable audio")
 
 
 def test_corrupt_frame_in_a_shard(corrupt_jpeg_shard, built, toy_checkpoint, tmp_path, capsys, caplog):
