@@ -9,7 +9,7 @@ Layout: ``backbone`` (ResNet/tiny + FPN P3-P7), ``head`` (FCOS towers, controlle
 Deviations from the paper / public code (each is a constructor argument, repeated in the configs):
 
 1. No COCO pre-training (nothing may be downloaded): backbones start from random init or from a local
-   torchvision state-dict file (``weights_path``).
+   torchvision state-dict file (``weights_path``); BatchNorm is frozen only with weights (``frozen_bn``).
 2. Two frames per clip: the first (reference) and the last (target) frame of the engine's clip; the
    reference-frame distance (paper: up to 20 annotated frames) is the data pipeline's ``delta``.
 3. Identities are mapped to proxies on the fly in order of first appearance ((video_id, instance_id) ->
@@ -34,13 +34,13 @@ Deviations from the paper / public code (each is a constructor argument, repeate
 from __future__ import annotations
 
 from .association import assign, match_scores, update_tracks
-from .backbone import resnet50_fpn, tiny_fpn
+from .backbone import resnet_fpn, tiny_fpn
 from .losses import GlobalEmbeddingLoss, IdentityMap, dice_loss, embedding_scale
 from .model import CrossVIS
 
 __all__ = ["CrossVIS", "crossvis_tiny", "crossvis_r50", "condinst_vis_tiny", "condinst_vis_r50", "assign",
            "match_scores", "update_tracks", "GlobalEmbeddingLoss", "IdentityMap", "dice_loss", "embedding_scale",
-           "bench_entry"]
+           "resnet_fpn", "tiny_fpn"]
 
 TINY = {"mask_branch_channels": 16, "embed_dim": 32, "num_identities": 64}
 
@@ -51,29 +51,17 @@ def crossvis_tiny(num_classes: int, **kwargs) -> CrossVIS:
     return CrossVIS(num_classes, tiny_fpn(32, 16), **opts)
 
 
-def crossvis_r50(num_classes: int, weights_path: str | None = None, **kwargs) -> CrossVIS:
+def crossvis_r50(num_classes: int, weights_path: str | None = None, frozen_bn: bool | None = None,
+                 **kwargs) -> CrossVIS:
     """ResNet-50 + FPN 256, mask branch 128 -> 8, embedding 256 (the paper's setting)."""
-    return CrossVIS(num_classes, resnet50_fpn(256, weights_path), **kwargs)
+    return CrossVIS(num_classes, resnet_fpn("resnet50", 256, weights_path, frozen_bn), **kwargs)
 
 
 def condinst_vis_tiny(num_classes: int, **kwargs) -> CrossVIS:
     return crossvis_tiny(num_classes, **{"crossover": False, "embedding": "pairwise", **kwargs})
 
 
-def condinst_vis_r50(num_classes: int, weights_path: str | None = None, **kwargs) -> CrossVIS:
-    return crossvis_r50(num_classes, weights_path, **{"crossover": False, "embedding": "pairwise", **kwargs})
-
-
-def bench_entry(variant: str = "crossvis_r50", num_classes: int = 40, device: str = "cpu",
-                full_path: bool = True) -> tuple[str, CrossVIS]:
-    """For ``scripts/bench_online.py``: (name, model in eval mode on ``device``); time ``model.step(state, frame)``
-    with ``state = model.init_state()`` and uint8 3 x 360 x 640 frames.
-
-    Random-init weights score nothing above 0.05, so ``full_path`` sets ``score_threshold=0``: every frame then
-    runs the full post-processing (top-1000 -> NMS -> 100 masks -> association), the worst case."""
-    builders = {"crossvis_r50": crossvis_r50, "condinst_vis_r50": condinst_vis_r50, "crossvis_tiny": crossvis_tiny,
-                "condinst_vis_tiny": condinst_vis_tiny}
-    kwargs = {"score_threshold": 0.0} if full_path else {}
-    model = builders[variant](num_classes, **kwargs).to(device).eval()
-    name = {"crossvis_r50": "CrossVIS R-50", "condinst_vis_r50": "CondInst-VIS R-50"}.get(variant, variant)
-    return name, model
+def condinst_vis_r50(num_classes: int, weights_path: str | None = None, frozen_bn: bool | None = None,
+                     **kwargs) -> CrossVIS:
+    return crossvis_r50(num_classes, weights_path, frozen_bn,
+                        **{"crossover": False, "embedding": "pairwise", **kwargs})

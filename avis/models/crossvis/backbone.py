@@ -2,8 +2,8 @@
 
 A body maps images to C3, C4, C5 (strides 8, 16, 32); torchvision's ``FeaturePyramidNetwork`` with the
 ``LastLevelP6P7`` block (P6, P7 from P5) turns them into five maps P3..P7 at strides 8..128.
-The tiny body is ours (the shared ``TinyBackbone`` stops at stride 16); the ResNet body is torchvision's
-(``weights=None``; an optional local state-dict file, nothing is downloaded).
+The ResNet body is the shared :class:`avis.models.backbones.ResNetBackbone` (layer2-4; weights from a local
+file only); the tiny body is ours because the shared ``TinyBackbone`` stops at stride 16.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
-from torchvision.models import resnet50
-from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+from avis.models.backbones import ResNetBackbone
 
 STRIDES = (8, 16, 32, 64, 128)
 
@@ -44,21 +44,6 @@ class TinyBody(nn.Module):
         return outs
 
 
-class ResNetBody(nn.Module):
-    """torchvision ResNet-50 -> [C3, C4, C5] (512, 1024, 2048 channels)."""
-
-    def __init__(self, weights_path: str | None = None):
-        super().__init__()
-        model = resnet50(weights=None)
-        if weights_path:
-            model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-        self.body = IntermediateLayerGetter(model, {"layer2": "c3", "layer3": "c4", "layer4": "c5"})
-        self.channels = [512, 1024, 2048]
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return list(self.body(x).values())
-
-
 class FPNBackbone(nn.Module):
     """images B x 3 x H x W (normalised, H and W multiples of 128) -> [P3..P7], P_l: B x C x H/2^l x W/2^l.
 
@@ -80,6 +65,11 @@ def tiny_fpn(out_channels: int = 32, width: int = 16) -> FPNBackbone:
     return FPNBackbone(TinyBody(width), out_channels)
 
 
-def resnet50_fpn(out_channels: int = 256, weights_path: str | None = None) -> FPNBackbone:
-    """ResNet-50 from random init, or from a local torchvision state dict (nothing is downloaded)."""
-    return FPNBackbone(ResNetBody(weights_path), out_channels)
+def resnet_fpn(name: str = "resnet50", out_channels: int = 256, weights_path: str | None = None,
+               frozen_bn: bool | None = None) -> FPNBackbone:
+    """torchvision ResNet (random init, or a local torchvision state dict; nothing is downloaded) + FPN.
+
+    ``frozen_bn=None`` freezes BatchNorm only when weights are given: frozen statistics of a random
+    initialisation would leave a from-scratch ResNet without normalisation (our choice)."""
+    frozen = bool(weights_path) if frozen_bn is None else frozen_bn
+    return FPNBackbone(ResNetBackbone(name, weights_path, frozen_bn=frozen, levels=3), out_channels)

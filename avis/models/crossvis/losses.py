@@ -16,7 +16,8 @@ def dice_loss(probs: torch.Tensor, targets: torch.Tensor, eps: float = 1e-5) -> 
     """probs, targets P x h x w -> mean over P of 1 - 2 sum(p g) / (sum p^2 + sum g^2) (CondInst's dice)."""
     if probs.shape[0] == 0:
         return probs.sum() * 0
-    p, g = probs.flatten(1), targets.flatten(1).to(probs.dtype)
+    p = probs.flatten(1).float()
+    g = targets.flatten(1).float()
     return (1 - 2 * (p * g).sum(1) / ((p * p).sum(1) + (g * g).sum(1) + eps)).mean()
 
 

@@ -20,8 +20,9 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 def _flat(maps: list[torch.Tensor]) -> torch.Tensor:
-    """Per level N x C x h x w -> N x L x C (levels concatenated, row-major)."""
-    return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], 1)
+    """Per level N x C x h x w -> N x L x C (levels concatenated, row-major), float32 (losses, boxes and the
+    dynamic parameters stay in full precision under bf16 autocast)."""
+    return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], 1).float()
 
 
 class CrossVIS(VISMethod):
@@ -141,7 +142,7 @@ class CrossVIS(VISMethod):
                                                                 reduction="sum") / num_pos
 
         # masks: at most max_proposals positives (random) per batch
-        mask_feats = self.mask_branch(feats[:3])
+        mask_feats = self.mask_branch(feats[:3]).float()
         soi = self._soi(levels)
         sample = torch.randperm(len(pos_img), device=pos_img.device)[: self.max_proposals]
         s_img, s_loc, s_gt = pos_img[sample], pos_loc[sample], pos_gt[sample]
@@ -220,7 +221,7 @@ class CrossVIS(VISMethod):
         scores = scores.sqrt()
         keep = batched_nms(boxes, scores, labels, self.nms_threshold)[: self.max_detections]
         loc_idx, labels, scores, boxes = loc_idx[keep], labels[keep], scores[keep], boxes[keep]
-        mask_feats = self.mask_branch(feats[:3])
+        mask_feats = self.mask_branch(feats[:3]).float()
         params = _flat(out["params"])[0, loc_idx]
         logits = mask_logits(self.dynamic_head, mask_feats.expand(len(keep), -1, -1, -1), params,
                              locations[loc_idx], self._soi(levels)[loc_idx])
