@@ -18,9 +18,11 @@ repeated in ``configs/model/inspro*.yaml``):
    (Sparse R-CNN matches each stage separately; with propagation a slot must mean one object at all stages).
 5. Relative coordinates of the mask head are centred on the stage's predicted box and divided by half its
    longer side (at least ``rel_coord_min`` px); CondInst divides by the FPN level's size of interest.
-6. Masks: bilinear x2 upsampling (align_corners=False) of stride-8 logits to stride 4; targets sampled at
-   4k + 2. Mask focal loss averaged over pixels, per object; dice per object; both summed over objects and
-   divided by the frame's object count like the box losses.
+6. Masks: bilinear x2 upsampling (align_corners=False) of stride-8 logits to stride 4. The stride-4 targets
+   are the fraction of each 4 x 4 cell inside the object (``mask_target="area"``); CondInst samples the cell's
+   centre pixel (``"center"``), which leaves edges undetermined by +-2 px on small images (overfitting test:
+   full-resolution IoU 0.79-0.89 with "center", 0.94-0.96 with "area"). Mask focal loss averaged over pixels
+   per object; dice per object; both summed over objects and divided by the frame's object count.
 7. Intra-query attention: ``eps`` maps each object feature to one scalar weight (the paper: "a linear
    transformation"); the bank holds the last ``train_bank`` (3) frames in training mode and ``test_bank``
    (18) in eval mode, the current frame included.
@@ -30,6 +32,8 @@ repeated in ``configs/model/inspro*.yaml``):
 9. Video-level output (notes' choice): per slot, the frames where its max class score > ``score_threshold``
    (0.15); class = argmax of the mean scores there, score = that mean; ``split_gap`` optionally splits a
    slot's track at long gaps. InsPro-lite (key frames) is not implemented.
+10. Schedule (``configs/optim/adamw_inspro.yaml``): AdamW 2.5e-5, wd 1e-4 as in the paper, but the engine's
+    poly decay instead of x0.1 at 24k and 28k of 32k steps; gradient-norm clipping 1.0 (Sparse R-CNN's).
 """
 
 from __future__ import annotations
