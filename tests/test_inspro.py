@@ -119,8 +119,9 @@ def test_dedup_loss_on_constructed_boxes():
 # ---------------------------------------------------------------- propagation and the feature bank
 
 def test_clip_to_image_and_mask_boxes():
-    b = torch.tensor([[-5.0, -2, 30, 70], [10, 10, 200, 20]])
-    assert clip_to_image(b, (64, 96)).tolist() == [[0, 0, 30, 64], [10, 10, 96, 20]]
+    b = torch.tensor([[-5.0, -2, 30, 70], [10, 10, 200, 20], [100, 5, 120, 9], [3, -9, 8, -4]])
+    assert clip_to_image(b, (64, 96)).tolist() == [[0, 0, 30, 64], [10, 10, 96, 20], [95, 5, 96, 9],
+                                                   [3, 0, 8, 1]]  # fully outside: kept 1 px wide/high
     m = torch.zeros(1, 8, 8, dtype=torch.bool)
     m[0, 2:5, 1:7] = True
     assert mask_boxes(m).tolist() == [[1, 2, 7, 5]]
@@ -196,6 +197,11 @@ def test_gradients_flow_through_the_propagated_queries(tiny):
     # the first frame's queries reach the loss only through propagation (and the class loss of frame 0)
     assert tiny.intra_query.eps.weight.grad.abs().sum() > 0
     assert tiny.init_queries.weight.grad.abs().sum() > 0
+    unused = [n for n, p in tiny.named_parameters() if p.grad is None]
+    assert not unused  # DDP without find_unused_parameters needs every parameter in the graph
+    tiny.zero_grad()
+    sum(tiny({"frames": frames, "targets": [[obj, empty, empty]]}).values()).backward()
+    assert tiny.init_boxes.weight.grad.abs().sum() > 0  # the learned proposals are trained by frame 0's boxes
 
 
 # ---------------------------------------------------------------- overfitting two synthetic clips

@@ -103,7 +103,7 @@ class InteractionStage(nn.Module):
         q = self.norm2(q + self.dropout(self.inst_interact(q, roi)))
         q = self.norm3(q + self.dropout(self.ffn(q)))
         deltas = self.bboxes_delta(self.reg_module(q))
-        new_boxes = apply_deltas(deltas, boxes.detach().reshape(-1, 4))
+        new_boxes = apply_deltas(deltas, boxes.reshape(-1, 4))
         return {"logits": self.class_logits(self.cls_module(q)).view(b, n, -1),
                 "boxes": new_boxes.view(b, n, 4),
                 "params": self.controller(q).view(b, n, -1),

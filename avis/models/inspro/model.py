@@ -28,12 +28,17 @@ _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 
 
-def clip_to_image(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-    """boxes ... x 4 (x1y1x2y2) clipped to [0, W] x [0, H] (what is propagated to the next frame)."""
+def clip_to_image(boxes: torch.Tensor, image_size: tuple[int, int], min_size: float = 1.0) -> torch.Tensor:
+    """boxes ... x 4 (x1y1x2y2) clipped to [0, W] x [0, H] (what is propagated to the next frame).
+
+    Boxes keep at least ``min_size`` pixels per side: a box clipped to zero width could never grow again, as
+    the stages scale widths multiplicatively (choice; the paper only says boxes are clipped)."""
     h, w = image_size
-    x = boxes[..., 0::2].clamp(0, w)
-    y = boxes[..., 1::2].clamp(0, h)
-    return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], -1)
+    x1 = boxes[..., 0].clamp(0, w - min_size)
+    y1 = boxes[..., 1].clamp(0, h - min_size)
+    x2 = torch.maximum(boxes[..., 2].clamp(0, w), x1 + min_size)
+    y2 = torch.maximum(boxes[..., 3].clamp(0, h), y1 + min_size)
+    return torch.stack([x1, y1, x2, y2], -1)
 
 
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
@@ -149,7 +154,9 @@ class InsPro(VISMethod):
         for stage in self.stages:
             roi = self.pooler(feats, list(boxes.detach().unbind(0)), [padded_size] * boxes.shape[0])
             out = stage(roi, boxes, queries)
-            queries, boxes = out["queries"], out["boxes"]
+            # boxes are detached between stages (Sparse R-CNN); the first stage's input boxes are not, so the
+            # learned initial proposals get gradients
+            queries, boxes = out["queries"], out["boxes"].detach()
             outs.append(out)
         return outs
 
@@ -273,8 +280,8 @@ class InsPro(VISMethod):
         active = (scores.amax(1) > self.score_threshold).nonzero().flatten()
         if active.numel():
             logit_m = self.instance_masks(mask_feats[0], last["params"][0][active], last["boxes"][0][active])
-            prob = F.interpolate(logit_m[:, None], scale_factor=4, mode="bilinear", align_corners=False)[:, 0]
-            masks = (prob[:, :H, :W].sigmoid() > self.mask_threshold).cpu()
+            full = F.interpolate(logit_m[:, None], scale_factor=4, mode="bilinear", align_corners=False)[:, 0]
+            masks = (full[:, :H, :W].sigmoid() > self.mask_threshold).cpu()  # crop the padding
             for j, slot in enumerate(active.tolist()):
                 state["records"].setdefault(slot, []).append((state["t"], scores[slot].cpu(), masks[j]))
         state["queries"], state["boxes"], state["bank"] = self.propagate(last, state["bank"], (H, W))
