@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 
@@ -18,7 +16,7 @@ from avis.models.inspro import (
     temporally_consistent_matching,
 )
 
-warnings.filterwarnings("ignore", message="backbone .*random initialisation")
+pytestmark = pytest.mark.filterwarnings("ignore:backbone .*random initialisation:UserWarning")
 
 
 @pytest.fixture(autouse=True)
@@ -247,6 +245,7 @@ def _best_iou(tracks: list[Track], masks_by_frame: dict[int, torch.Tensor], labe
     return best
 
 
+@pytest.mark.slow
 def test_tiny_overfits_two_clips():
     torch.manual_seed(0)
     model = inspro_tiny(3, num_queries=8)
