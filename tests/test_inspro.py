@@ -324,3 +324,15 @@ def test_inspro_tiny_trains_and_evaluates_from_shards(tmp_path):
     assert [r["step"] for r in recs] == [1, 2, 3] and all("loss_dedup" in r for r in recs)
     ev = read_jsonl(run / "metrics.jsonl", kind="eval")
     assert len(ev) == 1 and {"AP", "AR100"} <= set(ev[0])
+
+
+def test_training_step_under_bf16_autocast_gives_float32_losses(tiny):
+    tiny.train()
+    m = torch.zeros(1, 32, 32, dtype=torch.bool)
+    m[0, 4:20, 6:22] = True
+    obj = {"labels": torch.tensor([1]), "masks": m, "instance_ids": torch.tensor([4])}
+    frames = torch.randint(0, 255, (1, 3, 3, 32, 32), dtype=torch.uint8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = tiny({"frames": frames, "targets": [[obj, obj, obj]]})
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()

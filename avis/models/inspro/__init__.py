@@ -42,7 +42,7 @@ from .head import DynamicConv, InteractionStage, IntraQueryAttention, apply_delt
 from .matching import dedup_loss, match_cost, temporally_consistent_matching
 from .model import InsPro, clip_to_image, mask_boxes
 
-__all__ = ["InsPro", "inspro_tiny", "inspro_r50", "inspro_r101", "bench_entry", "temporally_consistent_matching",
+__all__ = ["InsPro", "inspro_tiny", "inspro_r50", "inspro_r101", "temporally_consistent_matching",
            "match_cost", "dedup_loss", "clip_to_image", "mask_boxes", "DynamicConv", "InteractionStage",
            "IntraQueryAttention", "apply_deltas"]
 
@@ -61,17 +61,6 @@ def inspro_r50(num_classes: int, backbone_weights: str | None = None, **kwargs) 
 
 
 def inspro_r101(num_classes: int, backbone_weights: str | None = None, **kwargs) -> InsPro:
+    """As :func:`inspro_r50` with a ResNet-101."""
     return InsPro(num_classes, backbone="resnet101", backbone_weights=backbone_weights, **kwargs)
 
-
-def bench_entry(variant: str = "inspro_r50", num_classes: int = 40, device: str = "cpu",
-                full_path: bool = True) -> tuple[str, InsPro]:
-    """For ``scripts/bench_online.py``: (name, model in eval mode on ``device``); time ``model.step(state, frame)``
-    with ``state = model.init_state()`` and uint8 3 x 360 x 640 frames.
-
-    Random-init weights score nothing above the threshold, so ``full_path`` sets ``score_threshold=-1``: every
-    frame then computes and records all N masks, the worst case."""
-    builders = {"inspro_r50": inspro_r50, "inspro_r101": inspro_r101, "inspro_tiny": inspro_tiny}
-    kwargs = {"score_threshold": -1.0} if full_path else {}
-    model = builders[variant](num_classes, **kwargs).to(device).eval()
-    return {"inspro_r50": "InsPro R-50", "inspro_r101": "InsPro R-101"}.get(variant, variant), model

@@ -225,14 +225,16 @@ class InsPro(VISMethod):
 
     @torch.no_grad()
     def _match(self, last_outs: list[dict], b: int, targets: list[dict], image_size):
-        costs = [match_cost(o["logits"][b], o["boxes"][b], tg["labels"], tg["boxes"], image_size, *self.match_w,
+        costs = [match_cost(o["logits"][b].float(), o["boxes"][b].float(), tg["labels"], tg["boxes"], image_size, *self.match_w,
                             alpha=self.focal_alpha, gamma=self.focal_gamma) for o, tg in zip(last_outs, targets)]
         return temporally_consistent_matching(costs, [tg["ids"] for tg in targets])
 
     def _frame_losses(self, out: dict, mask_feats: torch.Tensor, targets: list[dict], matches: list,
                       image_size) -> dict[str, torch.Tensor]:
-        """Sums (not yet normalised) of each loss over the B videos of one frame and one stage."""
+        """Sums (not yet normalised) of each loss over the B videos of one frame and one stage (in float32,
+        also under bf16/fp16 autocast)."""
         h, w = image_size
+        out = {k: v.float() for k, v in out.items()}
         scale = out["boxes"].new_tensor([w, h, w, h])
         zero = out["logits"].sum() * 0
         acc = {k: zero for k in self.w}
@@ -252,7 +254,7 @@ class InsPro(VISMethod):
             pb, gb = boxes[slots], tg["boxes"][gi]
             acc["l1"] = acc["l1"] + (pb / scale - gb / scale).abs().sum()
             acc["giou"] = acc["giou"] + (1 - torch.diag(generalized_box_iou(pb, gb))).sum()
-            logit_m = self.instance_masks(mask_feats[b], out["params"][b][slots], pb)
+            logit_m = self.instance_masks(mask_feats[b], out["params"][b][slots], pb).float()
             gt_m = tg["masks4"][gi].float()
             acc["dice"] = acc["dice"] + dice_loss(logit_m.sigmoid(), gt_m) * slots.numel()
             acc["mask_focal"] = acc["mask_focal"] + sigmoid_focal_loss(
