@@ -336,3 +336,22 @@ def test_training_step_under_bf16_autocast_gives_float32_losses(tiny):
         losses = tiny({"frames": frames, "targets": [[obj, obj, obj]]})
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
+
+
+def test_finish_video_level_output_and_gap_split(tiny):
+    m = torch.zeros(4, 4, dtype=torch.bool)
+    s = torch.tensor
+    records = {3: [(0, s([0.1, 0.9, 0.0]), m), (1, s([0.5, 0.3, 0.0]), m), (6, s([0.6, 0.0, 0.0]), m),
+                   (7, s([0.7, 0.0, 0.3]), m)],
+               5: [(2, s([0.0, 0.0, 0.2]), m)]}
+    state = {"records": records}
+    tracks = tiny.finish(state)
+    assert [(t.label, sorted(t.masks)) for t in tracks] == [(0, [0, 1, 6, 7]), (2, [2])]
+    assert tracks[0].score == pytest.approx((0.1 + 0.5 + 0.6 + 0.7) / 4)  # mean class-0 score, not the max
+    tiny.split_gap = 3
+    try:
+        tracks = tiny.finish(state)
+    finally:
+        tiny.split_gap = None
+    assert [(t.label, sorted(t.masks)) for t in tracks] == [(1, [0, 1]), (0, [6, 7]), (2, [2])]
+    assert tracks[0].score == pytest.approx(0.6) and tracks[1].score == pytest.approx(0.65)
