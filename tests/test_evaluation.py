@@ -403,4 +403,4 @@ def test_cli_score_bad_input(tmp_path, cli):
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "res.json").write_text(json.dumps([res(9, 1, 0.5, [box(0, 0, 5, 5)])]))
     p = cli("score", "--gt", tmp_path / "gt.json", "--results", tmp_path / "res.json")
-    assert p.returncode == 2 and "video_id 9" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 2 and "video 9: unknown video_id" in p.stderr and "Traceback" not in p.stderr

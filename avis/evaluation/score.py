@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
     gt = load_annotations(args.gt)
-    results = load_results(args.results)
+    results = load_results(args.results, gt=gt)  # unknown videos / categories, frame counts: the file's error
     ev = evaluate(gt, results, workers=args.workers, progress=True, path=os.fspath(args.results))
     print(format_table(ev.stats))
     if args.per_category:

@@ -265,9 +265,9 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.runs_a) != bool(args.runs_b) or (args.runs_a and min(len(args.runs_a), len(args.runs_b)) < 2):
         raise ConfigError("--runs-a and --runs-b need at least 2 result files each")
     gt = load_annotations(args.gt)
-    ra, rb = load_results(args.a), load_results(args.b)
-    runs_a = [load_results(p) for p in args.runs_a]
-    runs_b = [load_results(p) for p in args.runs_b]
+    ra, rb = load_results(args.a, gt=gt), load_results(args.b, gt=gt)
+    runs_a = [load_results(p, gt=gt) for p in args.runs_a]
+    runs_b = [load_results(p, gt=gt) for p in args.runs_b]
     out = compare(gt, ra, rb, args.iou, runs_a, runs_b, args.bootstrap, args.seed, args.workers)
     print(format_table(out["rows"]))
     h = out["headline"]
