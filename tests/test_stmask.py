@@ -1,0 +1,284 @@
+"""STMask baseline: anchors and box coding, FCB offsets, correlation, temporal fusion, association, overfitting."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from avis.models.stmask import STMask, TemporalFusion, correlation, decode, encode, make_anchors, stmask_tiny
+from avis.models.stmask.association import NEW, STTrack, assign, match_scores, update_tracks
+from avis.models.stmask.head import Predictor
+
+
+# -- anchors and box coding -----------------------------------------------------------------------------
+def test_anchor_layout_shapes_and_order():
+    anchors = make_anchors([(2, 3), (1, 1)], (8, 16), scales=(24, 48))
+    assert anchors.shape == ((6 + 1) * 3, 4)
+    # level 0, row 1, column 2, second predictor (3x5: wide, w/h = 5/3)
+    a = anchors[(1 * 3 + 2) * 3 + 1]
+    cx, cy, w, h = (a[0] + a[2]) / 2, (a[1] + a[3]) / 2, a[2] - a[0], a[3] - a[1]
+    assert torch.allclose(torch.stack([cx, cy]), torch.tensor([20.0, 12.0]))
+    assert math.isclose(float(w / h), 5 / 3, rel_tol=1e-5) and math.isclose(float(w * h), 24 ** 2, rel_tol=1e-5)
+    tall = anchors[(1 * 3 + 2) * 3 + 2]
+    assert math.isclose(float((tall[2] - tall[0]) / (tall[3] - tall[1])), 3 / 5, rel_tol=1e-5)
+    last = anchors[-3]  # level 1, its only location, square anchor of scale 48
+    assert torch.allclose(last, torch.tensor([-16.0, -16.0, 32.0, 32.0]))
+
+
+def test_box_encoding_round_trip_and_variances():
+    torch.manual_seed(0)
+    anchors = make_anchors([(3, 4)], (8,))
+    xy = torch.rand(len(anchors), 2) * 30
+    boxes = torch.cat([xy, xy + 2 + torch.rand(len(anchors), 2) * 40], 1)
+    assert torch.allclose(decode(encode(boxes, anchors), anchors), boxes, atol=1e-4)
+    a = anchors[:1]
+    w = a[0, 2] - a[0, 0]
+    shifted = a + torch.tensor([0.1 * w, 0, 0.1 * w, 0])  # centre moved by 0.1 w: delta x = 1 (variance 0.1)
+    assert torch.allclose(encode(shifted, a), torch.tensor([[1.0, 0, 0, 0]]), atol=1e-5)
+    doubled = a + torch.stack([-w / 2, w * 0, w / 2, w * 0])  # width x2 about the same centre: log(2) / 0.2
+    assert torch.allclose(encode(doubled, a), torch.tensor([[0, 0, math.log(2) / 0.2, 0]]), atol=1e-5)
+
+
+# -- FCB ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kernel", [(3, 3), (3, 5), (5, 3)])
+def test_fcb_zero_offsets_reproduce_plain_convolution(kernel):
+    torch.manual_seed(0)
+    pred = Predictor(8, 3, 4, 6, kernel, fcb=True, fcb_mask=True)
+    assert not pred.offset.weight.any() and not pred.offset.bias.any()
+    x = torch.randn(2, 8, 6, 7)
+    out = pred(x)
+    pad = (kernel[0] // 2, kernel[1] // 2)
+    plain = F.conv2d(x, pred.cls.weight, pred.cls.bias, padding=pad).permute(0, 2, 3, 1)
+    assert torch.allclose(out["cls"], plain, atol=1e-5)
+    coef = torch.tanh(F.conv2d(x, pred.coef.weight, pred.coef.bias, padding=pad)).permute(0, 2, 3, 1)
+    assert torch.allclose(out["coef"], coef, atol=1e-5)
+    assert out["box"].shape == (2, 6, 7, 4) and out["cls"].shape == (2, 6, 7, 4) and out["emb"].shape == (2, 6, 7, 6)
+    # a learned offset of +1 column on every tap (bias of the offset conv) samples x shifted by one column
+    with torch.no_grad():
+        pred.offset.bias.view(-1, 2)[:, 1] = 1.0
+    shifted = F.pad(x, (pad[1] - 1, pad[1] + 1, pad[0], pad[0]))  # every window one column to the right
+    moved = F.conv2d(shifted, pred.cls.weight, pred.cls.bias).permute(0, 2, 3, 1)
+    assert torch.allclose(pred(x)["cls"], moved, atol=1e-5)
+    assert not torch.allclose(moved, plain, atol=1e-3)
+
+
+# -- temporal fusion ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("patch", [3, 11])
+def test_correlation_matches_a_direct_loop(patch):
+    torch.manual_seed(0)
+    f1, f2 = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
+    out = correlation(f1, f2, patch)
+    assert out.shape == (2, patch * patch, 4, 5)
+    r = patch // 2
+    ref = torch.zeros_like(out)
+    for n in range(2):
+        for y in range(4):
+            for x in range(5):
+                for dy in range(-r, r + 1):
+                    for dx in range(-r, r + 1):
+                        if 0 <= y + dy < 4 and 0 <= x + dx < 5:
+                            ref[n, (dy + r) * patch + dx + r, y, x] = (f1[n, :, y, x] * f2[n, :, y + dy, x + dx]).mean()
+    assert torch.allclose(out, ref, atol=1e-6)
+
+
+def test_temporal_fusion_shifts_a_known_box():
+    torch.manual_seed(0)
+    tf = TemporalFusion(4, num_protos=3, patch=3, channels=(8,), stride=16)
+    p4a, p4b = torch.randn(1, 4, 4, 4), torch.randn(1, 4, 4, 4)
+    boxes = torch.tensor([[8.0, 16.0, 40.0, 32.0], [0.0, 0.0, 20.0, 60.0]])
+    coefs = torch.randn(2, 3)
+    same_boxes, same_coefs = tf.propagate(p4a, p4b, [boxes], coefs)  # zero-initialised heads: identity
+    assert torch.allclose(same_boxes, boxes, atol=1e-5) and torch.allclose(same_coefs, coefs)
+    with torch.no_grad():  # the shift head says: move right by 0.1 w (delta 1), double the height, add 0.5
+        tf.box_fc.bias.copy_(torch.tensor([1.0, 0.0, 0.0, math.log(2) / 0.2]))
+        tf.coef_fc.bias.fill_(0.5)
+    moved, shifted = tf.propagate(p4a, p4b, [boxes], coefs)
+    expected = torch.tensor([[11.2, 8.0, 43.2, 40.0], [2.0, -30.0, 22.0, 90.0]])
+    assert torch.allclose(moved, expected, atol=1e-4)
+    assert torch.allclose(shifted, coefs + 0.5)
+    # with a learned weight the shift depends on the features at the t-1 box (RoIAlign of [corr, P4, P4])
+    with torch.no_grad():
+        tf.box_fc.weight.normal_()
+    moved2, _ = tf.propagate(p4a, p4b, [boxes], coefs)
+    moved3, _ = tf.propagate(p4a, p4b * 2, [boxes], coefs)
+    assert not torch.allclose(moved2, moved3)
+
+
+# -- association ----------------------------------------------------------------------------------------
+def _mask(x0, y0, x1, y1, size=20):
+    m = torch.zeros(size, size, dtype=torch.bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_match_score_formula():
+    emb = torch.tensor([[1.0, 0.0]])
+    t_emb = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    t_boxes = torch.tensor([[0.0, 0.0, 10.0, 20.0], [0.0, 0.0, 10.0, 10.0]])
+    masks = _mask(0, 0, 10, 10)[None]
+    t_masks = torch.stack([_mask(0, 0, 10, 5), _mask(0, 0, 10, 10)])
+    s = match_scores(emb, boxes, masks, t_emb, t_boxes, t_masks)
+    assert torch.allclose(s, torch.tensor([[0.5 + 0.5 + 2 * 0.5, 1 + 1 + 2]]))
+
+
+def test_assign_new_track_threshold_and_one_to_one():
+    # detection 0 (score 0.9) takes track 0; detection 1 then has only track 1 at exactly 1.4 -> new track;
+    # detection 2 at 1.41 joins track 1
+    scores = torch.tensor([[3.0, 0.0], [3.5, 1.4], [0.0, 1.41]])
+    assert assign(scores, torch.tensor([0.9, 0.8, 0.7])) == [0, NEW, 1]
+    assert assign(scores[1:2], torch.tensor([0.8])) == [0]
+    assert assign(torch.tensor([[1.4]]), torch.tensor([0.5])) == [NEW]
+
+
+def test_tracks_kept_ten_frames_with_decayed_score():
+    emb = torch.tensor([[1.0, 0.0]])
+    box = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    mask = _mask(0, 0, 10, 10)[None]
+    det = {"boxes": box, "scores": torch.tensor([0.8]), "labels": torch.tensor([1]), "emb": emb,
+           "coef": torch.zeros(1, 3), "masks": mask}
+    empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long),
+             "emb": torch.zeros(0, 2), "coef": torch.zeros(0, 3), "masks": torch.zeros(0, 20, 20, dtype=torch.bool)}
+    tracks: list[STTrack] = []
+    ended: list[STTrack] = []
+    update_tracks(tracks, ended, 0, det, None, None, None)
+    assert len(tracks) == 1
+    prop_box, prop_mask = torch.tensor([[1.0, 0.0, 11.0, 10.0]]), _mask(1, 0, 11, 10)[None]
+    for f in range(1, 11):  # ten frames unmatched: kept, propagated, score x 0.95 per frame
+        update_tracks(tracks, ended, f, empty, prop_box, torch.ones(1, 3), prop_mask)
+        assert len(tracks) == 1 and not ended
+        assert math.isclose(tracks[0].score, 0.8 * 0.95 ** f, rel_tol=1e-6)
+        assert torch.equal(tracks[0].masks[f], prop_mask[0]) and torch.equal(tracks[0].box, prop_box[0])
+    update_tracks(tracks, ended, 11, empty, prop_box, torch.ones(1, 3), prop_mask)  # the 11th: ended
+    assert not tracks and len(ended) == 1 and sorted(ended[0].masks) == list(range(11))
+    # a track that is matched again after 10 missed frames continues (memory resets)
+    tracks, ended = [], []
+    update_tracks(tracks, ended, 0, det, None, None, None)
+    for f in range(1, 11):
+        update_tracks(tracks, ended, f, empty, box, torch.zeros(1, 3), mask)
+    pairs = update_tracks(tracks, ended, 11, det, box, torch.zeros(1, 3), mask)
+    assert pairs == [0] and tracks[0].missed == 0 and tracks[0].score == pytest.approx(0.8)
+
+
+# -- the model ------------------------------------------------------------------------------------------
+H = W = 64
+
+
+def _clips(n: int):
+    """n two-frame clips: a red disc (class 0) and a green box (class 1) moving on a grey background."""
+    yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    out = []
+    for k in range(n):
+        frames = torch.full((2, 3, H, W), 40, dtype=torch.uint8)
+        targets = []
+        for t in range(2):
+            masks = torch.zeros(2, H, W, dtype=torch.bool)
+            masks[0] = (yy - (18 + 4 * t + 3 * k)) ** 2 + (xx - (17 + 2 * t)) ** 2 < 13 ** 2
+            masks[1, 28 + 4 * k:60, 28 + 4 * t:60 + 4 * t] = True
+            for i, colour in enumerate([(230, 40, 40), (40, 230, 60)]):
+                frames[t][:, masks[i]] = torch.tensor(colour, dtype=torch.uint8)[:, None]
+            targets.append({"labels": torch.tensor([0, 1]), "masks": masks, "instance_ids": torch.tensor([1, 2])})
+        out.append((frames, targets))
+    return out
+
+
+def _batch(*clips):
+    return {"frames": torch.stack([c[0] for c in clips]), "targets": [c[1] for c in clips],
+            "video_ids": list(range(len(clips)))}
+
+
+def test_losses_gradients_and_empty_frames():
+    torch.manual_seed(0)
+    model = stmask_tiny(2)
+    clips = _clips(1)
+    frames, targets = clips[0]
+    empty = [{"labels": torch.zeros(0, dtype=torch.long), "masks": torch.zeros(0, H, W, dtype=torch.bool),
+              "instance_ids": torch.zeros(0, dtype=torch.long)}, targets[1]]
+    losses = model(_batch(clips[0], (frames, empty)))
+    assert set(losses) == {"loss_cls", "loss_box", "loss_ctr", "loss_mask", "loss_track", "loss_t_box", "loss_t_mask"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    # a batch without any object still yields every loss, finite
+    losses = model(_batch((frames, [empty[0], empty[0]])))
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.slow
+def test_tiny_preset_overfits_two_clips():
+    torch.manual_seed(0)
+    torch.set_flush_denormal(True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        clips = _clips(2)
+        batch = _batch(*clips)
+        model = stmask_tiny(2)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        history = []
+        for _ in range(STEPS):
+            losses = model(batch)
+            opt.zero_grad()
+            sum(losses.values()).backward()
+            opt.step()
+            history.append({k: float(v.detach()) for k, v in losses.items()})
+        # centerness BCE has soft targets, so its floor is their entropy, not 0: judged separately
+        rest = [sum(v for k, v in h.items() if k != "loss_ctr") for h in history]
+        assert rest[-1] < 0.1 * rest[0], (rest[0], rest[-1])
+        assert history[-1]["loss_ctr"] < history[0]["loss_ctr"] - 0.5
+        model.eval()
+        for frames, targets in clips:
+            tracks = model.predict_video(frames)
+            for label in (0, 1):
+                best = max((t for t in tracks if t.label == label), key=lambda t: t.score)
+                assert sorted(best.masks) == [0, 1]
+                for t in range(2):
+                    gt, pred = targets[t]["masks"][label], best.masks[t]
+                    assert pred.shape == (H, W)
+                    iou = float((gt & pred).sum() / (gt | pred).sum())
+                    assert iou > 0.8, (label, t, iou)
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
+
+
+STEPS = 100
+
+
+# -- configs: the engine builds the method from them alone ------------------------------------------------
+def test_configs_build_stmask():
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from avis.engine.config import compose
+
+    model = instantiate(compose(["experiment=stmask_tiny", "data.num_classes=3"]).model)
+    assert isinstance(model, STMask) and model.num_classes == 3 and model.clip_length == 2
+    assert model.new_track_threshold == 1.4 and model.track_memory == 10 and model.track_decay == 0.95
+    assert model.loss_weights["ctr"] == 20.0 and model.head.predictors[0].fcb
+    full = OmegaConf.to_container(compose(["experiment=stmask"]), resolve=False)
+    assert full["model"]["_target_"] == "avis.models.stmask.stmask_r50"
+    assert full["model"]["temporal_channels"] == [512, 512, 1024] and full["model"]["num_protos"] == 32
+    assert full["optim"]["optimizer"]["_target_"] == "torch.optim.SGD" and full["audio"]["enabled"] is False
+    assert full["data"]["batch_size"] == 16 and full["trainer"]["max_steps"] == 160000
+
+
+@pytest.mark.slow
+def test_engine_trains_and_evaluates_stmask_tiny(tmp_path):
+    import json
+
+    from avis import cli
+
+    run = tmp_path / "run"
+    assert cli.main(["train", "experiment=stmask_tiny", "data=toy", f"hydra.run.dir={run}", "trainer.max_steps=4",
+                     "trainer.log_every=2", "trainer.ckpt_every=4", "trainer.eval_every=0", "trainer.progress=false",
+                     "trainer.tensorboard=false"]) == 0
+    losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss_cls", "loss_mask", "loss_track", "loss_t_box", "loss_t_mask"} <= set(losses[-1])
+    out = tmp_path / "eval"
+    assert cli.main(["eval", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--out", str(out),
+                     "--device", "cpu"]) == 0
+    assert (out / "results.json").is_file() and "AP" in json.loads((out / "metrics.json").read_text())["metrics"]
