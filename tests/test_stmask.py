@@ -202,9 +202,13 @@ def test_losses_gradients_and_empty_frames():
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
     sum(losses.values()).backward()
     assert all(p.grad is not None for p in model.parameters())
-    # a batch without any object still yields every loss, finite
+
+    # a batch without any object still yields every loss, finite, with every parameter in the graph
+    model.zero_grad()
     losses = model(_batch((frames, [empty[0], empty[0]])))
     assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in model.parameters())
 
 
 @pytest.mark.slow

@@ -164,7 +164,9 @@ class STMask(VISMethod):
         for n in range(len(targets)):
             k = min(self.ohem_ratio * max(int(pos[n].sum()), 1), int((state[n] == 0).sum()))
             keep[n, neg_ce[n].topk(k).indices] = True
-        losses = {"loss_cls": wt["cls"] * ce[keep].sum() / num_pos}
+        # zero terms keep every head output in the graph when a batch has no positives (DDP needs all grads)
+        in_graph = sum(v.sum() for v in out.values()) * 0 + protos.sum() * 0
+        losses = {"loss_cls": wt["cls"] * ce[keep].sum() / num_pos + in_graph}
 
         p_img, p_anc = pos.nonzero(as_tuple=True)
         p_gt = gt_idx[p_img, p_anc]

@@ -45,8 +45,9 @@ class TemporalFusion(nn.Module):
             nn.init.zeros_(fc.bias)
 
     def forward(self, p4_prev: torch.Tensor, p4_cur: torch.Tensor, boxes: list[torch.Tensor]):
-        x = torch.cat([correlation(p4_prev, p4_cur, self.patch), p4_prev, p4_cur], 1)
-        rois = roi_align(x, [b.to(x.dtype) for b in boxes], self.pool, 1.0 / self.stride, sampling_ratio=2,
+        # float32 for RoIAlign: box coordinates in bf16 (under autocast) would be off by pixels
+        x = torch.cat([correlation(p4_prev, p4_cur, self.patch), p4_prev, p4_cur], 1).float()
+        rois = roi_align(x, [b.float() for b in boxes], self.pool, 1.0 / self.stride, sampling_ratio=2,
                          aligned=True)
         h = self.convs(rois).mean((2, 3))
         return self.box_fc(h), self.coef_fc(h)
@@ -54,5 +55,4 @@ class TemporalFusion(nn.Module):
     def propagate(self, p4_prev, p4_cur, boxes: list[torch.Tensor], coefs: torch.Tensor):
         """-> boxes at t (R x 4, decoded with the t-1 boxes as anchors), coefficients at t (R x k)."""
         deltas, shift = self(p4_prev, p4_cur, boxes)
-        prev = torch.cat(boxes).to(deltas.dtype)
-        return decode(deltas, prev), coefs + shift
+        return decode(deltas.float(), torch.cat(boxes).float()), coefs.float() + shift.float()
