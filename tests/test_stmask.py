@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torchvision.ops import box_iou
 
 from avis.models.stmask import STMask, TemporalFusion, correlation, decode, encode, make_anchors, stmask_tiny
 from avis.models.stmask.association import NEW, STTrack, assign, match_scores, update_tracks
@@ -161,6 +162,25 @@ def test_tracks_kept_ten_frames_with_decayed_score():
         update_tracks(tracks, ended, f, empty, box, torch.zeros(1, 3), mask)
     pairs = update_tracks(tracks, ended, 11, det, box, torch.zeros(1, 3), mask)
     assert pairs == [0] and tracks[0].missed == 0 and tracks[0].score == pytest.approx(0.8)
+
+
+def test_anchor_matching_thresholds_and_forced_best_anchor():
+    model = stmask_tiny(2)
+    anchors = make_anchors([(4, 4)], (8,), scales=(24,))
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0], anchors[5 * 3].tolist()])  # a tiny box; an anchor itself
+    gt, state = model.match(anchors, boxes)
+    iou = box_iou(boxes, anchors)
+    tiny_best = int(iou[0].argmax())
+    assert state[tiny_best] == 1 and gt[tiny_best] == 0  # below 0.5, still positive: its best anchor
+    assert state[5 * 3] == 1 and gt[5 * 3] == 1
+    best = iou.max(0).values
+    others = torch.ones(len(anchors), dtype=torch.bool)
+    others[[tiny_best, 5 * 3]] = False
+    assert torch.equal(state[others & (best >= 0.5)], torch.ones_like(state[others & (best >= 0.5)]))
+    assert (state[others & (best < 0.4)] == 0).all() and (state[others & (best >= 0.4) & (best < 0.5)] == -1).all()
+    assert ((best >= 0.4) & (best < 0.5) & others).any()  # the ignored band is exercised
+    _, none = model.match(anchors, torch.zeros(0, 4))
+    assert (none == 0).all()
 
 
 # -- the model ------------------------------------------------------------------------------------------
