@@ -306,3 +306,40 @@ def test_engine_trains_and_evaluates_stmask_tiny(tmp_path):
     assert cli.main(["eval", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--out", str(out),
                      "--device", "cpu"]) == 0
     assert (out / "results.json").is_file() and "AP" in json.loads((out / "metrics.json").read_text())["metrics"]
+
+
+def test_online_step_propagates_an_unmatched_track():
+    """Frame 0: one detection; frame 1: none. The track continues on the temporal fusion's propagated box and
+    coefficients (identity at init, then a set shift) decoded with frame 1's prototypes, its score x 0.95."""
+    torch.manual_seed(0)
+    model = stmask_tiny(2).eval()
+    frames = torch.randint(0, 255, (2, 3, H, W), dtype=torch.uint8)
+    real_detect = model.detect
+    box, coef = torch.tensor([[8.0, 8.0, 40.0, 44.0]]), torch.linspace(-1, 1, 16)[None]
+    protos_seen = []
+
+    def detect(frame):
+        det, p4, protos = real_detect(frame)
+        protos_seen.append(protos)
+        n = 1 if len(protos_seen) == 1 else 0
+        det = {"boxes": box[:n], "scores": torch.tensor([0.9])[:n], "labels": torch.tensor([1])[:n],
+               "emb": F.normalize(torch.ones(n, 32), dim=1), "coef": coef[:n],
+               "masks": model.masks_at(protos, coef[:n], box[:n], H, W)}
+        return det, p4, protos
+
+    model.detect = detect
+    tracks = model.predict_video(frames)
+    assert len(tracks) == 1 and sorted(tracks[0].masks) == [0, 1] and tracks[0].label == 1
+    assert tracks[0].score == pytest.approx((0.9 + 0.9 * 0.95) / 2)
+    expected = model.masks_at(protos_seen[1], coef, box, H, W)[0]
+    assert expected.any() and torch.equal(tracks[0].masks[1], expected)
+    # a shift head that moves boxes right by 0.1 w (delta 1) and adds 0.25 to the coefficients
+    with torch.no_grad():
+        model.temporal.box_fc.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+        model.temporal.coef_fc.bias.fill_(0.25)
+    protos_seen.clear()
+    tracks = model.predict_video(frames)
+    moved = box + torch.tensor([3.2, 0.0, 3.2, 0.0])
+    expected = model.masks_at(protos_seen[1], coef + 0.25, moved, H, W)[0]
+    assert torch.equal(tracks[0].masks[1], expected)
+    assert not torch.equal(expected, model.masks_at(protos_seen[1], coef, box, H, W)[0])
