@@ -1,6 +1,7 @@
 """Per-frame latency of online inference, variants side by side in one run.
 
-Default variants: the R-50 backbone alone, and RCF-R50 with delta = 1 and 5, audio off and on, at 640 x 360
+Default variants: the R-50 backbone alone, RCF-R50 with delta = 1 and 5, audio off and on, and CrossVIS-R50
+(the visual-only baseline; with ~0 and with 100 detections per frame), at 640 x 360
 (random weights: latency does not depend on them). Variants are timed interleaved, frame by frame, so that
 load changes on a shared machine hit all of them alike; the median per-frame time after warm-up is reported,
 with ratios to the backbone and between settings.
@@ -28,6 +29,7 @@ from torch import nn
 
 from avis.models.audio import audio_tokens_vggish
 from avis.models.backbones import ResNetBackbone
+from avis.models.crossvis import crossvis_r50
 from avis.models.rcf import rcf_r50
 
 NUM_CLASSES = 40  # YTVIS-2019 / AVIS scale
@@ -89,6 +91,10 @@ VARIANTS: list[Variant] = [
     rcf_variant(1, True),
     rcf_variant(5, True),
     Variant("vggish audio features alone", lambda device: _vggish_alone(device), "audio"),
+    # CrossVIS: random weights score nothing above its 0.05 threshold, so the "100 dets" variant keeps every
+    # candidate (threshold 0): full post-processing (NMS, 100 dynamic masks, association), the worst case
+    method("crossvis_r50", lambda: crossvis_r50(NUM_CLASSES), "crossvis"),
+    method("crossvis_r50 100 dets", lambda: crossvis_r50(NUM_CLASSES, score_threshold=0.0), "crossvis"),
 ]
 
 
@@ -160,6 +166,10 @@ def main(argv=None) -> int:
         off, on = f"rcf_r50 delta={delta} audio=off", f"rcf_r50 delta={delta} audio=on"
         if off in med and on in med:
             print(f"audio on / off (delta {delta}): {med[on] / med[off]:.3f}")
+    for cv in ("crossvis_r50", "crossvis_r50 100 dets"):
+        rcf = "rcf_r50 delta=1 audio=off"
+        if cv in med and rcf in med:
+            print(f"{cv} / {rcf}: {med[cv] / med[rcf]:.3f}")
     return 0
 
 
