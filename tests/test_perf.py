@@ -142,3 +142,36 @@ def test_cuda_step_does_not_synchronise():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert len(model.finish(state)) >= 0 and len(state.probs) == 3
+
+
+def test_decode_sample_decodes_audio_once_per_sample(monkeypatch):
+    """Several clips per video: the FLAC is decoded once, the frames asked for each time."""
+    import io
+    import json
+
+    import numpy as np
+    import soundfile as sf
+    from PIL import Image
+
+    from avis.data import shards as sh
+
+    wave = np.random.default_rng(0).uniform(-0.5, 0.5, 1600).astype(np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, wave, 16000, format="FLAC", subtype="PCM_16")
+    sample = {"__key__": "v", "json": json.dumps({"num_frames": 2, "height": 8, "width": 8, "video_id": 1,
+                                                  "frame_times": [0.0, 0.05], "sample_rate": 16000,
+                                                  "has_audio": True, "instances": []}).encode(),
+              "audio.flac": buf.getvalue()}
+    for i in range(2):
+        jpg = io.BytesIO()
+        Image.fromarray(np.full((8, 8, 3), 40 * (i + 1), np.uint8)).save(jpg, format="JPEG")
+        sample[f"{i:05d}.jpg"] = jpg.getvalue()
+    calls = []
+    orig = sh.decode_audio
+    monkeypatch.setattr(sh, "decode_audio", lambda data: calls.append(1) or orig(data))
+    a = sh.decode_sample(sample, frames=[0])
+    b = sh.decode_sample(sample, frames=[1])
+    assert len(calls) == 1
+    np.testing.assert_allclose(a.audio[0], wave, atol=1 / 32768)
+    assert np.array_equal(a.audio, b.audio)
+    assert abs(int(a.frames[0].mean()) - 40) <= 2 and abs(int(b.frames[0].mean()) - 80) <= 2

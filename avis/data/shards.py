@@ -23,6 +23,7 @@ from avis.errors import InputError
 from avis.io import masks as mask_io
 
 MAX_MEMBER_BYTES = 1 << 30  # refuse absurd tar members before reading them
+AUDIO_CACHE_KEY = "__audio__"  # decoded waveform memoised in the sample dict (no tar suffix can clash)
 
 
 @dataclass
@@ -151,7 +152,13 @@ def decode_sample(sample: dict, frames: Iterable[int] | None = None, audio: bool
         raise InputError(f"sample {meta.get('key')}: frame {e} missing", url) from None
     H, W = int(meta["height"]), int(meta["width"])
     frames_arr = np.stack(imgs) if imgs else np.zeros((0, H, W, 3), np.uint8)
-    wav = decode_audio(sample["audio.flac"]) if audio and "audio.flac" in sample else np.zeros(0, np.float32)
+    if audio and "audio.flac" in sample:
+        # Training draws several clips per sample: decode the FLAC once and keep it with the sample.
+        wav = sample.get(AUDIO_CACHE_KEY)
+        if wav is None:
+            wav = sample[AUDIO_CACHE_KEY] = decode_audio(sample["audio.flac"])
+    else:
+        wav = np.zeros(0, np.float32)
     instances = []
     for inst in meta.get("instances", []):
         segs = inst["segmentations"]
