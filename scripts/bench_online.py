@@ -150,9 +150,11 @@ def _sync(device: torch.device) -> None:
 
 
 def run(variants: list[Variant], frames: int, warmup: int, device: torch.device, amp: bool,
-        finish: dict[str, float] | None = None, amp_dtype: torch.dtype | None = None) -> dict[str, float]:
-    """Median seconds per frame of each variant; ``finish`` (if given) receives each method's per-video
-    finish time divided by the number of frames it saw."""
+        finish: dict[str, float] | None = None, amp_dtype: torch.dtype | None = None,
+        cpu: dict[str, float] | None = None) -> dict[str, float]:
+    """Median wall seconds per frame of each variant; ``finish`` (if given) receives each method's per-video
+    finish time divided by the number of frames it saw, ``cpu`` the median process CPU seconds per frame
+    (on a shared machine CPU time does not count the time other jobs hold the cores)."""
     steppers = {}
     for v in variants:
         with warnings.catch_warnings():
@@ -165,16 +167,18 @@ def run(variants: list[Variant], frames: int, warmup: int, device: torch.device,
     if device.type == "cuda":
         video, audio = video.pin_memory(), audio.pin_memory()
     times: dict[str, list[float]] = {v.name: [] for v in variants}
+    cpu_times: dict[str, list[float]] = {v.name: [] for v in variants}
     for i in range(warmup + frames):
         for v in variants:  # interleaved: drift in machine load hits every variant alike
             frame, window = video[i % 4], audio[i % 4]
             _sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
                 steppers[v.name](frame, window)
             _sync(device)
             if i >= warmup:
                 times[v.name].append(time.perf_counter() - t0)
+                cpu_times[v.name].append(time.process_time() - c0)
     if finish is not None:
         for name, step in steppers.items():
             if hasattr(step, "finish"):
@@ -182,6 +186,8 @@ def run(variants: list[Variant], frames: int, warmup: int, device: torch.device,
                 t0 = time.perf_counter()
                 step.finish()
                 finish[name] = (time.perf_counter() - t0) / (warmup + frames)
+    if cpu is not None:
+        cpu.update({k: statistics.median(t) for k, t in cpu_times.items()})
     return {k: statistics.median(t) for k, t in times.items()}
 
 
@@ -231,14 +237,18 @@ def main(argv=None) -> int:
           f"median of {args.frames} frames after {args.warmup} warm-up; load average "
           f"{os.getloadavg()[0]:.1f} at start")
     fin: dict[str, float] = {}
-    med = run(variants, args.frames, args.warmup, device, args.amp, fin, amp_dtype)
+    cpu: dict[str, float] = {}
+    wall = run(variants, args.frames, args.warmup, device, args.amp, fin, amp_dtype, cpu)
+    # Ratios on process CPU time on a CPU device (robust to other jobs on shared cores), on wall time on a GPU.
+    med = cpu if device.type == "cpu" else wall
     print(f"load average {os.getloadavg()[0]:.1f} at end (1 min), {os.getloadavg()[2]:.1f} (15 min)")
-    print(f"{'variant':38s} {'ms/frame':>9s} {'FPS':>7s} {'x backbone':>11s} {'finish ms/frame':>16s}")
+    print(f"ratios below on {'process CPU' if device.type == 'cpu' else 'wall'} time")
+    print(f"{'variant':38s} {'wall ms':>8s} {'FPS':>6s} {'CPU ms':>8s} {'x backbone':>11s} {'finish ms/frame':>16s}")
     for v in variants:
         base = med.get(v.floor) if v.floor else None
         ratio = f"{med[v.name] / base:11.3f}" if base else f"{'-':>11s}"
         f = f"{1000 * fin[v.name]:16.1f}" if v.name in fin else f"{'-':>16s}"
-        print(f"{v.name:38s} {1000 * med[v.name]:9.1f} {1 / med[v.name]:7.2f} {ratio} {f}")
+        print(f"{v.name:38s} {1000 * wall[v.name]:8.1f} {1 / wall[v.name]:6.2f} {1000 * cpu[v.name]:8.1f} {ratio} {f}")
     for arch in ("r50", "r101"):
         for audio in ("off", "on"):
             d1, d5 = f"rcf_{arch} delta=1 audio={audio}", f"rcf_{arch} delta=5 audio={audio}"
