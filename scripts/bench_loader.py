@@ -54,24 +54,25 @@ def stream(shards: Path, workers: int, seed: int = 0) -> ClipStream:
                       size_divisibility=DIVISIBILITY)
 
 
-def time_batches(batches, n: int) -> float:
-    """Clips per second over n batches after the first (start-up of the first epoch excluded)."""
+def time_batches(batches, n: int) -> tuple[float, float]:
+    """Clips per second over n batches after the first (start-up of the first epoch excluded): per wall second
+    and per CPU second of this process (meaningful with 0 workers: it leaves out other jobs' time)."""
     it = iter(batches)
     next(it)
     clips = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(n):
         b = next(it)
         b = b[0] if isinstance(b, tuple) else b
         clips += b["frames"].shape[0]
-    return clips / (time.perf_counter() - t0)
+    return clips / (time.perf_counter() - t0), clips / (time.process_time() - c0)
 
 
-def engine_loader(shards: Path, workers: int, n: int) -> float:
+def engine_loader(shards: Path, workers: int, n: int) -> tuple[float, float]:
     return time_batches(stream(shards, workers).batches(), n)
 
 
-def data_loader(shards: Path, workers: int, n: int) -> float:
+def data_loader(shards: Path, workers: int, n: int) -> tuple[float, float]:
     from avis.data import make_clip_loader
 
     loader = make_clip_loader(str(shards), 1 + DELTA, BATCH, (96, 160), num_workers=workers, resampled=True,
@@ -79,8 +80,9 @@ def data_loader(shards: Path, workers: int, n: int) -> float:
     return time_batches(loader, n)
 
 
-def training(shards: Path, steps: int, warmup: int = 2) -> float:
-    """Clips per second of the tiny model's training step (forward, backward, clip, AdamW) on real batches."""
+def training(shards: Path, steps: int, warmup: int = 2) -> tuple[float, float]:
+    """Clips per second of the tiny model's training step (forward, backward, clip, AdamW) on real batches,
+    per wall second and per process CPU second (median step)."""
     from avis.models.audio import audio_tokens_tiny
     from avis.models.rcf import rcf_tiny
 
@@ -91,10 +93,10 @@ def training(shards: Path, steps: int, warmup: int = 2) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=6e-4, weight_decay=1e-4)
     it = stream(shards, 0, seed=1).batches()
     batches = [next(it)[0] for _ in range(4)]
-    times = []
+    times, cpu = [], []
     for i in range(warmup + steps):
         batch = batches[i % len(batches)]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = sum(model(batch).values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -102,7 +104,8 @@ def training(shards: Path, steps: int, warmup: int = 2) -> float:
         opt.step()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    return BATCH / statistics.median(times)
+            cpu.append(time.process_time() - c0)
+    return BATCH / statistics.median(times), BATCH / statistics.median(cpu)
 
 
 def main(argv=None) -> int:
@@ -132,11 +135,14 @@ def main(argv=None) -> int:
                 rows.append(("avis.data make_clip_loader", w, data_loader(shards, w, args.batches)))
         train2 = training(shards, args.steps)  # again: load drift between the two shows in the spread
         print(f"load average {os.getloadavg()[0]:.1f} at end")
-        print(f"tiny RCF training consumes {train:.1f} / {train2:.1f} clips/s (before / after the loaders)")
-        consume = max(train, train2)
-        print(f"{'pipeline':28s} {'workers':>7s} {'clips/s':>8s} {'x training':>10s}")
-        for name, w, rate in rows:
-            print(f"{name:28s} {w:7d} {rate:8.1f} {rate / consume:10.2f}")
+        print(f"tiny RCF training consumes {train[0]:.1f} / {train2[0]:.1f} clips per wall second, "
+              f"{train[1]:.1f} / {train2[1]:.1f} per CPU second (before / after the loaders)")
+        consume, consume_cpu = max(train[0], train2[0]), max(train[1], train2[1])
+        print(f"{'pipeline':28s} {'workers':>7s} {'clips/s':>8s} {'x training':>10s} {'clips/CPU s':>12s} "
+              f"{'x training (CPU)':>16s}")
+        for name, w, (rate, rate_cpu) in rows:
+            cpu_cols = f"{rate_cpu:12.1f} {rate_cpu / consume_cpu:16.2f}" if w == 0 else f"{'-':>12s} {'-':>16s}"
+            print(f"{name:28s} {w:7d} {rate:8.1f} {rate / consume:10.2f} {cpu_cols}")
     return 0
 
 
