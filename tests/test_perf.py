@@ -133,15 +133,21 @@ def test_audio_all_present_needs_no_padding_mask():
 def test_cuda_step_does_not_synchronise():
     model = _model(2).cuda().optimize_online(amp="bf16")
     frames, windows = _video(3)
+    frames = frames.pin_memory()  # host frames, as decoded: pinned so that the copy need not block
+    windows = [None if a is None else a.cuda() for a in windows]
     state = model.init_state()
-    model.step(state, frames[0].cuda(), windows[0].cuda())  # first frame: lazy initialisation may sync
+    model.step(state, frames[0], windows[0])  # first frame: lazy initialisation may sync
+    torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for f, a in zip(frames[1:], windows[1:]):
-            model.step(state, f.cuda(), None if a is None else a.cuda())
+            model.step(state, f, a)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert len(model.finish(state)) >= 0 and len(state.probs) == 3
+    ref_state, _ = _run(_model(2), *_video(3))  # same weights, float32 on the CPU
+    for p, q in zip(state.probs, ref_state.probs):
+        torch.testing.assert_close(p.cpu(), q, atol=0.05, rtol=0.05)
+    assert isinstance(model.finish(state), list)
 
 
 def test_decode_sample_decodes_audio_once_per_sample(monkeypatch):
@@ -175,3 +181,32 @@ def test_decode_sample_decodes_audio_once_per_sample(monkeypatch):
     np.testing.assert_allclose(a.audio[0], wave, atol=1 / 32768)
     assert np.array_equal(a.audio, b.audio)
     assert abs(int(a.frames[0].mean()) - 40) <= 2 and abs(int(b.frames[0].mean()) - 80) <= 2
+
+
+def test_bench_online_fast_and_reference_variants(monkeypatch):
+    """The benchmark's plumbing (not its timings): fast and reference variants, finish and CPU times reported."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_online.py"
+    spec = importlib.util.spec_from_file_location("bench_online", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_online", bench)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "WIDTH", W)
+    monkeypatch.setattr(bench, "HEIGHT", H)
+    monkeypatch.setattr(bench, "WINDOW", 1600)
+    built = []
+
+    def build():
+        built.append(_model(2))
+        return built[-1]
+
+    variants = [bench.backbone_alone("tiny backbone", lambda: _model(0).backbone),
+                bench.method("fast", build, floor="tiny backbone"),
+                bench.method("reference", build, floor="tiny backbone", reference=True)]
+    finish, cpu = {}, {}
+    wall = bench.run(variants, frames=2, warmup=1, device=torch.device("cpu"), amp=False, finish=finish, cpu=cpu)
+    assert set(wall) == set(cpu) == {"tiny backbone", "fast", "reference"} and set(finish) == {"fast", "reference"}
+    assert built[0].fast_online and built[0].channels_last and not built[1].fast_online

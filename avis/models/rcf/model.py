@@ -200,7 +200,8 @@ class RCF(VISMethod):
             return self._reference_step(state, frame, audio)
         device = self.pixel_mean.device
         with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            x = self.normalize(frame[None])
+            # non_blocking: a pinned host frame is copied asynchronously (a blocking copy synchronises).
+            x = self.normalize(frame[None].to(device, non_blocking=True))
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             feats = self._compiled.get("backbone", self.backbone)(x)
@@ -213,7 +214,7 @@ class RCF(VISMethod):
                 f_ref = torch.cat(list(state.features), 1)
             aud = feat = features = None
             if self.uses_audio and audio is not None:
-                feat, aud, features = self._online_audio(state, audio.to(device, torch.float32))
+                feat, aud, features = self._online_audio(state, audio.to(device, non_blocking=True).float())
             logits, masks = self.predict(f_t, f_ref, feats[:-1], audio_features=features, audio_tokens=aud)
         state.probs.append(logits[-1, 0].float().softmax(-1))
         state.masks.append(masks[-1, 0])
