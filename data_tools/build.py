@@ -40,7 +40,7 @@ from avis import __version__
 from avis.errors import ConfigError, InputError
 from avis.io import masks as mask_io
 from avis.io.atomic import atomic_write_json
-from avis.io.ytvis import load_json, normalize_annotations
+from avis.io.ytvis import check_relpath, load_json, normalize_annotations
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,13 @@ def make_jobs(videos_dir: Path, annotations: str | None, fps: float) -> tuple[li
         cats.append(c)
     cats.sort(key=lambda c: c["id"])
     by_video: dict = {}
+    ann_ids: set = set()
     for a in data.get("annotations") or []:
         if isinstance(a, dict):
+            if isinstance(a.get("id"), (int, str)):  # an annotation id is the instance's track id in the shards
+                if a["id"] in ann_ids:
+                    raise InputError(f"duplicate annotation id {a['id']}", annotations)
+                ann_ids.add(a["id"])
             by_video.setdefault(a.get("video_id"), []).append(a)
     jobs = []
     seen = set()
@@ -116,6 +121,12 @@ def make_jobs(videos_dir: Path, annotations: str | None, fps: float) -> tuple[li
         if v["id"] in seen:
             raise InputError(f"duplicate video id {v['id']}", annotations)
         seen.add(v["id"])
+        # media paths come from the file: one outside --videos would pull any file of this machine into the shards
+        paths = [(k, v[k]) for k in ("video_file", "audio_file") if v.get(k)]
+        paths += [("file_names", n) for n in v.get("file_names") or []]
+        for what, p in paths:
+            if (msg := check_relpath(p)) is not None:
+                raise InputError(f"video {v['id']}: '{what}' {msg}", annotations)
         kind = "video" if v.get("video_file") else "frames"
         source = v.get("video_file") or (v.get("file_names") or [None])[0]
         times = v.get("frame_times")

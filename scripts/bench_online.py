@@ -3,8 +3,8 @@
 Default variants at 640 x 360 (random weights: latency does not depend on them): the R-50 and R-101 backbones
 alone (the floor), RCF-R50 and RCF-R101 with delta = 1 and 5, audio off and on (the online fast path:
 ``RCF.optimize_online``), the reference step of RCF-R50 delta = 5 with audio (what the fast path replaces),
-VGGish on one window, and the baselines present (CrossVIS-R50 with ~0 and with 100 detections per frame; an
-InsPro entry when ``avis.models.inspro`` provides ``inspro_r50``). Frames start on the host as decoded uint8
+VGGish on one window, and the baselines present (CrossVIS-R50 with ~0 and with 100 detections per frame, InsPro-R50 with ~0 and with
+100 masks per frame). Frames start on the host as decoded uint8
 (the host-to-device copy is timed on a GPU); the per-video ``finish`` (mask upsampling, thresholds, tracks) is
 timed once after the frames and reported per frame. Variants are timed interleaved, frame by frame, so that
 load changes on a shared machine hit all of them alike; the median per-frame time after warm-up is reported,
@@ -35,12 +35,8 @@ from torch import nn
 from avis.models.audio import audio_tokens_vggish
 from avis.models.backbones import ResNetBackbone
 from avis.models.crossvis import crossvis_r50
+from avis.models.inspro import inspro_r50
 from avis.models.rcf import rcf_r50, rcf_r101
-
-try:  # the InsPro baseline, where its branch has landed
-    from avis.models.inspro import inspro_r50
-except ImportError:
-    inspro_r50 = None
 
 NUM_CLASSES = 40  # YTVIS-2019 / AVIS scale
 WIDTH, HEIGHT = 640, 360
@@ -129,9 +125,12 @@ VARIANTS: list[Variant] = [
     method("crossvis_r50", lambda: crossvis_r50(NUM_CLASSES), "crossvis", floor="resnet50 backbone"),
     method("crossvis_r50 100 dets", lambda: crossvis_r50(NUM_CLASSES, score_threshold=0.0), "crossvis",
            floor="resnet50 backbone"),
+    # InsPro: 100 propagated pairs, 6 stages, feature bank 18; "100 masks" computes and records every slot's
+    # mask each frame (score threshold below 0), the worst case; the plain variant scores ~no slot active
+    method("inspro_r50", lambda: inspro_r50(NUM_CLASSES), "inspro", floor="resnet50 backbone"),
+    method("inspro_r50 100 masks", lambda: inspro_r50(NUM_CLASSES, score_threshold=-1.0), "inspro",
+           floor="resnet50 backbone"),
 ]
-if inspro_r50 is not None:
-    VARIANTS.append(method("inspro_r50", lambda: inspro_r50(NUM_CLASSES), "inspro", floor="resnet50 backbone"))
 
 
 def _vggish_alone(device) -> Stepper:
@@ -261,7 +260,7 @@ def main(argv=None) -> int:
     ref, fast = "rcf_r50 delta=5 audio=on reference", "rcf_r50 delta=5 audio=on"
     if ref in med and fast in med:
         print(f"fast path / reference step (r50, delta 5, audio on): {med[fast] / med[ref]:.3f}")
-    for cv in ("crossvis_r50", "crossvis_r50 100 dets", "inspro_r50"):
+    for cv in ("crossvis_r50", "crossvis_r50 100 dets", "inspro_r50", "inspro_r50 100 masks"):
         rcf = "rcf_r50 delta=1 audio=off"
         if cv in med and rcf in med:
             print(f"{cv} / {rcf}: {med[cv] / med[rcf]:.3f}")

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             check_config(cfg)
             results.append(train(cfg))
-        except AvisError as e:  # hand our one-line errors to the CLI instead of hydra's report
+        except (AvisError, OSError) as e:  # hand one-line errors (ours, a full disk) to the CLI, not hydra's report
             errors.append(e)
 
     saved = sys.argv

@@ -111,10 +111,9 @@ class IdentityMap(nn.Module):
                     self._add(tuple(key))
         return [self.index(*k) for k in keys]
 
-    def get_extra_state(self):
-        keys = list(self.table)
-        return {"keys": torch.tensor(keys, dtype=torch.long).reshape(-1, 2),
-                "values": torch.tensor([self.table[k] for k in keys], dtype=torch.long)}
+    def get_extra_state(self) -> torch.Tensor:
+        """The table as an int64 M x 3 tensor (video_id, instance_id, index): every state-dict value a tensor."""
+        return torch.tensor([(v, i, idx) for (v, i), idx in self.table.items()], dtype=torch.long).reshape(-1, 3)
 
-    def set_extra_state(self, state) -> None:
-        self.table = {(int(a), int(b)): int(v) for (a, b), v in zip(state["keys"].tolist(), state["values"].tolist())}
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self.table = {(int(v), int(i)): int(idx) for v, i, idx in state.tolist()}
