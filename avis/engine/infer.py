@@ -1,0 +1,95 @@
+"""``avis infer VIDEO... --checkpoint CKPT --out DIR``: a trained method on raw video files.
+
+Videos are decoded exactly as ``avis build`` decodes them (``data_tools/decode.py``: frames shown at
+``k / fps`` on the frame timeline, sound resampled to 16 kHz mono with sample 0 at time 0), so the model sees
+the same frames and audio windows as in training. Writes::
+
+    DIR/results.json     YTVIS results (masks at each video's display size)
+    DIR/videos.json      the videos as a YTVIS annotation file without annotations (ids, sizes, frame times,
+                         video_file): with results.json it is the input of ``avis export``
+    DIR/overlay/*.mp4    masks, track ids and classes drawn on the source, with the source's sound
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+from avis.errors import InputError, NotBuiltError
+
+log = logging.getLogger("avis.infer")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("videos", nargs="+", help="video files (any container/codec PyAV reads)")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by avis train")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--fps", type=float, default=6.0,
+                        help="frames per second to run at (default 6, as avis build); the frame timeline starts "
+                             "at the first frame")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    parser.add_argument("--no-overlay", action="store_true", help="write results only, no overlay videos")
+    parser.add_argument("--score-threshold", type=float, default=0.0, help="overlay only tracks scoring at least this")
+    parser.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        from data_tools import decode as dec
+    except ImportError:
+        raise NotBuiltError("'avis infer' needs data_tools/decode.py (dataset building, issue #3)") from None
+    from tqdm import tqdm
+
+    from avis.engine.predict import predict_videos
+    from avis.engine.session import load_trained
+    from avis.io.ytvis import save_json
+
+    if args.fps <= 0:
+        raise InputError(f"--fps must be positive, got {args.fps}")
+    paths = [Path(v) for v in args.videos]
+    for p in paths:
+        if not p.is_file():
+            raise InputError("no such file", p)
+    trained = load_trained(args.checkpoint, args.device)
+    dc = trained.cfg.data
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    entries, decoded = [], []
+    for i, p in enumerate(tqdm(paths, desc="decode", unit="video", disable=len(paths) < 2)):
+        d = dec.decode(p, fps=args.fps, max_size=dc.get("test_max_size"))
+        vid = i + 1
+        entries.append({"id": vid, "width": int(d.width), "height": int(d.height), "length": len(d.frame_times),
+                        "fps": float(args.fps), "frame_times": [float(t) for t in d.frame_times],
+                        "video_file": str(p.resolve()), "file_names": [f"{p.stem}/{t:05d}.jpg"
+                                                                      for t in range(len(d.frame_times))]})
+        decoded.append(SimpleNamespace(video_id=vid, frames=d.frames, frame_times=d.frame_times,
+                                       audio=d.audio, sample_rate=d.sample_rate, has_audio=d.has_audio))
+        if not d.has_audio and trained.model.uses_audio:
+            log.warning("%s has no sound: the audio-visual model gets silence", p)
+    sizes = {e["id"]: (e["height"], e["width"], e["length"]) for e in entries}
+    pred = predict_videos(trained.model, decoded, trained.categories, trained.device,
+                          short=dc.get("test_size"), max_size=dc.get("test_max_size"),
+                          eta=float(dc.get("eta", 0.96)), amp=not args.no_amp, with_gt=False, sizes=sizes)
+    videos = {"videos": entries, "annotations": [], "categories": trained.categories}
+    save_json(pred["results"], out / "results.json")
+    save_json(videos, out / "videos.json")
+    summary = {"videos": len(entries), "results": len(pred["results"]), "timing": pred["timing"]}
+    if not args.no_overlay:
+        summary["overlay"] = _overlays(pred["results"], videos, out, args)
+    print(json.dumps(summary))
+    return 0
+
+
+def _overlays(results: list[dict], videos: dict, out: Path, args) -> str | None:
+    try:
+        from data_tools.exporters import overlay
+        from data_tools.exporters.common import select_tracks
+    except ImportError:
+        log.warning("the overlay exporter (data_tools.exporters, issue #9) is not available: no overlay videos")
+        return None
+    tracks = select_tracks(results, videos, score_threshold=args.score_threshold)
+    return str(overlay.write_overlay(tracks, videos, out, videos_dir="/", fps=args.fps))

@@ -1,0 +1,56 @@
+"""Scalar logs of rank 0: a JSONL file (one object per record) and TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from avis.io.atomic import atomic_open
+
+
+class ScalarLog:
+    """``log(step, {"loss": ..., "lr": ...})`` -> ``metrics.jsonl`` and TensorBoard (``tb/``).
+
+    On resume from ``step``, records after ``step`` (written by the run that died after its last checkpoint)
+    are dropped, from the JSONL and (``purge_step``) from TensorBoard, so each step appears once.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, resume_step: int | None = None, tensorboard: bool = True):
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            self.path.unlink(missing_ok=True)
+        elif self.path.exists():
+            keep = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            with atomic_open(self.path, "w") as f:
+                f.write("".join(line + "\n" for line in keep))
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(Path(out_dir) / "tb"),
+                                    purge_step=None if resume_step is None else resume_step + 1)
+        self._f = open(self.path, "a")
+
+    def log(self, step: int, scalars: dict, kind: str = "train") -> None:
+        rec = {"step": int(step), "kind": kind}
+        for k, v in scalars.items():
+            rec[k] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+        self._f.write(json.dumps(rec) + "\n")
+        self._f.flush()
+        if self.tb is not None:
+            for k, v in rec.items():
+                if k not in ("step", "kind") and isinstance(v, float) and math.isfinite(v):
+                    self.tb.add_scalar(f"{kind}/{k}", v, step)
+
+    def close(self) -> None:
+        self._f.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_jsonl(path: str | os.PathLike, kind: str | None = "train") -> list[dict]:
+    recs = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [r for r in recs if kind is None or r.get("kind") == kind]

@@ -1,0 +1,148 @@
+"""Running a method over whole videos: tracks -> YTVIS results, shard annotations -> ground-truth JSON, timing,
+and scoring through :mod:`avis.evaluation`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from avis.engine.data import _get, _mask_at, audio_16k, resize_frames, test_size, video_instances
+from avis.io import masks as mask_io
+from avis.io.ytvis import save_json
+from avis.models.audio.windows import SAMPLE_RATE, frame_windows
+from avis.models.base import Track
+
+log = logging.getLogger(__name__)
+
+
+def tracks_to_results(tracks: list[Track], video_id: int, num_frames: int, categories: list[dict],
+                      height: int, width: int) -> list[dict]:
+    """Tracks at the model's size -> YTVIS results at the video's size (labels -> category ids, RLE)."""
+    out = []
+    for tr in tracks:
+        segs: list = [None] * num_frames
+        present = sorted(t for t in tr.masks if 0 <= t < num_frames)
+        if present:
+            m = torch.stack([torch.as_tensor(tr.masks[t]) for t in present]).float()
+            if tuple(m.shape[-2:]) != (height, width):
+                m = F.interpolate(m[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+            rles = mask_io.encode_many((m > 0.5).cpu().numpy())
+            for t, r in zip(present, rles):
+                segs[t] = r
+        out.append({"video_id": int(video_id), "category_id": int(categories[tr.label]["id"]),
+                    "score": float(tr.score), "segmentations": segs})
+    return out
+
+
+def video_ground_truth(video, categories: list[dict], next_ann_id: int) -> tuple[dict, list[dict]]:
+    """A video's entry and annotations for a YTVIS ground-truth JSON, from the annotations it carries."""
+    frames = _get(video, "frames")
+    T, H, W = len(frames), int(np.asarray(frames[0]).shape[0]), int(np.asarray(frames[0]).shape[1])
+    vid = int(_get(video, "video_id"))
+    entry = {"id": vid, "width": W, "height": H, "length": T,
+             "file_names": [f"{vid}/{t:05d}.jpg" for t in range(T)]}
+    anns = []
+    for k, inst in enumerate(video_instances(video, categories)):
+        segs, areas, boxes = [], [], []
+        for t in range(T):
+            m = _mask_at(inst["masks"], t)
+            if m is None or not m.any():
+                segs.append(None), areas.append(None), boxes.append(None)
+                continue
+            r = mask_io.encode(m)
+            segs.append(r), areas.append(mask_io.area(r)), boxes.append(mask_io.bbox(r))
+        anns.append({"id": next_ann_id + k, "video_id": vid, "category_id": int(categories[inst["label"]]["id"]),
+                     "iscrowd": 0, "segmentations": segs, "areas": areas, "bboxes": boxes,
+                     "instance_id": inst["instance_id"]})
+    return entry, anns
+
+
+def model_inputs(video, short: int | None, max_size: int | None, eta: float = 0.96):
+    """uint8 T x 3 x h x w frames at the test size and T x S audio windows (zeros without sound)."""
+    frames = torch.from_numpy(np.ascontiguousarray(np.asarray(_get(video, "frames")))).permute(0, 3, 1, 2)
+    h, w = frames.shape[-2:]
+    frames = resize_frames(frames, test_size(h, w, short, max_size))
+    times = torch.as_tensor(np.asarray(_get(video, "frame_times"), dtype=np.float64))
+    wave, has_audio = audio_16k(video)
+    audio = frame_windows(wave if has_audio else torch.zeros(0), times, SAMPLE_RATE, eta)
+    return frames, audio, (int(h), int(w))
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def predict_videos(model, videos, categories: list[dict], device, *, short: int | None = None,
+                   max_size: int | None = None, eta: float = 0.96, amp: bool = False, progress: bool = True,
+                   with_gt: bool = True, sizes: dict | None = None) -> dict:
+    """Run ``model.predict_video`` over ``videos``.
+
+    Returns ``{"results": [...], "gt": {...} | None, "timing": {"frames", "seconds", "fps"}}``; seconds count
+    the model only (decoding, resizing and RLE encoding are excluded). ``sizes``: video id -> (height, width,
+    length) of the ground truth the masks must match (default: the decoded frames' size).
+    """
+    model.eval()
+    results, gt_videos, gt_anns = [], [], []
+    frames_total, seconds, n_videos = 0, 0.0, 0
+    for video in tqdm(videos, desc="predict", unit="video", disable=not progress, leave=False):
+        frames, audio, (h, w) = model_inputs(video, short, max_size, eta)
+        frames, audio = frames.to(device), audio.to(device)
+        _sync(device)
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            tracks = model.predict_video(frames, audio)
+        _sync(device)
+        seconds += time.perf_counter() - t0
+        frames_total += frames.shape[0]
+        n_videos += 1
+        vid = int(_get(video, "video_id"))
+        T = frames.shape[0]
+        if sizes is not None and vid in sizes:
+            h, w, T = sizes[vid][0], sizes[vid][1], sizes[vid][2] or T
+        results += tracks_to_results(tracks, vid, T, categories, h, w)
+        if with_gt:
+            entry, anns = video_ground_truth(video, categories, len(gt_anns) + 1)
+            gt_videos.append(entry)
+            gt_anns += anns
+    gt = {"videos": gt_videos, "annotations": gt_anns, "categories": list(categories)} if with_gt else None
+    timing = {"videos": n_videos, "frames": frames_total, "seconds": seconds, "fps": frames_total / seconds if seconds else None}
+    return {"results": results, "gt": gt, "timing": timing}
+
+
+def score(gt: dict, results: list[dict]) -> tuple[dict | None, list[dict] | None]:
+    """The 12 YTVIS numbers and the per-instance IoU samples (each ground-truth instance's greedy match),
+    through the scorer of :mod:`avis.evaluation`."""
+    try:
+        from avis.evaluation.samples import samples_from_entries
+        from avis.evaluation.ytvis_eval import evaluate
+    except ImportError:
+        log.warning("avis.evaluation is not available: results are written but not scored")
+        return None, None
+    ev = evaluate(gt, results)
+    return dict(ev.stats), samples_from_entries(ev.entries, 0.0)
+
+
+def write_evaluation(out_dir: str | Path, pred: dict, gt: dict | None = None, extra: dict | None = None) -> dict:
+    """results.json, gt.json (when the GT came from the shards), metrics.json (12 numbers + timing)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_json(pred["results"], out_dir / "results.json")
+    gt = gt if gt is not None else pred["gt"]
+    if pred["gt"] is not None:
+        save_json(pred["gt"], out_dir / "gt.json")
+    metrics, samples = score(gt, pred["results"]) if gt is not None else (None, None)
+    summary = {"metrics": metrics, "timing": pred["timing"], **(extra or {})}
+    save_json(summary, out_dir / "metrics.json", indent=2)
+    if samples is not None:
+        from avis.evaluation.samples import write_samples_csv
+
+        write_samples_csv(samples, out_dir / "samples.csv")
+    return summary
