@@ -1,0 +1,175 @@
+"""Visual backbones that return multi-level feature maps (torchvision models, never downloaded).
+
+Every backbone maps ``x: float B x 3 x H x W`` (normalised RGB) to a list of feature maps from fine to
+coarse, ``[B x C_i x H/s_i x W/s_i]``, and exposes ``channels`` (C_i) and ``strides`` (s_i). The last
+level is what RCF calls ``f_t``; the finer levels feed the FPN mask decoder.
+
+Pretrained weights come from a local file only (``weights=PATH``, a torchvision state dict of the
+classification model, loaded with ``torch.load(weights_only=True)``); without it the network starts from
+random initialisation and a warning says so.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.ops import FrozenBatchNorm2d
+
+from avis.errors import ConfigError, InputError
+
+_RESNETS = {
+    "resnet18": (torchvision.models.resnet18, [64, 128, 256, 512]),
+    "resnet34": (torchvision.models.resnet34, [64, 128, 256, 512]),
+    "resnet50": (torchvision.models.resnet50, [256, 512, 1024, 2048]),
+    "resnet101": (torchvision.models.resnet101, [256, 512, 1024, 2048]),
+}
+_SWINS = {
+    "swin_t": (torchvision.models.swin_t, 96),
+    "swin_s": (torchvision.models.swin_s, 96),
+    "swin_b": (torchvision.models.swin_b, 128),
+}
+# The classifier of the source model is dropped, so its keys may be in a weights file and are ignored.
+_HEAD_PREFIXES = ("fc.", "head.", "norm.")
+
+
+def load_local_weights(model: nn.Module, path: str) -> None:
+    """Load a torchvision classification state dict from a local file into ``model`` (head keys ignored)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise InputError("weights file not found", path) from e
+    except Exception as e:  # unpickling refused or corrupt file
+        raise InputError(f"cannot read weights ({type(e).__name__}: {e})", path) from e
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise InputError("weights file does not hold a state dict", path)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise InputError(f"weights do not fit the backbone: {str(e).splitlines()[-1].strip()}", path) from e
+    missing = [k for k in missing if not k.startswith(_HEAD_PREFIXES)]
+    unexpected = [k for k in unexpected if not k.startswith(_HEAD_PREFIXES)]
+    if missing or unexpected:
+        raise InputError(f"weights do not fit the backbone (missing {missing[:3]}..., "
+                         f"unexpected {unexpected[:3]}...)", path)
+
+
+def _warn_random(name: str) -> None:
+    warnings.warn(f"backbone {name}: no weights file given, starting from random initialisation",
+                  stacklevel=3)
+
+
+class ResNetBackbone(nn.Module):
+    """torchvision ResNet body -> features of layer1..layer4 (strides 4, 8, 16, 32).
+
+    ``frozen_bn`` (default) replaces BatchNorm with FrozenBatchNorm2d, as detection models do when
+    fine-tuning with small per-GPU batches.
+    """
+
+    def __init__(self, name: str = "resnet50", weights: str | None = None, frozen_bn: bool = True,
+                 levels: int = 4):
+        super().__init__()
+        if name not in _RESNETS:
+            raise ConfigError(f"unknown ResNet {name!r}; choose from {sorted(_RESNETS)}")
+        if not 1 <= levels <= 4:
+            raise ConfigError(f"levels must be in 1..4, got {levels}")
+        factory, channels = _RESNETS[name]
+        model = factory(weights=None, norm_layer=FrozenBatchNorm2d if frozen_bn else None)
+        if weights:
+            load_local_weights(model, weights)
+        else:
+            _warn_random(name)
+        keep = [f"layer{i}" for i in range(5 - levels, 5)]
+        self.body = IntermediateLayerGetter(model, return_layers={k: k for k in keep})
+        self.channels = channels[4 - levels:]
+        self.strides = [4, 8, 16, 32][4 - levels:]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x: B x 3 x H x W -> [B x C_i x H/s_i x W/s_i] fine to coarse."""
+        return list(self.body(x).values())
+
+
+class SwinBackbone(nn.Module):
+    """torchvision Swin transformer -> features of its four stages (strides 4, 8, 16, 32), channels first."""
+
+    def __init__(self, name: str = "swin_b", weights: str | None = None):
+        super().__init__()
+        if name not in _SWINS:
+            raise ConfigError(f"unknown Swin {name!r}; choose from {sorted(_SWINS)}")
+        factory, embed = _SWINS[name]
+        model = factory(weights=None)
+        if weights:
+            load_local_weights(model, weights)
+        else:
+            _warn_random(name)
+        self.features = model.features  # [patch embed, stage1, merge, stage2, merge, stage3, merge, stage4]
+        self.channels = [embed, 2 * embed, 4 * embed, 8 * embed]
+        self.strides = [4, 8, 16, 32]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x: B x 3 x H x W (H, W multiples of 32 are best) -> [B x C_i x H/s_i x W/s_i]."""
+        outs = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i % 2 == 1:  # end of a stage; Swin works channels-last
+                outs.append(x.permute(0, 3, 1, 2).contiguous())
+        return outs
+
+
+def _conv_gn(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.GroupNorm(min(8, cout), cout),
+                         nn.ReLU(inplace=True))
+
+
+class _TinyBlock(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.down = _conv_gn(cin, cout, 2)
+        self.conv = nn.Sequential(nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.GroupNorm(min(8, cout), cout))
+
+    def forward(self, x):
+        x = self.down(x)
+        return torch.relu(x + self.conv(x))
+
+
+class TinyBackbone(nn.Module):
+    """A very narrow ResNet-like net for CPU tests: strides 4, 8, 16, channels ``width * (1, 2, 4)``."""
+
+    def __init__(self, width: int = 16, weights: str | None = None):
+        super().__init__()
+        self.stem = _conv_gn(3, width, 2)
+        self.stages = nn.ModuleList([_TinyBlock(width, width), _TinyBlock(width, 2 * width),
+                                     _TinyBlock(2 * width, 4 * width)])
+        self.channels = [width, 2 * width, 4 * width]
+        self.strides = [4, 8, 16]
+        if weights:
+            load_local_weights(self, weights)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x: B x 3 x H x W -> [B x w x H/4 x W/4, B x 2w x H/8 x W/8, B x 4w x H/16 x W/16]."""
+        x = self.stem(x)
+        outs = []
+        for stage in self.stages:
+            x = stage(x)
+            outs.append(x)
+        return outs
+
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    **{n: (lambda n=n, **kw: ResNetBackbone(n, **kw)) for n in _RESNETS},
+    **{n: (lambda n=n, **kw: SwinBackbone(n, **kw)) for n in _SWINS},
+    "tiny": TinyBackbone,
+}
+
+
+def build_backbone(name: str, weights: str | None = None, **kwargs) -> nn.Module:
+    """Backbone by torchvision name (resnet18/34/50/101, swin_t/s/b) or ``tiny``."""
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
+    return BACKBONES[name](weights=weights, **kwargs)

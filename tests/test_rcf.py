@@ -1,0 +1,366 @@
+"""RCF model: shapes for every preset and delta, audio on/off, loss and matcher values, the online feature
+cache (backbone once per frame, same result as the clip computation), attention maps, and an overfitting
+check on synthetic moving shapes."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from avis.errors import InputError
+from avis.models import backbones as bb
+from avis.models import rcf
+from avis.models.rcf.criterion import HungarianMatcher, SetCriterion, dice_similarity
+from avis.tracking import mask_iou
+
+H = W = 64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny ops on a shared 2-core machine run an order of magnitude faster on one thread.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "random initialisation" warnings
+        yield
+    torch.set_num_threads(n)
+
+
+class StubAudio(nn.Module):
+    """Stand-in for the audio branch: log-power spectrum per window + a linear layer (B x T x S -> B x T x C)."""
+
+    def __init__(self, out_channels: int = 24, n_fft: int = 64):
+        super().__init__()
+        self.out_channels = out_channels
+        self.n_fft = n_fft
+        self.linear = nn.Linear(n_fft // 2 + 1, out_channels)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(audio.flatten(0, 1), self.n_fft, self.n_fft // 2, window=torch.hann_window(self.n_fft),
+                          return_complex=True)
+        logp = spec.abs().pow(2).add(1e-6).log().mean(-1)
+        return self.linear(logp).unflatten(0, audio.shape[:2])
+
+
+def audio_encoder():
+    try:  # the real small audio branch once it is on main
+        from avis.models.audio import audio_tokens_tiny
+    except ImportError:
+        return StubAudio()
+    return audio_tokens_tiny()
+
+
+def make_batch(b: int, t: int, n: int = 2, size=(H, W), s: int = 1600, has_audio=None):
+    g = torch.Generator().manual_seed(1)
+    frames = torch.randint(0, 256, (b, t, 3, *size), dtype=torch.uint8, generator=g)
+    targets = [[{"labels": torch.arange(n) % 3, "masks": torch.rand(n, *size, generator=g) > 0.5,
+                 "instance_ids": torch.arange(n)} for _ in range(t)] for _ in range(b)]
+    return {"frames": frames, "frame_times": torch.zeros(b, t, dtype=torch.float64),
+            "audio": torch.randn(b, t, s, generator=g),
+            "has_audio": torch.ones(b, dtype=torch.bool) if has_audio is None else has_audio,
+            "targets": targets, "video_ids": list(range(b))}
+
+
+def outputs(model, batch):
+    """Run the model's clip computation in eval mode -> (logits, masks, fused memory length)."""
+    frames = batch["frames"]
+    b, t = frames.shape[:2]
+    feats = model.backbone(model.normalize(frames.flatten(0, 1)))
+    last = feats[-1].unflatten(0, (b, t))
+    f_ref = last[:, :-1].flatten(1, 2) if model.delta else None
+    low = [f.unflatten(0, (b, t))[:, -1] for f in feats[:-1]]
+    audio = batch["audio"] if model.uses_audio else None
+    fused = model.fusion(last[:, -1], f_ref, audio, batch["has_audio"] if model.uses_audio else None)
+    logits, masks = model.predict(last[:, -1], f_ref, low, audio, batch["has_audio"] if model.uses_audio else None)
+    return logits, masks, fused.memory.shape[1]
+
+
+# -- backbones -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["tiny", "resnet18", "resnet34", "resnet50", "resnet101", "swin_t", "swin_s",
+                                  "swin_b"])
+def test_backbone_levels(name):
+    net = bb.build_backbone(name).eval()
+    assert len(net.channels) == len(net.strides)
+    if name in ("resnet101", "swin_s", "swin_b"):
+        return  # constructed; their forward is the same code as their smaller siblings'
+    with torch.no_grad():
+        feats = net(torch.randn(1, 3, 64, 96))
+    assert [f.shape[1] for f in feats] == net.channels
+    assert [(64 // s, 96 // s) for s in net.strides] == [tuple(f.shape[-2:]) for f in feats]
+
+
+def test_backbone_local_weights(tmp_path):
+    src = torchvision_resnet18_state()
+    path = tmp_path / "r18.pth"
+    torch.save(src, path)
+    net = bb.ResNetBackbone("resnet18", weights=str(path))
+    assert torch.equal(net.body.conv1.weight, src["conv1.weight"])
+    assert torch.equal(net.body.layer4[1].conv2.weight, src["layer4.1.conv2.weight"])
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(InputError, match="bad.pth"):
+        bb.ResNetBackbone("resnet18", weights=str(tmp_path / "bad.pth"))
+    with pytest.raises(InputError, match="not found"):
+        bb.ResNetBackbone("resnet18", weights=str(tmp_path / "missing.pth"))
+
+
+def torchvision_resnet18_state():
+    import torchvision
+
+    return {k: v.clone() for k, v in torchvision.models.resnet18(weights=None).state_dict().items()}
+
+
+# -- presets and shapes --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("builder", ["rcf_tiny", "rcf_r18", "rcf_r34", "rcf_r50", "rcf_r101", "rcf_swin_t",
+                                     "rcf_swin_s", "rcf_swin_b"])
+def test_presets_build(builder):
+    model = getattr(rcf, builder)(num_classes=5, delta=2)
+    assert model.clip_length == 3 and not model.uses_audio
+    assert isinstance(model, rcf.RCF)
+    if builder not in ("rcf_tiny", "rcf_r50"):
+        return
+    model.eval()
+    with torch.no_grad():
+        logits, masks, length = outputs(model, make_batch(1, 3, size=(64, 96)))
+    stride = model.backbone.strides[-1]
+    assert logits.shape == (1, 1, 10, 6)
+    assert masks.shape == (1, 1, 10, 16, 24)  # stride 4
+    assert length == (64 // stride) * (96 // stride) + 4
+
+
+@pytest.mark.parametrize("delta", range(6))
+@pytest.mark.parametrize("with_audio", [False, True])
+def test_tiny_shapes_every_delta(delta, with_audio):
+    model = rcf.rcf_tiny(num_classes=3, delta=delta, audio_encoder=audio_encoder() if with_audio else None,
+                         num_queries=7, pool_size=2)
+    assert model.clip_length == 1 + delta and model.uses_audio == with_audio
+    batch = make_batch(2, 1 + delta)
+    losses = model(batch)
+    assert set(losses) == {"loss_ce", "loss_dice", "loss_ce_aux0", "loss_dice_aux0"}
+    assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.heads.cls.weight.grad.abs().sum() > 0
+    if delta:
+        assert model.fusion.reference_tokens.proj.weight.grad.abs().sum() > 0
+        assert model.fusion.reference_tokens.proj.in_channels == delta * model.backbone.channels[-1]
+    model.eval()
+    with torch.no_grad():
+        logits, masks, length = outputs(model, batch)
+    assert logits.shape == (1, 2, 7, 4)
+    assert masks.shape == (1, 2, 7, H // 4, W // 4)
+    assert length == (H // 16) * (W // 16) + (4 if delta else 0) + ((1 + delta) if with_audio else 0)
+    with pytest.raises(ValueError, match="clips of"):
+        model(make_batch(1, 2 + delta))
+
+
+def test_audio_off_is_same_model_without_audio_tokens():
+    torch.manual_seed(3)
+    off = rcf.rcf_tiny(3, delta=1)
+    torch.manual_seed(3)
+    on = rcf.rcf_tiny(3, delta=1, audio_encoder=audio_encoder())
+    extra = set(on.state_dict()) - set(off.state_dict())
+    assert set(off.state_dict()) <= set(on.state_dict())
+    assert extra and all(k.startswith("fusion.audio_tokens.") for k in extra)
+
+
+def test_audio_changes_output_only_where_present():
+    model = rcf.rcf_tiny(3, delta=2, audio_encoder=audio_encoder()).eval()
+    a = make_batch(2, 3, has_audio=torch.tensor([True, False]))
+    b = dict(a, audio=a["audio"] * 3 + 1)
+    with torch.no_grad():
+        la, ma, _ = outputs(model, a)
+        lb, mb, _ = outputs(model, b)
+    assert not torch.allclose(la[:, 0], lb[:, 0], atol=1e-4)  # heard: audio matters
+    torch.testing.assert_close(la[:, 1], lb[:, 1])  # silent video: audio tokens are masked out
+    torch.testing.assert_close(ma[:, 1], mb[:, 1])
+
+
+def test_reference_weight_map_and_pooling():
+    tok = rcf.fusion.ReferenceTokens(in_channels=4, delta=2, dim=8, pool_size=2)
+    f = torch.randn(1, 8, 6, 6)
+    out, w = tok(f)
+    assert out.shape == (1, 8, 2, 2) and w.shape == (1, 1, 6, 6)
+    assert (w > 0).all() and (w < 1).all()
+    expected = tok.proj(torch.nn.functional.adaptive_avg_pool2d(w * f, 2))
+    torch.testing.assert_close(out, expected)
+
+
+# -- loss and matcher ------------------------------------------------------------------------------------------
+
+def test_dice_similarity_values():
+    p = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])
+    g = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    torch.testing.assert_close(dice_similarity(p, g), torch.tensor([[5 / 5], [1 / 5]]))
+
+
+def test_matcher_finds_the_permutation_and_loss_is_near_zero_when_perfect():
+    gt = torch.zeros(3, 8, 8)
+    gt[0, :4, :4] = 1
+    gt[1, 4:, 4:] = 1
+    gt[2, :4, 4:] = 1
+    labels = torch.tensor([2, 0, 1])
+    perm = [4, 1, 3]  # gt i lives in slot perm[i] out of 5
+    logits = torch.full((1, 5, 4), -20.0)
+    logits[0, :, 3] = 20  # no-object everywhere ...
+    masks = torch.full((1, 5, 8, 8), -20.0)
+    for i, s in enumerate(perm):  # ... except in the slots holding a ground truth
+        logits[0, s] = -20
+        logits[0, s, labels[i]] = 20
+        masks[0, s][gt[i] > 0] = 20
+    targets = [{"labels": labels, "masks": gt}]
+    rows, cols = HungarianMatcher()(logits, masks, targets)[0]
+    assert dict(zip(cols.tolist(), rows.tolist())) == dict(enumerate(perm))
+    losses = SetCriterion(3)(logits, masks, targets)
+    assert losses["loss_ce"] < 1e-6 and losses["loss_dice"] < 1e-3
+    # Classes shuffled against the masks: every assignment now pays in CE or in Dice.
+    bad = SetCriterion(3)(logits, masks, [{"labels": labels.roll(1), "masks": gt}])
+    assert bad["loss_ce"] + bad["loss_dice"] > 0.9
+
+
+def test_no_object_weight():
+    logits = torch.zeros(1, 4, 3)  # uniform: -log p = log 3 for every slot whatever its class
+    masks = torch.zeros(1, 4, 4, 4)
+    gt = torch.ones(1, 4, 4)
+    t = [{"labels": torch.tensor([0]), "masks": gt}]
+    for w in (0.1, 1.0):
+        loss = SetCriterion(2, no_object_weight=w)(logits, masks, t)["loss_ce"]
+        torch.testing.assert_close(loss, torch.log(torch.tensor(3.0)))  # weighted mean of equal terms
+    logits[0, :, 0] = 2.0  # now the class-0 logit is high everywhere: no-object slots are wrong
+    lo = SetCriterion(2, no_object_weight=0.1)(logits, masks, t)["loss_ce"]
+    hi = SetCriterion(2, no_object_weight=1.0)(logits, masks, t)["loss_ce"]
+    assert hi > lo
+    empty = SetCriterion(2)(logits, masks, [{"labels": torch.zeros(0, dtype=torch.long),
+                                             "masks": torch.zeros(0, 4, 4)}])
+    assert empty["loss_dice"] == 0
+
+
+# -- online inference --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("delta", [0, 1, 3, 5])
+def test_backbone_runs_once_per_frame(delta):
+    model = rcf.rcf_tiny(3, delta=delta, audio_encoder=audio_encoder()).eval()
+    calls = []
+    model.backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    frames = torch.randint(0, 256, (7, 3, 32, 48), dtype=torch.uint8)
+    tracks = model.predict_video(frames, torch.randn(7, 800))
+    assert calls == [1] * 7
+    assert all(m.shape == (32, 48) and m.dtype == torch.bool for t in tracks for m in t.masks.values())
+
+
+@pytest.mark.parametrize("with_audio", [False, True])
+def test_online_step_equals_clip_computation(with_audio):
+    """At frame t the references are frames t-delta..t-1 clamped at 0 (the first frame repeated)."""
+    delta = 3
+    model = rcf.rcf_tiny(3, delta=delta, audio_encoder=audio_encoder() if with_audio else None).eval()
+    g = torch.Generator().manual_seed(5)
+    frames = torch.randint(0, 256, (5, 3, H, W), dtype=torch.uint8, generator=g)
+    audio = torch.randn(5, 1600, generator=g)
+    state = model.init_state()
+    for t in range(5):
+        model.step(state, frames[t], audio[t])
+    for t in (0, 1, 4):
+        idx = [max(0, t - d) for d in range(delta, -1, -1)]
+        batch = {"frames": frames[idx][None], "audio": audio[idx][None], "has_audio": torch.tensor([True])}
+        with torch.no_grad():
+            logits, masks, _ = outputs(model, batch)
+        torch.testing.assert_close(state.probs[t], logits[-1, 0].softmax(-1), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(state.masks[t], masks[-1, 0], atol=1e-3, rtol=1e-3)
+
+
+def test_attention_maps():
+    model = rcf.rcf_tiny(3, delta=2, audio_encoder=audio_encoder()).eval()
+    with pytest.raises(RuntimeError, match="keep_attention"):
+        model.attention_maps()
+    model.keep_attention = True
+    state = model.init_state()
+    model.step(state, torch.randint(0, 256, (3, H, W), dtype=torch.uint8), torch.randn(1600))
+    maps = model.attention_maps()
+    hw = (H // 16, W // 16)
+    assert maps["ref_to_target"].shape == (1, 4, *hw)
+    assert maps["target_to_ref"].shape == (1, 4, *hw)
+    assert maps["audio_to_target"].shape == (1, 3, *hw)
+    assert maps["weight_map"].shape == (1, 1, *hw)
+    full = maps["full"]
+    torch.testing.assert_close(full.sum(-1), torch.ones(full.shape[:2]))  # softmax rows
+    torch.testing.assert_close(maps["ref_to_target"], full[:, 16:20, :16].reshape(1, 4, *hw))
+    model.keep_attention = False
+    model.step(state, torch.randint(0, 256, (3, H, W), dtype=torch.uint8), torch.randn(1600))
+    with pytest.raises(RuntimeError):
+        model.attention_maps()
+
+
+# -- overfitting on synthetic moving shapes ------------------------------------------------------------------------
+
+COLOURS = {0: (220, 40, 40), 1: (40, 200, 60), 2: (50, 80, 230)}
+
+
+def synthetic_clip(seed: int, num_frames: int = 4, num_objects: int = 3):
+    """Coloured square (class 0), disc (1) and diamond (2) moving in straight lines over a grey background."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    starts = [(torch.randint(14, 50, (2,), generator=g).float(), (torch.rand(2, generator=g) - 0.5) * 4)
+              for _ in range(num_objects)]
+    frames, targets = [], []
+    for t in range(num_frames):
+        img = torch.full((3, H, W), 90, dtype=torch.uint8)
+        masks = []
+        for c, (p, v) in enumerate(starts):
+            cy, cx = (p + v * t).tolist()
+            if c == 0:
+                m = ((yy - cy).abs() < 9) & ((xx - cx).abs() < 9)
+            elif c == 1:
+                m = (yy - cy) ** 2 + (xx - cx) ** 2 < 100
+            else:
+                m = ((yy - cy).abs() + (xx - cx).abs()) < 11
+            for earlier in masks:  # later shapes are drawn on top
+                earlier &= ~m
+            img[:, m] = torch.tensor(COLOURS[c], dtype=torch.uint8)[:, None]
+            masks.append(m)
+        frames.append(img)
+        targets.append({"labels": torch.arange(num_objects), "masks": torch.stack(masks),
+                        "instance_ids": torch.arange(num_objects)})
+    return torch.stack(frames), targets
+
+
+@pytest.mark.slow
+def test_tiny_overfits_two_clips_and_segments_them():
+    torch.manual_seed(0)
+    delta = 1
+    clips = [synthetic_clip(1, num_objects=3), synthetic_clip(2, num_objects=2)]
+    frames, targets = [], []
+    for f, t in clips:  # every frame as a target, its reference clamped at the video start as online
+        for i in range(f.shape[0]):
+            idx = [max(0, i - d) for d in range(delta, -1, -1)]
+            frames.append(f[idx])
+            targets.append([t[j] for j in idx])
+    batch = {"frames": torch.stack(frames), "targets": targets}
+    model = rcf.rcf_tiny(num_classes=3, delta=delta)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    history = []
+    for _ in range(300):
+        loss = sum(model(batch).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+    assert min(history[-10:]) < 0.1 * history[0], (history[0], history[-10:])
+
+    model.eval()
+    for f, t in clips:
+        tracks = model.predict_video(f)
+        n = len(t[0]["labels"])
+        assert len(tracks) == n
+        for gi in range(n):
+            # The one track that covers this object: right class, present in every frame, IoU > 0.8.
+            ious = torch.tensor([[mask_iou(tr.masks[i][None], t[i]["masks"][gi][None]).item()
+                                  if i in tr.masks else 0.0 for i in range(f.shape[0])] for tr in tracks])
+            best = int(ious.mean(1).argmax())
+            assert tracks[best].label == gi
+            assert ious[best].min() > 0.8, ious[best]
+            assert tracks[best].score > 0.4
