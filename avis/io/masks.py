@@ -74,3 +74,25 @@ def to_rle(segmentation, height: int, width: int) -> RLE:
 def bbox(rle: RLE) -> list[float]:
     """[x, y, w, h] of the mask (zeros for an empty mask)."""
     return [float(v) for v in mask_utils.toBbox(_as_bytes_rle(rle))]
+
+
+def decode_many(rles: list[RLE]) -> np.ndarray:
+    """Compressed RLEs of one size -> N x H x W uint8 masks in one pycocotools call."""
+    if not rles:
+        raise ValueError("decode_many needs at least one RLE (the size comes from them)")
+    return np.ascontiguousarray(mask_utils.decode([_as_bytes_rle(r) for r in rles]).transpose(2, 0, 1))
+
+
+def to_uncompressed(mask_or_rle) -> dict:
+    """H x W mask or compressed RLE -> uncompressed RLE ``{"size": [H, W], "counts": [int, ...]}``.
+
+    Counts are column-major run lengths starting with a (possibly empty) run of zeros, as COCO defines them.
+    """
+    m = decode(mask_or_rle) if isinstance(mask_or_rle, dict) else np.asarray(mask_or_rle, dtype=np.uint8)
+    flat = (m.ravel(order="F") != 0).astype(np.int8)
+    change = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    if flat.size and flat[0]:
+        runs = [0, *runs]
+    return {"size": [int(m.shape[0]), int(m.shape[1])], "counts": [int(r) for r in runs]}

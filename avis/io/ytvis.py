@@ -1,6 +1,6 @@
-"""YouTube-VIS annotation and result JSON: load, normalise, validate, save.
+"""YouTube-VIS annotation and result JSON: load, validate, normalise, save.
 
-Formats (see ``annotations/schemas/`` and ``../shared/specs/metrics.md``):
+Formats (JSON Schemas in ``annotations/schemas/``, protocol in ``../shared/specs/metrics.md``):
 
 * annotations: ``{"videos": [...], "annotations": [...], "categories": [...]}``; a video has ``id, width,
   height, length, file_names`` and optionally the builder extensions ``fps`` / ``frame_times`` /
@@ -8,25 +8,37 @@ Formats (see ``annotations/schemas/`` and ``../shared/specs/metrics.md``):
   segmentations [T], bboxes [T], areas [T]`` with ``None`` where the instance is absent.
 * results: a list of ``{"video_id", "category_id", "score", "segmentations": [T RLE or None]}``.
 
-After :func:`load_annotations` every segmentation is compressed RLE with ``str`` counts, ``areas`` and
-``bboxes`` are filled in where missing, and ``length`` is set.
+:func:`validate_annotations` / :func:`validate_results` return one message per problem, each naming the
+video, annotation (or result index) and frame it is about. They check structure and sizes only: masks are
+never decoded, so a YTVIS-sized file (thousands of annotations) validates in well under a second.
+
+After :func:`load_annotations` / :func:`load_results` every segmentation is compressed RLE with ``str``
+counts; annotations also get ``areas`` and ``bboxes`` filled in where missing, ``iscrowd`` and ``length``.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
-from pathlib import Path
+import re
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from avis.errors import InputError
 from avis.io import masks as mask_io
 from avis.io.atomic import atomic_write_json
 
 MAX_JSON_BYTES = 2 << 30  # refuse absurd files before reading them
+MAX_LISTED_PROBLEMS = 5  # an InputError lists this many problems and counts the rest
+
+# Compressed RLE counts use the characters 48..111 ('0'..'o') of pycocotools' LEB128-like code.
+_RLE_CHARS = re.compile(r"[0-o]*")
 
 
 def load_json(path: str | os.PathLike):
     """Read a JSON file; any problem becomes an :class:`InputError` naming the file."""
+    import json
+
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -43,6 +55,8 @@ def load_json(path: str | os.PathLike):
         raise InputError(f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}", path) from None
     except RecursionError:
         raise InputError("JSON nested too deeply", path) from None
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror}", path) from None
 
 
 def save_json(obj, path: str | os.PathLike, indent: int | None = None) -> None:
@@ -50,14 +64,367 @@ def save_json(obj, path: str | os.PathLike, indent: int | None = None) -> None:
     atomic_write_json(obj, path, indent=indent)
 
 
+# --------------------------------------------------------------------------------------------- validation
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _where(video=None, ann=None, frame=None, result=None) -> str:
+    parts = []
+    if result is not None:
+        parts.append(f"result {result}")
+    if video is not None:
+        parts.append(f"video {video}")
+    if ann is not None:
+        parts.append(f"annotation {ann}")
+    if frame is not None:
+        parts.append(f"frame {frame}")
+    return " ".join(parts)
+
+
+def _tname(x) -> str:
+    return "null" if x is None else type(x).__name__
+
+
+def check_segmentation(seg, height: int | None, width: int | None) -> str | None:
+    """What is wrong with one per-frame segmentation (``None`` when it is fine or null).
+
+    Accepts a polygon list, uncompressed RLE (``counts`` a list) or compressed RLE (``counts`` a string).
+    ``height``/``width`` (the video's size) are checked against an RLE's ``size`` when given. Nothing is
+    decoded; uncompressed counts are summed, compressed counts are checked for their character set only.
+    """
+    if seg is None:
+        return None
+    if isinstance(seg, list):
+        if not seg:
+            return "empty polygon list (use null for an absent instance)"
+        for k, poly in enumerate(seg):
+            # pycocotools reads a 4-number "polygon" as a box, so fewer than 3 points is an error, not a quirk
+            if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+                n = len(poly) if isinstance(poly, list) else _tname(poly)
+                return f"polygon {k} must be a list of an even number (>= 6) of coordinates, got {n}"
+            if not all(_is_finite(c) for c in poly):
+                return f"polygon {k} has a non-numeric or non-finite coordinate"
+        return None
+    if isinstance(seg, dict):
+        if "size" not in seg or "counts" not in seg:
+            return "RLE needs 'size' and 'counts'"
+        size = seg["size"]
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v >= 0 for v in size)):
+            return f"RLE size must be [height, width] (two non-negative integers), got {size!r}"
+        if height is not None and width is not None and size != [height, width]:
+            return f"RLE size {size} does not match the video's [height, width] [{height}, {width}]"
+        counts = seg["counts"]
+        if isinstance(counts, str):
+            if not _RLE_CHARS.fullmatch(counts):
+                return "compressed RLE counts contain characters outside pycocotools' code ('0'..'o')"
+        elif isinstance(counts, list):
+            if not all(_is_int(c) and c >= 0 for c in counts):
+                return "uncompressed RLE counts must be non-negative integers"
+            if sum(counts) != size[0] * size[1]:
+                return f"uncompressed RLE counts sum to {sum(counts)}, not height*width = {size[0] * size[1]}"
+        else:
+            return f"RLE counts must be a string or a list of integers, got {_tname(counts)}"
+        return None
+    return f"segmentation is {_tname(seg)}, expected null, a polygon list or an RLE dict"
+
+
+def _check_relpath(p) -> str | None:
+    if not isinstance(p, str) or not p:
+        return f"must be a non-empty string, got {_tname(p)}"
+    if PurePosixPath(p).is_absolute() or PureWindowsPath(p).is_absolute() or ".." in re.split(r"[\\/]", p):
+        return f"{p!r} must be a path relative to the videos folder, without '..'"
+    return None
+
+
+def _video_length(v: dict, where: str, problems: list[str]) -> int | None:
+    """The video's frame count from length / file_names / frame_times, reporting every disagreement."""
+    counts = {}
+    if "length" in v:
+        if _is_int(v["length"]) and v["length"] >= 0:
+            counts["length"] = v["length"]
+        else:
+            problems.append(f"{where}: 'length' must be a non-negative integer, got {v['length']!r}")
+    if "file_names" in v:
+        fn = v["file_names"]
+        if isinstance(fn, list) and all(isinstance(f, str) for f in fn):
+            counts["file_names"] = len(fn)
+        else:
+            problems.append(f"{where}: 'file_names' must be a list of strings")
+    if "frame_times" in v:
+        ft = v["frame_times"]
+        if not (isinstance(ft, list) and all(_is_finite(t) for t in ft)):
+            problems.append(f"{where}: 'frame_times' must be a list of finite numbers (seconds)")
+        else:
+            counts["frame_times"] = len(ft)
+            for t in range(1, len(ft)):
+                if ft[t] <= ft[t - 1]:
+                    problems.append(f"{where} frame {t}: frame_times must increase ({ft[t - 1]} then {ft[t]})")
+                    break
+            if ft and ft[0] < 0:
+                problems.append(f"{where} frame 0: frame_times must not be negative ({ft[0]})")
+    if not counts:
+        if not any(k in v for k in ("length", "file_names", "frame_times")):
+            problems.append(f"{where}: needs 'file_names' (or 'length')")
+        return None
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{n} {k}" if k != "length" else f"length {n}" for k, n in counts.items())
+        problems.append(f"{where}: frame count mismatch: {listed}")
+    return counts.get("length", counts.get("file_names", counts.get("frame_times")))
+
+
+def _check_video(i: int, v, ids: set, problems: list[str]) -> tuple[object, dict] | None:
+    if not isinstance(v, dict):
+        problems.append(f"videos[{i}]: must be an object, got {_tname(v)}")
+        return None
+    vid = v.get("id")
+    if not _is_int(vid):
+        problems.append(f"videos[{i}]: 'id' must be an integer, got {vid!r}" if "id" in v
+                        else f"videos[{i}]: missing 'id'")
+        return None
+    where = _where(video=vid)
+    if vid in ids:
+        problems.append(f"{where}: duplicate video id")
+        return None
+    ids.add(vid)
+    info = {"height": None, "width": None, "length": None}
+    for key in ("height", "width"):
+        if key not in v:
+            problems.append(f"{where}: missing '{key}'")
+        elif not (_is_int(v[key]) and v[key] > 0):
+            problems.append(f"{where}: '{key}' must be a positive integer, got {v[key]!r}")
+        else:
+            info[key] = v[key]
+    info["length"] = _video_length(v, where, problems)
+    if "fps" in v and not (_is_finite(v["fps"]) and v["fps"] > 0):
+        problems.append(f"{where}: 'fps' must be a positive number, got {v['fps']!r}")
+    for key in ("video_file", "audio_file"):
+        if key in v and (msg := _check_relpath(v[key])):
+            problems.append(f"{where}: '{key}' {msg}")
+    return vid, info
+
+
+def _check_per_frame_list(a: dict, key: str, item: str, T: int | None, where: str, problems: list[str],
+                          item_ok, item_desc: str) -> None:
+    if key not in a:
+        return
+    xs = a[key]
+    if not isinstance(xs, list):
+        problems.append(f"{where}: '{key}' must be a list (one entry per frame), got {_tname(xs)}")
+        return
+    if T is not None and len(xs) != T:
+        problems.append(f"{where}: frame count mismatch: {len(xs)} {key} for a video of {T} frames")
+    for t, x in enumerate(xs):
+        if x is not None and not item_ok(x):
+            problems.append(f"{where} frame {t}: {item} must be {item_desc}, got {x!r}")
+            break  # one message per list is enough to find the writer's bug
+
+
+def _bbox_ok(b) -> bool:
+    return isinstance(b, list) and len(b) == 4 and all(_is_finite(c) for c in b) and b[2] >= 0 and b[3] >= 0
+
+
+def _area_ok(x) -> bool:
+    return _is_finite(x) and x >= 0
+
+
+def _check_segmentations(segs, T, h, w, where_of, problems: list[str], where: str) -> None:
+    if not isinstance(segs, list):
+        problems.append(f"{where}: 'segmentations' must be a list (one entry per frame), got {_tname(segs)}")
+        return
+    if T is not None and len(segs) != T:
+        problems.append(f"{where}: frame count mismatch: {len(segs)} segmentations for a video of {T} frames")
+    for t, s in enumerate(segs):
+        if s is not None and (msg := check_segmentation(s, h, w)):
+            problems.append(f"{where_of(t)}: {msg}")
+
+
+def _top_level(data, problems: list[str]) -> bool:
+    if not isinstance(data, dict):
+        problems.append(f"not a YTVIS annotation file: top level is {_tname(data)}, expected an object with "
+                        "'videos', 'annotations', 'categories'")
+        return False
+    ok = True
+    for key in ("videos", "annotations", "categories"):
+        if key not in data:
+            problems.append(f"missing top-level '{key}'")
+            ok = False
+        elif not isinstance(data[key], list):
+            problems.append(f"top-level '{key}' must be a list, got {_tname(data[key])}")
+            ok = False
+    return ok
+
+
+def _categories(cats: list, problems: list[str]) -> set:
+    ids: set = set()
+    for i, c in enumerate(cats):
+        if not isinstance(c, dict):
+            problems.append(f"categories[{i}]: must be an object, got {_tname(c)}")
+            continue
+        cid = c.get("id")
+        if not _is_int(cid):
+            problems.append(f"categories[{i}]: 'id' must be an integer, got {cid!r}" if "id" in c
+                            else f"categories[{i}]: missing 'id'")
+            continue
+        if cid in ids:
+            problems.append(f"category {cid}: duplicate category id")
+        ids.add(cid)
+        if not isinstance(c.get("name"), str):
+            problems.append(f"category {cid}: 'name' must be a string, got {c.get('name')!r}")
+    return ids
+
+
+def validate_annotations(data) -> list[str]:
+    """All problems of a YTVIS annotation dict, one message each (empty list = valid)."""
+    problems: list[str] = []
+    if not _top_level(data, problems):
+        return problems
+    cat_ids = _categories(data["categories"], problems)
+    videos: dict = {}
+    seen_videos: set = set()
+    for i, v in enumerate(data["videos"]):
+        if (r := _check_video(i, v, seen_videos, problems)) is not None:
+            videos[r[0]] = r[1]
+    ann_ids: set = set()
+    for i, a in enumerate(data["annotations"]):
+        if not isinstance(a, dict):
+            problems.append(f"annotations[{i}]: must be an object, got {_tname(a)}")
+            continue
+        aid = a.get("id")
+        if not _is_int(aid):
+            problems.append(f"annotations[{i}]: 'id' must be an integer, got {aid!r}" if "id" in a
+                            else f"annotations[{i}]: missing 'id'")
+            aid = f"[{i}]"
+        elif aid in ann_ids:
+            problems.append(f"annotation {aid}: duplicate annotation id")
+        else:
+            ann_ids.add(aid)
+        vid = a.get("video_id")
+        if "video_id" not in a:
+            problems.append(f"annotation {aid}: missing 'video_id'")
+            continue
+        if not _is_int(vid) or vid not in videos:
+            what = "unknown video_id" if _is_int(vid) else "'video_id' must be an integer, got"
+            problems.append(f"annotation {aid}: {what} {vid!r}")
+            continue
+        where = _where(video=vid, ann=aid)
+        if "category_id" not in a:
+            problems.append(f"{where}: missing 'category_id'")
+        elif not _is_int(a["category_id"]):
+            problems.append(f"{where}: 'category_id' must be an integer, got {a['category_id']!r}")
+        elif a["category_id"] not in cat_ids:
+            problems.append(f"{where}: unknown category_id {a['category_id']}")
+        if "iscrowd" in a and not (_is_int(a["iscrowd"]) and a["iscrowd"] in (0, 1)):
+            problems.append(f"{where}: 'iscrowd' must be 0 or 1, got {a['iscrowd']!r}")
+        info = videos[vid]
+        T, h, w = info["length"], info["height"], info["width"]
+        if "segmentations" not in a:
+            problems.append(f"{where}: missing 'segmentations'")
+        else:
+            _check_segmentations(a["segmentations"], T, h, w,
+                                 lambda t, vid=vid, aid=aid: _where(video=vid, ann=aid, frame=t), problems, where)
+        _check_per_frame_list(a, "areas", "area", T, where, problems, _area_ok, "a non-negative number or null")
+        _check_per_frame_list(a, "bboxes", "bbox", T, where, problems, _bbox_ok, "[x, y, w, h] (finite, w, h >= 0) or null")
+    return problems
+
+
+def _gt_index(gt) -> tuple[dict, set]:
+    """video id -> (height, width, length) and the category ids of a (raw or normalised) annotation dict."""
+    videos = {}
+    for v in gt.get("videos", []):
+        if isinstance(v, dict) and _is_int(v.get("id")):
+            n = v.get("length")
+            if not _is_int(n):
+                n = len(v["file_names"]) if isinstance(v.get("file_names"), list) else (
+                    len(v["frame_times"]) if isinstance(v.get("frame_times"), list) else None)
+            videos[v["id"]] = (v.get("height"), v.get("width"), n)
+    cats = {c["id"] for c in gt.get("categories", []) if isinstance(c, dict) and _is_int(c.get("id"))}
+    return videos, cats
+
+
+def _results_list(results):
+    if isinstance(results, dict) and isinstance(results.get("annotations"), list):
+        return results["annotations"]
+    return results
+
+
+def validate_results(results, gt: dict | None = None) -> list[str]:
+    """All problems of a YTVIS results list, one message each; with ``gt`` also checks it against the
+    ground truth (known videos and categories, frame counts and mask sizes)."""
+    results = _results_list(results)
+    if not isinstance(results, list):
+        return [f"not a YTVIS results file: top level is {_tname(results)}, expected a list of predictions"]
+    videos, cats = _gt_index(gt) if gt is not None else (None, None)
+    problems: list[str] = []
+    for i, r in enumerate(results):
+        if not isinstance(r, dict):
+            problems.append(f"result {i}: must be an object, got {_tname(r)}")
+            continue
+        missing = [k for k in ("video_id", "category_id", "score", "segmentations") if k not in r]
+        if missing:
+            problems.append(f"result {i}: missing {', '.join(repr(k) for k in missing)}")
+        vid = r.get("video_id")
+        h = w = T = None
+        if "video_id" in r:
+            if not _is_int(vid):
+                problems.append(f"result {i}: 'video_id' must be an integer, got {vid!r}")
+                vid = None
+            elif videos is not None:
+                if vid not in videos:
+                    problems.append(f"result {i} video {vid}: unknown video_id (not in the ground truth)")
+                    continue
+                h, w, T = videos[vid]
+        where = _where(result=i, video=vid)
+        if "category_id" in r:
+            c = r["category_id"]
+            if not _is_int(c):
+                problems.append(f"{where}: 'category_id' must be an integer, got {c!r}")
+            elif cats is not None and c not in cats:
+                problems.append(f"{where}: unknown category_id {c}")
+        if "score" in r and not _is_finite(r["score"]):
+            problems.append(f"{where}: 'score' must be a finite number, got {r['score']!r}")
+        if "segmentations" in r:
+            segs = r["segmentations"]
+            _check_segmentations(segs, T, h, w, lambda t, i=i, vid=vid: _where(result=i, video=vid, frame=t),
+                                 problems, where)
+            if isinstance(segs, list) and h is None:
+                # without the ground truth, a result's masks must at least agree with each other
+                sizes = {tuple(s["size"]) for s in segs if isinstance(s, dict) and isinstance(s.get("size"), list)}
+                if len(sizes) > 1:
+                    problems.append(f"{where}: RLE sizes differ between frames: {sorted(sizes)}")
+    return problems
+
+
+def _raise_problems(problems: list[str], path) -> None:
+    if not problems:
+        return
+    shown = "; ".join(problems[:MAX_LISTED_PROBLEMS])
+    more = len(problems) - MAX_LISTED_PROBLEMS
+    tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else ""
+    n = len(problems)
+    raise InputError(f"{n} problem{'s' if n > 1 else ''}: {shown}{tail}", path)
+
+
+# ------------------------------------------------------------------------------------ normalise / load / save
 def normalize_annotations(data: dict, path: str | None = None) -> dict:
-    """Convert every segmentation to compressed RLE and fill ``areas``/``bboxes``/``length`` in place."""
+    """Convert every segmentation to compressed RLE and fill ``areas``/``bboxes``/``length`` in place.
+
+    Expects valid input (see :func:`validate_annotations`); conversion failures still raise
+    :class:`InputError` naming ``path``.
+    """
     if not isinstance(data, dict) or not all(k in data for k in ("videos", "annotations", "categories")):
         raise InputError("not a YTVIS annotation file (needs 'videos', 'annotations', 'categories')", path)
     videos = {}
     for v in data["videos"]:
-        if "length" not in v and "file_names" in v:
-            v["length"] = len(v["file_names"])
+        if "length" not in v:
+            if "file_names" in v:
+                v["length"] = len(v["file_names"])
+            elif "frame_times" in v:
+                v["length"] = len(v["frame_times"])
         videos[v["id"]] = v
     for a in data["annotations"]:
         v = videos.get(a.get("video_id"))
@@ -70,7 +437,7 @@ def normalize_annotations(data: dict, path: str | None = None) -> dict:
                 continue
             try:
                 segs.append(mask_io.to_rle(s, v["height"], v["width"]))
-            except (ValueError, TypeError, KeyError) as e:
+            except (ValueError, TypeError, KeyError, IndexError) as e:
                 raise InputError(f"video {v['id']} annotation {a.get('id')} frame {t}: {e}", path) from None
         a["segmentations"] = segs
         if not a.get("areas") or len(a["areas"]) != len(segs):
@@ -81,19 +448,89 @@ def normalize_annotations(data: dict, path: str | None = None) -> dict:
     return data
 
 
+def normalize_results(results: list[dict], gt: dict | None = None, path: str | None = None) -> list[dict]:
+    """Convert every result segmentation to compressed RLE (str counts) in place.
+
+    Polygons need the frame size, taken from ``gt`` (or another frame's RLE ``size`` of the same result).
+    """
+    videos = _gt_index(gt)[0] if gt is not None else {}
+    for i, r in enumerate(results):
+        size = videos.get(r.get("video_id"), (None, None, None))[:2]
+        if size[0] is None:
+            size = next((tuple(s["size"]) for s in r["segmentations"] if isinstance(s, dict)), (None, None))
+        segs = []
+        for t, s in enumerate(r["segmentations"]):
+            if s is None:
+                segs.append(None)
+                continue
+            h, w = (s["size"] if isinstance(s, dict) else size)
+            if h is None:
+                raise InputError(f"result {i} frame {t}: a polygon needs the frame size; pass the ground truth "
+                                 "or use RLE", path)
+            try:
+                segs.append(mask_io.to_rle(s, h, w))
+            except (ValueError, TypeError, KeyError, IndexError) as e:
+                raise InputError(f"result {i} frame {t}: {e}", path) from None
+        r["segmentations"] = segs
+        r["score"] = float(r["score"])
+    return results
+
+
 def load_annotations(path: str | os.PathLike) -> dict:
-    """Load a YTVIS annotation JSON and normalise it (see module docstring)."""
-    return normalize_annotations(load_json(path), os.fspath(path))
+    """Load, validate and normalise a YTVIS annotation JSON (see module docstring).
 
-
-def load_results(path: str | os.PathLike) -> list[dict]:
-    """Load a YTVIS results JSON (a list, or ``{"annotations": [...]}`` as some tools write it)."""
+    Raises :class:`InputError` naming the file and listing the first problems when it is invalid.
+    """
     data = load_json(path)
-    if isinstance(data, dict) and isinstance(data.get("annotations"), list):
-        data = data["annotations"]
-    if not isinstance(data, list):
-        raise InputError("not a YTVIS results file (expected a list of predictions)", path)
-    for i, r in enumerate(data):
-        if not isinstance(r, dict) or not all(k in r for k in ("video_id", "category_id", "score", "segmentations")):
-            raise InputError(f"result {i}: needs video_id, category_id, score, segmentations", path)
-    return data
+    _raise_problems(validate_annotations(data), path)
+    return normalize_annotations(data, os.fspath(path))
+
+
+def load_results(path: str | os.PathLike, gt: dict | str | os.PathLike | None = None) -> list[dict]:
+    """Load, validate and normalise a YTVIS results JSON (a list, or ``{"annotations": [...]}`` as some
+    tools write it). ``gt`` (an annotation dict or the path of one) adds the checks against the ground
+    truth: every result's video and category must exist there, frame counts and mask sizes must match."""
+    if gt is not None and not isinstance(gt, dict):
+        gt = load_annotations(gt)
+    data = _results_list(load_json(path))
+    _raise_problems(validate_results(data, gt), path)
+    return normalize_results(data, gt, os.fspath(path))
+
+
+def _str_counts(segs: Iterable) -> list:
+    out = []
+    for s in segs:
+        if isinstance(s, dict) and isinstance(s.get("counts"), bytes):
+            s = {"size": list(s["size"]), "counts": s["counts"].decode("ascii")}
+        out.append(s)
+    return out
+
+
+def save_annotations(data: dict, path: str | os.PathLike, indent: int | None = None) -> None:
+    """Validate (``ValueError`` listing the problems: a bug of the writer, not of the user) and write atomically."""
+    for a in data.get("annotations", []):
+        a["segmentations"] = _str_counts(a["segmentations"])
+    problems = validate_annotations(data)
+    if problems:
+        raise ValueError(f"refusing to write invalid annotations to {os.fspath(path)}: " + "; ".join(problems[:5]))
+    save_json(data, path, indent=indent)
+
+
+def save_results(results: list[dict], path: str | os.PathLike, indent: int | None = None) -> None:
+    """Validate (``ValueError`` on problems) and write a results list atomically."""
+    for r in results:
+        r["segmentations"] = _str_counts(r["segmentations"])
+    problems = validate_results(results)
+    if problems:
+        raise ValueError(f"refusing to write invalid results to {os.fspath(path)}: " + "; ".join(problems[:5]))
+    save_json(results, path, indent=indent)
+
+
+def frame_times(video: dict, fps: float | None = None) -> list[float] | None:
+    """Presentation times (s) of a video entry's annotated frames: ``frame_times``, else ``i / fps`` from the
+    entry's ``fps`` (or the ``fps`` argument); ``None`` when neither is known."""
+    if video.get("frame_times") is not None:
+        return [float(t) for t in video["frame_times"]]
+    rate = video.get("fps") or fps
+    n = video.get("length", len(video.get("file_names", [])))
+    return None if not rate else [i / float(rate) for i in range(n)]

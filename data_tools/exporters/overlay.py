@@ -1,0 +1,339 @@
+"""Overlay videos: the predicted masks, track ids, class names and scores drawn on the source frames, written as
+H.264 mp4 with the source's sound re-encoded to AAC. ``OUT/overlay/<video>.mp4``.
+
+Timing follows the toolkit's frame timeline (time 0 = the first video frame, see ``data_tools/decode.py``):
+the overlay has a frame at every ``k / fps`` (``fps`` = ``--overlay-fps``, default the annotation rate) for
+as long as the source video lasts, showing the source frame shown at that time and the masks of the annotated
+frame in effect then (the last annotated time <= t, held for one annotation interval). With the default rate
+the overlay frames are exactly the annotated frames. The audio is the source's (its own file's ``audio_file``
+when the video entry names one), placed on the same timeline, at its native rate and channel layout.
+
+Videos given as JPEG folders (``file_names`` without ``video_file``) become silent overlays of those frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from avis.errors import ConfigError, InputError
+from avis.io import masks as mask_io
+from avis.io import ytvis
+from avis.io.atomic import atomic_open
+
+from .common import category_names, davis_palette, tracks_by_video, video_names
+
+log = logging.getLogger(__name__)
+ALPHA = 0.45  # mask fill opacity
+TIME_EPS = 1e-6
+
+
+def track_color(track_id: int) -> np.ndarray:
+    """A bright, stable colour per track id (the DAVIS palette entry, lifted so dark entries stay visible)."""
+    c = davis_palette()[1 + (int(track_id) - 1) % 255].astype(np.float32)
+    return np.clip(64 + c * 0.75, 0, 255)
+
+
+def _edges(m: np.ndarray) -> np.ndarray:
+    """Pixels of a bool mask with a 4-neighbour outside the mask."""
+    p = np.pad(m, 1)
+    inner = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    return m & ~inner
+
+
+def draw(frame: np.ndarray, items: list[tuple[np.ndarray, int, str]], font=None) -> np.ndarray:
+    """frame uint8 H x W x 3; items (bool mask, track id, label text) drawn in order (last on top)."""
+    out = frame.astype(np.float32)
+    for m, tid, _ in items:
+        c = track_color(tid)
+        out[m] = out[m] * (1 - ALPHA) + c * ALPHA
+        out[_edges(m)] = c
+    img = Image.fromarray(out.round().astype(np.uint8))
+    d = ImageDraw.Draw(img)
+    font = font or ImageFont.load_default(size=max(10, frame.shape[0] // 28))
+    for m, tid, text in items:
+        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        if rows.size == 0:
+            continue
+        x, y = int(cols[0]), int(rows[0])
+        box = d.textbbox((x, y), text, font=font)
+        y = max(0, y - (box[3] - box[1]) - 2)
+        box = d.textbbox((x, y), text, font=font)
+        c = track_color(tid)
+        d.rectangle(box, fill=tuple(int(v) for v in c))
+        d.text((x, y), text, fill=(0, 0, 0) if c @ np.array([0.299, 0.587, 0.114]) > 110 else (255, 255, 255),
+               font=font)
+    return np.asarray(img)
+
+
+def _annotation_rate(times: list[float]) -> float | None:
+    if len(times) < 2:
+        return None
+    return 1.0 / float(np.median(np.diff(times)))
+
+
+def _mask_index(out_times: np.ndarray, ann_times: list[float]) -> np.ndarray:
+    """For each output time, the annotated frame in effect (-1 for none): the last one at or before it, held
+    for one annotation interval (the next one's time, or the median interval after the last)."""
+    at = np.asarray(ann_times, np.float64)
+    if at.size == 0:
+        return np.full(len(out_times), -1)
+    step = float(np.median(np.diff(at))) if at.size > 1 else math.inf
+    ends = np.append(at[1:], at[-1] + step)
+    i = np.searchsorted(at, out_times + TIME_EPS, side="right") - 1
+    ok = (i >= 0) & (out_times < ends[np.clip(i, 0, None)] - TIME_EPS)
+    return np.where(ok, i, -1)
+
+
+def _open(path: Path):
+    if not path.is_file():
+        raise InputError("no such file", path)
+    try:
+        return av.open(os.fspath(path), metadata_errors="ignore")
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise InputError(f"unreadable media file ({e})", path) from None
+
+
+def _rgb(frame) -> np.ndarray:
+    """Decoded frame -> uint8 H x W x 3 in display orientation (the stream's rotation applied, as the builder)."""
+    img = frame.to_ndarray(format="rgb24")
+    try:
+        rot = int(round((frame.rotation or 0) / 90.0)) % 4
+    except (AttributeError, ValueError):
+        rot = 0
+    return np.ascontiguousarray(np.rot90(img, rot)) if rot else img
+
+
+def iter_frames(path: Path, fps: float):
+    """Stream ``(k, t, rgb)``: the frame shown at t = k / fps on the frame timeline (t = 0 at the first frame),
+    for every t before the end of the last frame. Memory stays at two frames whatever the video's length.
+
+    Same timing rule as the dataset builder's decoder (``data_tools/decode.py``: the last frame whose
+    presentation time is <= t), which holds the whole clip in memory; an overlay of a long video must not."""
+    with _open(path) as c:
+        if not c.streams.video:
+            raise InputError("no video stream", path)
+        vs = c.streams.video[0]
+        vs.thread_type = "AUTO"
+        t0, prev, prev_t, last_dur, k = None, None, None, None, 0
+        try:
+            for frame in c.decode(vs):
+                ft = frame.time if frame.time is not None else (prev_t or 0.0) + (last_dur or 0.0) + (t0 or 0.0)
+                t0 = ft if t0 is None else t0
+                t = ft - t0
+                if prev is not None and t < prev_t + TIME_EPS:
+                    prev = frame  # duplicate / out-of-order timestamp: the later frame replaces it
+                    continue
+                if prev is not None:
+                    last_dur = t - prev_t
+                    rgb = None
+                    while k / fps < t - TIME_EPS:
+                        rgb = _rgb(prev) if rgb is None else rgb
+                        yield k, k / fps, rgb
+                        k += 1
+                prev, prev_t = frame, t
+                if frame.duration:
+                    last_dur = float(frame.duration * frame.time_base)
+        except av.FFmpegError as e:
+            raise InputError(f"corrupt or truncated video ({e})", path) from None
+        if prev is None:
+            raise InputError("the video stream has no decodable frames", path)
+        if not last_dur:
+            rate = vs.average_rate or vs.guessed_rate
+            last_dur = 1.0 / float(rate) if rate else 1.0 / fps
+        end = prev_t + last_dur
+        rgb = None
+        while k / fps < end - TIME_EPS:
+            rgb = _rgb(prev) if rgb is None else rgb
+            yield k, k / fps, rgb
+            k += 1
+
+
+def _video_t0(path: Path) -> float:
+    with _open(path) as c:
+        for frame in c.decode(c.streams.video[0]):
+            return float(frame.time or 0.0)
+    return 0.0
+
+
+def _audio_stream(out: av.container.OutputContainer, src: Path):
+    """Add the AAC stream for ``src``'s first audio stream (before anything is muxed); None without sound."""
+    with _open(src) as c:
+        if not c.streams.audio:
+            return None
+        cc = c.streams.audio[0].codec_context
+        layout = cc.layout.name if cc.layout else "mono"
+        layout = layout if layout in ("mono", "stereo") else "stereo"  # AAC-LC: downmix anything wider
+        ost = out.add_stream("aac", rate=cc.sample_rate)
+        ost.codec_context.layout = layout
+        ost.codec_context.format = "fltp"
+        return ost
+
+
+def _encode_audio(out: av.container.OutputContainer, ost, src: Path, offset: float) -> int:
+    """Re-encode ``src``'s first audio stream into ``ost``; its sample 0 is placed at ``offset`` seconds on the
+    output timeline (negative: the part before 0 is dropped). Returns the samples written."""
+    rate, layout = ost.codec_context.sample_rate, ost.codec_context.layout.name
+    with _open(src) as c:
+        ins = c.streams.audio[0]
+        res = av.AudioResampler(format="fltp", layout=layout, rate=rate, frame_size=1024)
+        skip = max(0, int(round(-offset * rate)))  # samples to drop at the start
+        pad = max(0, int(round(offset * rate)))  # samples of silence to add at the start
+        # The decoder also returns the encoder's padding of the last AAC frame; the header's duration is the
+        # real length, so stop there when the header knows it.
+        total = pad + int(round(float(ins.duration * ins.time_base) * rate)) - skip if ins.duration else None
+        written = 0
+
+        def emit(frames):
+            nonlocal skip, written
+            for f in frames:
+                a = f.to_ndarray()
+                if skip:
+                    drop = min(skip, a.shape[1])
+                    skip -= drop
+                    a = a[:, drop:]
+                if total is not None:
+                    a = a[:, :max(0, total - written)]
+                if a.shape[1] == 0:
+                    continue
+                nf = av.AudioFrame.from_ndarray(np.ascontiguousarray(a), format="fltp", layout=layout)
+                nf.sample_rate = rate
+                nf.pts = written
+                nf.time_base = Fraction(1, rate)
+                written += a.shape[1]
+                for p in ost.encode(nf):
+                    out.mux(p)
+
+        try:
+            if pad:
+                emit(res.resample(_silence(pad, layout, rate)))
+            for frame in c.decode(ins):
+                frame.pts = None  # the resampler re-times; we keep our own sample count
+                emit(res.resample(frame))
+            emit(res.resample(None))
+        except av.FFmpegError as e:
+            raise InputError(f"corrupt or truncated audio ({e})", src) from None
+        for p in ost.encode(None):
+            out.mux(p)
+        return written
+
+
+def _silence(n: int, layout: str, rate: int) -> av.AudioFrame:
+    ch = 1 if layout == "mono" else 2
+    f = av.AudioFrame.from_ndarray(np.zeros((ch, n), np.float32), format="fltp", layout=layout)
+    f.sample_rate = rate
+    return f
+
+
+def _audio_start(path: Path) -> float | None:
+    with _open(path) as c:
+        if not c.streams.audio:
+            return None
+        for frame in c.decode(c.streams.audio[0]):
+            return float(frame.time or 0.0)
+    return None
+
+
+def _jpeg_frames(v: dict, videos_dir: Path, times: list[float], fps: float):
+    """A video given as JPEG frames: frame i is shown from times[i] on."""
+    paths = [videos_dir / f for f in v["file_names"]]
+    step = 1.0 / (_annotation_rate(times) or fps)
+    n = int(math.ceil((times[-1] + step) * fps - TIME_EPS))
+    idx = np.clip(np.searchsorted(np.asarray(times), np.arange(n) / fps + TIME_EPS, side="right") - 1, 0, None)
+    cache: tuple[int, np.ndarray] | None = None
+    for k in range(n):
+        i = int(idx[k])
+        if cache is None or cache[0] != i:
+            if not paths[i].is_file():
+                raise InputError("no such file", paths[i])
+            try:
+                with Image.open(paths[i]) as im:
+                    cache = (i, np.asarray(ImageOps.exif_transpose(im).convert("RGB")))
+            except OSError as e:
+                raise InputError(f"unreadable image ({e})", paths[i]) from None
+        yield k, k / fps, cache[1]
+
+
+def write_video_overlay(v: dict, vtracks: list[dict], cats: dict[int, str], videos_dir: Path, out_path: Path,
+                        fps: float | None = None) -> dict:
+    """One video's overlay; returns ``{"frames", "fps", "audio_samples", "audio_rate"}``."""
+    ann_times = ytvis.frame_times(v, fps=fps)
+    if ann_times is None:
+        raise ConfigError(f"video {v['id']} has neither 'fps' nor 'frame_times': give --overlay-fps")
+    rate = fps or v.get("fps") or _annotation_rate(ann_times)
+    if not rate:
+        raise ConfigError(f"video {v['id']} has one annotated frame and no fps: give --overlay-fps")
+    H, W = v["height"], v["width"]
+    font = ImageFont.load_default(size=max(10, H // 28))
+    order = sorted(vtracks, key=lambda t: t["score"])  # the best drawn last, on top
+    labels = [f"{t['track_id']} {cats.get(t['category_id'], t['category_id'])} {t['score']:.2f}" for t in order]
+    if v.get("video_file"):
+        src = videos_dir / v["video_file"]
+        frames = iter_frames(src, rate)
+        audio_src = videos_dir / v["audio_file"] if v.get("audio_file") else src
+    elif v.get("file_names"):
+        src, audio_src = None, (videos_dir / v["audio_file"] if v.get("audio_file") else None)
+        frames = _jpeg_frames(v, videos_dir, ann_times, rate)
+    else:
+        raise ConfigError(f"video {v['id']} has neither 'video_file' nor 'file_names' to draw on")
+    # even sizes for yuv420p
+    ew, eh = W + W % 2, H + H % 2
+    n = 0
+    audio_samples, audio_rate = 0, 0
+    with atomic_open(out_path, "wb") as f:
+        with av.open(f, "w", format="mp4") as out:
+            vst = out.add_stream("libx264", rate=Fraction(rate).limit_denominator(100000))
+            vst.width, vst.height, vst.pix_fmt = ew, eh, "yuv420p"
+            vst.options = {"crf": "20", "preset": "veryfast"}
+            if audio_src is not None and not audio_src.is_file():
+                raise InputError("no such file", audio_src)
+            ast = _audio_stream(out, audio_src) if audio_src is not None else None
+            cache: dict[int, list] = {}
+            for k, t, rgb in frames:
+                if rgb.shape[:2] != (H, W):  # draw at the annotation's size
+                    rgb = np.asarray(Image.fromarray(rgb).resize((W, H), Image.Resampling.BILINEAR))
+                i = int(_mask_index(np.array([t]), ann_times)[0])
+                if i not in cache:
+                    cache.clear()
+                    cache[i] = [] if i < 0 else [
+                        (mask_io.decode(tr["segmentations"][i]).astype(bool), tr["track_id"], lab)
+                        for tr, lab in zip(order, labels) if tr["segmentations"][i] is not None]
+                img = draw(rgb, cache[i], font)
+                if (ew, eh) != (W, H):
+                    img = np.pad(img, ((0, eh - H), (0, ew - W), (0, 0)))
+                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+                vf.pts = k
+                for p in vst.encode(vf):
+                    out.mux(p)
+                n += 1
+            for p in vst.encode(None):
+                out.mux(p)
+            if ast is not None:
+                # audio sample 0 sits at its stream time minus the first video frame's time (0 for a
+                # separate audio file, whose sample 0 is time 0, as the dataset builder does)
+                offset = 0.0 if audio_src != src else (_audio_start(src) or 0.0) - _video_t0(src)
+                audio_samples = _encode_audio(out, ast, audio_src, offset)
+                audio_rate = ast.codec_context.sample_rate
+    return {"frames": n, "fps": float(rate), "audio_samples": audio_samples, "audio_rate": audio_rate}
+
+
+def write_overlay(tracks: list[dict], gt: dict, out_dir: str | os.PathLike, videos_dir: str | os.PathLike,
+                  fps: float | None = None) -> Path:
+    from tqdm import tqdm
+
+    root = Path(out_dir) / "overlay"
+    names, cats = video_names(gt), category_names(gt)
+    by_video = tracks_by_video(tracks)
+    for v in tqdm(gt["videos"], desc="overlay", unit="video", disable=len(gt["videos"]) < 2):
+        info = write_video_overlay(v, by_video.get(v["id"], []), cats, Path(videos_dir), root / f"{names[v['id']]}.mp4",
+                                   fps=fps)
+        log.info("overlay %s: %d frames at %.3g fps, %d audio samples", names[v["id"]], info["frames"], info["fps"],
+                 info["audio_samples"])
+    return root
