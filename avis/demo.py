@@ -4,11 +4,12 @@ Stages (each a Python call into the piece that does it, progress shown throughou
 
     1 synthesize   data_tools.synth.generate       audio-dependent videos (look-alike twins told apart by sound)
     2 build        data_tools.build                 train / val WebDataset shards
-    3 train        avis.engine.loop.train           RCF tiny, audio-visual and visual-only (same seed, same data)
-    4 evaluate     avis.engine.predict              both checkpoints online over the val shards -> YTVIS metrics
-    5 significance avis.evaluation.ttest.compare    paired t-test over instances (headline), the paper's test, ...
-    6 export       data_tools.export.export         YTVIS results of both arms, one overlay video with sound
-    7 report       DIR/report.md                    the Table X / XII style table, plots, links
+    3 pretrain     pretrain_audio                   the audio arm's log-mel network on the train split's sound labels
+    4 train        avis.engine.loop.train           RCF tiny, audio-visual and visual-only (same seed, same data)
+    5 evaluate     avis.engine.predict              both checkpoints online over the val shards -> YTVIS metrics
+    6 significance avis.evaluation.ttest.compare    paired t-test over instances (headline), the paper's test, ...
+    7 export       data_tools.export.export         YTVIS results of both arms, one overlay video with sound
+    8 report       DIR/report.md                    the Table X / XII style table, plots, links
 
     avis demo                               # -> demo_out/report.md
     avis demo --audio-dependence 0          # the control: sound carries no information about the objects
@@ -33,6 +34,7 @@ from avis.io.atomic import atomic_open
 
 log = logging.getLogger("avis.demo")
 
+STAGES = 8
 ARMS = (("av", "rcf_av_tiny", "audio-visual"), ("visual", "rcf_visual_tiny", "visual-only"))
 IOUS = (0.5, 0.75)
 
@@ -41,12 +43,13 @@ IOUS = (0.5, 0.75)
 class DemoSettings:
     """Dataset size and training recipe of a demo run (both arms get the same)."""
 
-    videos: int = 40            # synthetic videos, train + val
-    val_fraction: float = 0.3
+    videos: int = 160           # synthetic videos, train + val
+    val_fraction: float = 0.25
     size: tuple[int, int] = (96, 64)   # width, height of the synthetic videos
     frames: int = 20
     fps: float = 8.0
-    steps: int = 150            # training steps per arm
+    steps: int = 800            # training steps per arm
+    audio_pretrain_steps: int = 500   # steps of pretraining the audio encoder's log-mel network (0: none)
     overrides: tuple[str, ...] = field(default_factory=tuple)  # hydra overrides for both arms
     bootstrap: int = 1000
 
@@ -58,6 +61,7 @@ FULL = DemoSettings(overrides=(
 ))
 # Seconds: the pipeline end to end on a handful of tiny videos (tests, smoke runs); the numbers mean nothing.
 QUICK = DemoSettings(videos=4, val_fraction=0.5, size=(64, 48), frames=6, fps=6.0, steps=3, bootstrap=50,
+                     audio_pretrain_steps=3,
                      overrides=("data.batch_size=2", "data.scales=[48]", "data.test_size=48",
                                 "data.test_max_size=64", "data.max_size=64", "model.num_queries=4"))
 
@@ -91,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------- stages
 def _stage(i: int, title: str) -> float:
-    print(f"\n== [{i}/7] {title}", flush=True)
+    print(f"\n== [{i}/{STAGES}] {title}", flush=True)
     return time.perf_counter()
 
 
@@ -146,6 +150,92 @@ def train_arm(experiment: str, run_dir: Path, train_pattern, seed: int, steps: i
     check_config(cfg)
     train(cfg)
     return run_dir / "checkpoints" / "last.pt"
+
+
+def pretrained_audio_tokens(weights: str | None = None, freeze: bool = True, **kwargs):
+    """Hydra target for the demo's audio-visual arm: :func:`avis.models.audio.audio_tokens_tiny` with the
+    weights of :func:`pretrain_audio` (the role AudioSet-pretrained VGGish plays in the paper). ``freeze``
+    keeps the pretrained log-mel network fixed (the bi-LSTM and head still train), as the paper does."""
+    import torch
+
+    from avis.models.audio import audio_tokens_tiny
+
+    enc = audio_tokens_tiny(freeze=freeze, **kwargs)
+    if weights:
+        enc.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return enc
+
+
+def pretrain_audio(experiment: str, train_pattern, annotations: dict, out_path: Path, steps: int = 600,
+                   batch_size: int = 64, lr: float = 1e-2, seed: int = 0, progress: bool = True) -> dict:
+    """Pretrain the log-mel network of ``experiment``'s audio encoder on the training split's sound labels:
+    from a frame's window, predict which categories are sounding at that frame (the annotations'
+    ``sounding`` flags; multi-label, BCE; the RCF later learns the bi-LSTM and head). Writes the encoder's state dict to
+    ``out_path``; returns ``{"windows", "positives", "loss", "accuracy"}`` (accuracy: per category and
+    window, on the training windows). Videos whose objects never sound give all-negative targets."""
+    import numpy as np
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from tqdm import tqdm
+
+    from avis.data import iter_videos
+    from avis.engine.config import config_dir
+    from avis.engine.data import audio_16k
+    from avis.models.audio.windows import frame_windows
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        cfg = compose("train", overrides=[f"experiment={experiment}"])
+    cats = [c["id"] for c in annotations["categories"]]
+    index = {c: i for i, c in enumerate(cats)}
+    by_video: dict[int, list[dict]] = {}
+    for a in annotations["annotations"]:
+        by_video.setdefault(int(a["video_id"]), []).append(a)
+    eta = float(cfg.audio.get("eta", 0.96))
+    wins, targets = [], []
+    for video in iter_videos(str(train_pattern)):
+        audio, has = audio_16k(video)
+        if not has:
+            continue
+        times = torch.as_tensor(np.asarray(video.frame_times), dtype=torch.float64)
+        w = frame_windows(audio, times, eta=eta)                        # T x S
+        y = torch.zeros(len(times), len(cats))
+        for a in by_video.get(int(video.video_id), []):
+            flags = a.get("sounding") or []
+            for t, on in enumerate(flags[:len(times)]):
+                if on:
+                    y[t, index[a["category_id"]]] = 1.0
+        wins.append(w)
+        targets.append(y)
+    if not wins:
+        raise ConfigError("no training video with sound to pretrain the audio encoder on")
+    torch.manual_seed(seed)
+    encoder = instantiate(cfg.audio.encoder)
+    net = encoder.extractor.backbone
+    with torch.no_grad():  # the log-mel examples once (the frontend has no parameters)
+        examples = torch.cat([encoder.extractor.frontend.examples(w) for w in wins])   # N x 96 x 64
+    y_all = torch.cat(targets)
+    head = torch.nn.Linear(int(encoder.feature_dim), len(cats))
+    opt = torch.optim.AdamW(list(net.parameters()) + list(head.parameters()), lr=lr, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(seed)
+    loss_v = acc = float("nan")
+    net.train()
+    for _ in tqdm(range(steps), desc="pretrain audio", unit="step", disable=not progress):
+        idx = torch.randint(0, len(examples), (batch_size,), generator=gen)
+        logits = head(net.forward_features(examples[idx]))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y_all[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_v = float(loss.detach())
+        acc = float(((logits.detach() > 0) == (y_all[idx] > 0.5)).float().mean())
+    lengths = [len(w) for w in wins]
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out_path, "wb") as f:
+        torch.save(encoder.state_dict(), f)
+    return {"windows": int(sum(lengths)), "positives": float(torch.cat(targets).mean()), "loss": loss_v,
+            "accuracy": acc}
 
 
 def evaluate_arm(ckpt: Path, val_shards, gt: dict | None, out_dir: Path, device: str = "auto",
@@ -226,7 +316,7 @@ def run_demo(out, audio_dependence: float = 1.0, seed: int = 0, settings: DemoSe
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     times = {}
     print(f"avis demo: audio dependence d = {audio_dependence:g}, seed {seed}, {settings.videos} videos "
           f"{settings.size[0]}x{settings.size[1]}, {settings.steps} training steps per arm -> {out}", flush=True)
@@ -239,43 +329,57 @@ def run_demo(out, audio_dependence: float = 1.0, seed: int = 0, settings: DemoSe
     shards = build_shards(synth_dir, out)
     times["build"] = _done(t0)
 
+    train_gt = load_annotations(synth_dir / "train.json")
+    arm_overrides = {"av": [], "visual": []}
+    audio_pretrain = None
+    if settings.audio_pretrain_steps > 0:
+        t0 = _stage(3, "pretrain the audio encoder on the training split's sound labels (audio-visual arm)")
+        weights = out / "runs" / "audio_pretrained.pt"
+        audio_pretrain = pretrain_audio(ARMS[0][1], shards["train"], train_gt, weights,
+                                        settings.audio_pretrain_steps, seed=seed, progress=progress)
+        arm_overrides["av"] = ["audio.encoder._target_=avis.demo.pretrained_audio_tokens",
+                               f"+audio.encoder.weights={weights.resolve()}"]
+        times["pretrain_audio"] = _done(t0, f"{audio_pretrain['windows']} windows, BCE {audio_pretrain['loss']:.3f}, "
+                                            f"accuracy {audio_pretrain['accuracy']:.3f}")
+
     runs = {}
     for i, (key, experiment, label) in enumerate(ARMS):
-        t0 = _stage(3, f"train {label} RCF tiny ({experiment}, {settings.steps} steps) [{i + 1}/2]")
+        t0 = _stage(4, f"train {label} RCF tiny ({experiment}, {settings.steps} steps) [{i + 1}/2]")
         runs[key] = train_arm(experiment, out / "runs" / key, shards["train"], seed, settings.steps,
-                              settings.overrides, progress)
+                              (*settings.overrides, *arm_overrides[key]), progress)
         times[f"train_{key}"] = _done(t0)
 
     gt = load_annotations(synth_dir / "val.json")
     evals = {}
     for i, (key, _, label) in enumerate(ARMS):
-        t0 = _stage(4, f"evaluate {label} on the val split [{i + 1}/2]")
+        t0 = _stage(5, f"evaluate {label} on the val split [{i + 1}/2]")
         evals[key] = evaluate_arm(runs[key], shards["val"], gt, out / "eval" / key, "auto", progress)
         m = evals[key]["metrics"]
         times[f"eval_{key}"] = _done(t0, f"AP {100 * m['AP']:.1f}, AP50 {100 * m['AP50']:.1f}")
 
-    t0 = _stage(5, "significance (avis.evaluation.ttest: audio-visual = A, visual-only = B)")
+    t0 = _stage(6, "significance (avis.evaluation.ttest: audio-visual = A, visual-only = B)")
     cmp = significance(gt, evals["av"]["results"], evals["visual"]["results"], out, settings.bootstrap, seed)
     h = cmp["headline"]
     times["ttest"] = _done(t0, f"paired-instance IoU>0.5: {h['mean_a']:.3f} vs {h['mean_b']:.3f}, "
                                f"p = {h['p_value']:.3g}")
 
-    t0 = _stage(6, "export (data_tools.export: YTVIS results, one overlay video with sound)")
+    t0 = _stage(7, "export (data_tools.export: YTVIS results, one overlay video with sound)")
     overlay_video = _pick_overlay_video(gt, evals["av"]["results"])
     exports = {key: export_arm(evals[key]["results"], gt, synth_dir, out / "export" / key,
                                overlay_video if key == "av" else None) for key, _, _ in ARMS}
     times["export"] = _done(t0)
 
-    t0 = _stage(7, "report")
+    t0 = _stage(8, "report")
     ma, mb = evals["av"]["metrics"], evals["visual"]["metrics"]
     row = av_table.table_row(1, mb["AP"], mb["AP50"], ma["AP"], ma["AP50"], headline_p(cmp["rows"], 0.5),
                              headline_p(cmp["rows"], 0.75))
     with atomic_open(out / "table.csv", "w") as f:
         f.write(av_table.to_csv([row]))
     times["total"] = time.perf_counter() - t_start
+    times["total_cpu"] = time.process_time() - cpu_start  # all threads of this process: the load-free cost
     summary = {"audio_dependence": audio_dependence, "seed": seed, "quick": quick, "settings": asdict(settings),
                "metrics": {"av": ma, "visual": mb}, "table": row, "headline": h, "tests": cmp["rows"],
-               "overlay_video": overlay_video, "exports": exports, "seconds": times,
+               "overlay_video": overlay_video, "audio_pretrain": audio_pretrain, "exports": exports, "seconds": times,
                "report": str(out / "report.md")}
     _write_report(out, summary)
     from avis.io.ytvis import save_json
@@ -367,10 +471,18 @@ def _write_report(out: Path, s: dict) -> None:
                      f"(eval/{key}/metrics.json); per-instance samples: eval/{key}/samples.csv")
     lines += ["- Tests: [ttest.csv](ttest.csv), [ttest.md](ttest.md); table: [table.csv](table.csv); "
               "everything: [summary.json](summary.json)", "",
-              "## Time (s)", "", "| stage | seconds |", "|---|---|",
+              "## Time (s)", "", f"Wall-clock per stage; `total_cpu` is the CPU time of all threads (on a busy "
+              f"machine the wall clock grows, the CPU time hardly). torch threads: {torch_threads()}.", "",
+              "| stage | seconds |", "|---|---|",
               *[f"| {k} | {v:.1f} |" for k, v in s["seconds"].items()], ""]
     with atomic_open(out / "report.md", "w") as f:
         f.write("\n".join(lines))
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _pct(v) -> str:

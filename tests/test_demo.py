@@ -12,6 +12,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 from scipy import stats as sps
 
 from avis.evaluation import av_table
@@ -171,9 +172,16 @@ def test_quick_demo_end_to_end(tmp_path):
     row = next(csv.DictReader((out / "table.csv").read_text().splitlines()))
     assert float(row["AP_av"]) == pytest.approx(100 * summary["metrics"]["av"]["AP"])
     assert float(row["AP_visual"]) == pytest.approx(100 * summary["metrics"]["visual"]["AP"])
-    # the two arms differ only in audio
+    # the two arms differ only in audio; the audio arm starts from the pretrained log-mel network, frozen
     ck = {k: (out / "runs" / k / "config.yaml").read_text() for k in ("av", "visual")}
-    assert "audio_tokens_tiny" in ck["av"] and "audio_tokens_tiny" not in ck["visual"]
+    assert "pretrained_audio_tokens" in ck["av"] and "audio_encoder: null" in ck["visual"]
+    pre = torch.load(out / "runs" / "audio_pretrained.pt", weights_only=True)
+    model = torch.load(out / "runs" / "av" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    backbone = {k: v for k, v in pre.items() if k.startswith("extractor.backbone.")}
+    assert backbone and all(torch.equal(model[f"fusion.audio_tokens.encoder.{k}"], v) for k, v in backbone.items())
+    assert not any(k.startswith("fusion.audio") for k in torch.load(
+        out / "runs" / "visual" / "checkpoints" / "last.pt", weights_only=True)["model"])
+    assert summary["audio_pretrain"]["windows"] == 12  # two training videos of 6 frames
     assert (out / "iou_distributions.png").read_bytes()[:4] == b"\x89PNG"
     assert "iou_distributions.png" in report and "ttest.csv" in report
     # one overlay video with the val video's sound, linked from the report
