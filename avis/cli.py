@@ -92,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"avis {name}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # the machine, not our code: a full disk, a read-only folder, a missing permission
+        if debug:
+            traceback.print_exc()
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"avis {name}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"avis {name}: interrupted", file=sys.stderr)
         return 130

@@ -31,6 +31,7 @@ import re
 import sys
 import tarfile
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ from avis import __version__
 from avis.errors import ConfigError, InputError
 from avis.io import masks as mask_io
 from avis.io.atomic import atomic_write_json
-from avis.io.ytvis import load_json, normalize_annotations
+from avis.io.ytvis import check_relpath, load_json, normalize_annotations
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ STATE_FILE = ".build-state.json"
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".flv",
                     ".wmv", ".3gp", ".ogv"}
 EXIT_SOME_FAILED = 3
+JPEG_THREADS = 2
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -103,8 +105,13 @@ def make_jobs(videos_dir: Path, annotations: str | None, fps: float) -> tuple[li
         cats.append(c)
     cats.sort(key=lambda c: c["id"])
     by_video: dict = {}
+    ann_ids: set = set()
     for a in data.get("annotations") or []:
         if isinstance(a, dict):
+            if isinstance(a.get("id"), (int, str)):  # an annotation id is the instance's track id in the shards
+                if a["id"] in ann_ids:
+                    raise InputError(f"duplicate annotation id {a['id']}", annotations)
+                ann_ids.add(a["id"])
             by_video.setdefault(a.get("video_id"), []).append(a)
     jobs = []
     seen = set()
@@ -114,6 +121,12 @@ def make_jobs(videos_dir: Path, annotations: str | None, fps: float) -> tuple[li
         if v["id"] in seen:
             raise InputError(f"duplicate video id {v['id']}", annotations)
         seen.add(v["id"])
+        # media paths come from the file: one outside --videos would pull any file of this machine into the shards
+        paths = [(k, v[k]) for k in ("video_file", "audio_file") if v.get(k)]
+        paths += [("file_names", n) for n in v.get("file_names") or []]
+        for what, p in paths:
+            if (msg := check_relpath(p)) is not None:
+                raise InputError(f"video {v['id']}: '{what}' {msg}", annotations)
         kind = "video" if v.get("video_file") else "frames"
         source = v.get("video_file") or (v.get("file_names") or [None])[0]
         times = v.get("frame_times")
@@ -121,6 +134,11 @@ def make_jobs(videos_dir: Path, annotations: str | None, fps: float) -> tuple[li
                      "annotations": by_video.get(v["id"], []), "video": v})
     jobs.sort(key=lambda j: (not isinstance(j["video_id"], int), j["video_id"] if isinstance(j["video_id"], int)
                              else str(j["video_id"])))
+    keys: dict = {}
+    for j in jobs:  # shard keys must be unique, or the reader would merge two videos
+        other = keys.setdefault(_key(j["video_id"]), j["video_id"])
+        if other != j["video_id"]:
+            raise InputError(f"video ids {other!r} and {j['video_id']!r} map to the same shard key", annotations)
     return jobs, cats
 
 
@@ -175,49 +193,75 @@ def _encode_flac(audio: np.ndarray, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
-def process(job: dict, settings: dict) -> dict:
-    """Decode one input and encode its sample. -> {"files": [(name, bytes)], "meta": ..., "warnings": [...]}."""
+def _read_input(job, settings, src, times, fps, on_frame):
+    """-> (frames, audio, has_audio, (orig_w, orig_h), duration, extra metadata)."""
     from data_tools import decode as dec
 
     root = Path(settings["videos"])
-    key = _key(job["video_id"])
-    warnings = []
-    times, fps = _frame_times(job, settings["fps"])
-    src = root / job["source"] if job["source"] else None
-    if src is None:
-        raise InputError(f"video {job['video_id']}: no video_file or file_names")
-    meta = {"video_id": job["video_id"], "key": key, "source": job["source"], "sample_rate": SAMPLE_RATE,
-            "audio_encoding": "flac-pcm16", "format_version": FORMAT_VERSION}
     if job["kind"] == "video":
         d = dec.decode(src, times=times, fps=None if times is not None else fps, max_size=settings["max_size"],
-                       sample_rate=SAMPLE_RATE)
+                       sample_rate=SAMPLE_RATE, on_frame=on_frame, keep_frames=False)
         if times is not None and times[-1] >= d.duration - 1e-6:
             raise InputError(f"annotated frame times reach {times[-1]:.3f} s but the video lasts "
                              f"{d.duration:.3f} s", src)
-        frames, audio, has_audio = d.frames, d.audio, d.has_audio
-        orig_w, orig_h, duration = d.width, d.height, d.duration
-        meta.update(shown_times=[round(float(t), 6) for t in d.shown_times], rotation=d.rotation,
-                    audio_source=job["source"] if has_audio else None)
-    else:
-        v = job["video"]
-        names = v.get("file_names") or []
-        if len(names) != len(times):
-            raise InputError(f"video {v['id']}: {len(names)} file_names for {len(times)} frame times")
-        frames = [dec.read_image(root / n, settings["max_size"]) for n in names]
-        if len({f.shape for f in frames}) != 1:
-            raise InputError(f"video {v['id']}: its frames do not all have the same size", root / names[0])
-        frames = np.stack(frames)
-        orig_w, orig_h = dec.read_image_size(root / names[0])
-        period = 1.0 / fps if fps else (float(np.median(np.diff(times))) if len(times) > 1 else 1.0)
-        duration = float(times[-1] + period)
-        n = int(round(duration * SAMPLE_RATE))
-        audio = np.zeros(n, np.float32)
-        has_audio = bool(v.get("audio_file"))
-        if has_audio:
-            a = dec.decode_audio_file(root / v["audio_file"], SAMPLE_RATE)[:n]
-            audio[:len(a)] = a
-        meta.update(shown_times=[round(float(t), 6) for t in times], rotation=0,
-                    audio_source=v.get("audio_file"))
+        extra = {"shown_times": [round(float(t), 6) for t in d.shown_times], "rotation": d.rotation,
+                 "audio_source": job["source"] if d.has_audio else None}
+        return d.frames, d.audio, d.has_audio, (d.width, d.height), d.duration, extra
+    v = job["video"]
+    names = v.get("file_names") or []
+    if len(names) != len(times):
+        raise InputError(f"video {v['id']}: {len(names)} file_names for {len(times)} frame times")
+    frames = [dec.read_image(root / n, settings["max_size"]) for n in names]
+    if len({f.shape for f in frames}) != 1:
+        raise InputError(f"video {v['id']}: its frames do not all have the same size", root / names[0])
+    period = 1.0 / fps if fps else (float(np.median(np.diff(times))) if len(times) > 1 else 1.0)
+    duration = float(times[-1] + period)
+    n = int(round(duration * SAMPLE_RATE))
+    audio = np.zeros(n, np.float32)
+    has_audio = bool(v.get("audio_file"))
+    if has_audio:
+        a = dec.decode_audio_file(root / v["audio_file"], SAMPLE_RATE)[:n]
+        audio[:len(a)] = a
+    extra = {"shown_times": [round(float(t), 6) for t in times], "rotation": 0, "audio_source": v.get("audio_file")}
+    return np.stack(frames), audio, has_audio, dec.read_image_size(root / names[0]), duration, extra
+
+
+def process(job: dict, settings: dict) -> dict:
+    """Decode one input and encode its sample. -> {"files": [(name, bytes)], "warnings": [...], counts}."""
+    key = _key(job["video_id"])
+    times, fps = _frame_times(job, settings["fps"])
+    if not job["source"]:
+        raise InputError(f"video {job['video_id']}: no video_file or file_names")
+    src = Path(settings["videos"]) / job["source"]
+    q = settings["jpeg_quality"]
+    # Pillow releases the GIL while encoding: frames are encoded by a few threads while decoding goes on
+    with ThreadPoolExecutor(max_workers=JPEG_THREADS) as pool:
+        jpegs: dict = {}
+
+        def encode(i, img):
+            jpegs[i] = pool.submit(_encode_jpeg, img, q)
+
+        try:
+            frames, audio, has_audio, (orig_w, orig_h), duration, extra = _read_input(job, settings, src, times,
+                                                                                       fps, encode)
+            sample = _sample(job, settings, key, src, times, fps, frames, audio, has_audio, orig_w, orig_h,
+                             duration, extra)
+            for t in range(len(frames)):
+                if t not in jpegs:
+                    encode(t, frames[t])
+            sample["files"] += [(f"{key}.{t:05d}.jpg", jpegs[t].result()) for t in range(len(frames))]
+            return sample
+        except BaseException:
+            for f in jpegs.values():
+                f.cancel()
+            raise
+
+
+def _sample(job, settings, key, src, times, fps, frames, audio, has_audio, orig_w, orig_h, duration, extra):
+    """Validate the annotations against the decoded frames; metadata and audio members of the sample."""
+    warnings = []
+    meta = {"video_id": job["video_id"], "key": key, "source": job["source"], "sample_rate": SAMPLE_RATE,
+            "audio_encoding": "flac-pcm16", "format_version": FORMAT_VERSION, **extra}
     if not has_audio:
         if settings["require_audio"]:
             raise InputError("no sound stream (--require-audio)", src)
@@ -255,8 +299,6 @@ def process(job: dict, settings: dict) -> dict:
                 has_audio=bool(has_audio), num_samples=int(len(audio)), instances=instances)
     files = [(f"{key}.json", json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()),
              (f"{key}.audio.flac", _encode_flac(audio, SAMPLE_RATE))]
-    q = settings["jpeg_quality"]
-    files += [(f"{key}.{t:05d}.jpg", _encode_jpeg(frames[t], q)) for t in range(T)]
     return {"files": files, "warnings": warnings, "num_frames": T, "num_instances": len(instances),
             "has_audio": bool(has_audio)}
 

@@ -156,7 +156,8 @@ class _FrameSampler:
     ``times`` (sorted) or ``fps`` (targets k / fps while they fall before the end of the last frame).
     """
 
-    def __init__(self, times, fps, max_size):
+    def __init__(self, times, fps, max_size, on_frame=None, keep=True):
+        self.on_frame, self.keep = on_frame, keep
         self.times = None if times is None else np.asarray(times, dtype=np.float64)
         self.fps = fps
         self.max_size = max_size
@@ -192,8 +193,11 @@ class _FrameSampler:
             t = self._target(self.k)
             if t is None or t >= limit - TIME_EPS:
                 return
-            self.out.append(self._rgb())
+            rgb = self._rgb()
+            self.out.append(rgb if self.keep else np.empty(rgb.shape[:2] + (0,), np.uint8))
             self.shown.append(self.prev[0])
+            if self.on_frame is not None:
+                self.on_frame(self.k, rgb)
             self.k += 1
 
     def push(self, t, frame):
@@ -219,12 +223,15 @@ class _FrameSampler:
 
 
 def decode(path: str | os.PathLike, times=None, fps: float | None = None, max_size: int | None = None,
-           sample_rate: int = AUDIO_RATE, audio: bool = True) -> Decoded:
+           sample_rate: int = AUDIO_RATE, audio: bool = True, on_frame=None, keep_frames: bool = True) -> Decoded:
     """Decode a video file once: the frames shown at ``times`` (or every 1/``fps`` s) and, if ``audio``, the sound.
 
     ``times`` are seconds on the frame timeline (sorted ascending); with ``fps`` the targets are ``k / fps``
     for every k whose time falls before the end of the last frame. The audio (mono, ``sample_rate``) has
-    ``round(duration * sample_rate)`` samples, zeros where the file has no sound.
+    ``round(duration * sample_rate)`` samples, zeros where the file has no sound. ``on_frame(index, rgb)``, if
+    given, is called as soon as each output frame is known (to encode it while decoding goes on); with
+    ``keep_frames=False`` the frames are not stacked into ``Decoded.frames`` (it is then T x H x W x 0, giving
+    only the shape), which saves a copy of every frame when ``on_frame`` consumes them.
     """
     path = os.fspath(path)
     if (times is None) == (fps is None):
@@ -245,7 +252,7 @@ def decode(path: str | os.PathLike, times=None, fps: float | None = None, max_si
         header_duration = _stream_seconds(vs.duration, vtb) or 0.0
         header_frames = int(vs.frames or 0)
         rate = float(vs.average_rate or vs.guessed_rate or 0) or None
-        sampler = _FrameSampler(times, fps, max_size)
+        sampler = _FrameSampler(times, fps, max_size, on_frame, keep_frames)
         t0 = None  # pts (seconds) of the first frame = time 0 of the frame timeline
         last_t, last_dur, n_frames = None, None, 0
         chunks: list[tuple[float, np.ndarray]] = []  # (start seconds, mono samples at the native rate)
@@ -307,7 +314,7 @@ def decode(path: str | os.PathLike, times=None, fps: float | None = None, max_si
             raise InputError(f"truncated: decodes to {duration:.2f} s of the {header_duration:.2f} s its header "
                              "announces", path)
         sampler.finish(duration)
-        frames = np.stack(sampler.out) if sampler.out else np.zeros((0, 0, 0, 3), np.uint8)
+        frames = np.stack(sampler.out) if sampler.out else np.zeros((0, 0, 0, 3 if keep_frames else 0), np.uint8)
         frame_times = times if times is not None else np.arange(len(sampler.out), dtype=np.float64) / fps
         w, h = vs.codec_context.width, vs.codec_context.height
         if sampler.rotation in (90, 270):

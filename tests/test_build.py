@@ -202,8 +202,10 @@ def test_sigkill_then_resume_gives_the_same_shards(tmp_path, many_videos):
     assert _shard_sums(out) == ref
     assert all((out / n).stat().st_mtime_ns == t for n, t in mtimes.items())  # finished work was kept
     assert not list(out.glob(".shard-*"))
-    # a finished build resumes to nothing
+    # a finished build resumes to nothing; other settings refuse to resume it
     assert build(*args, "--out", out, "--resume") == 0
+    assert _shard_sums(out) == ref
+    assert build(*args, "--out", out, "--resume", "--jpeg-quality", 50) == 2
     assert _shard_sums(out) == ref
 
 

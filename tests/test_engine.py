@@ -168,6 +168,7 @@ def _train_proc(run: Path, *extra: str) -> subprocess.CompletedProcess:
     return _run(args)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_same_losses(tmp_path):
     full = _train_proc(tmp_path / "full")
     assert full.returncode == 0, full.stderr[-2000:]
@@ -189,6 +190,7 @@ def test_kill_and_resume_gives_the_same_losses(tmp_path):
 
 # ------------------------------------------------------------------ torchrun, 2 CPU processes
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gloo(tmp_path):
     run, trace = tmp_path / "run", tmp_path / "trace"
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -221,3 +223,51 @@ def test_bad_checkpoint_is_one_line(tmp_path):
     bad.write_bytes(b"garbage")
     p = run_cli("eval", "--checkpoint", bad, "--out", tmp_path / "o")
     assert p.returncode == 2 and "not a loadable checkpoint" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_multirun_sweep_and_errors(tmp_path, capsys):
+    rc = avis_cli.main(["train", "-m", "experiment=toy_av,toy_visual", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                        "trainer.max_steps=2", "trainer.eval_every=0", *FAST])
+    assert rc == 0
+    for job, audio in (("0", True), ("1", False)):
+        ck = ckpt_io.load(tmp_path / "sweep" / job / "checkpoints" / "last.pt")
+        assert ck["step"] == 2 and (f"uses_audio: {str(audio).lower()}" in ck["config"])
+    # a missing checkpoint to resume from is the user's error: one line, exit 2
+    rc = avis_cli.main(["train", "experiment=toy_av", f"hydra.run.dir={tmp_path / 'r'}",
+                        f"trainer.resume={tmp_path / 'nope.pt'}", *FAST])
+    assert rc == 2 and "checkpoint not found" in capsys.readouterr().err
+
+
+def _compose(*overrides):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from avis.engine.config import config_dir
+
+    with initialize_config_dir(str(config_dir()), version_base=None):
+        return OmegaConf.to_container(compose("train", overrides=list(overrides)))
+
+
+def test_default_recipe_is_the_papers_and_arms_differ_only_in_audio():
+    cfg = _compose("experiment=rcf_av")
+    o = cfg["optim"]
+    assert o["optimizer"]["_target_"] == "torch.optim.AdamW" and o["optimizer"]["lr"] == 6e-4
+    assert o["optimizer"]["weight_decay"] == 1e-4 and o["backbone_lr_mult"] == 0.1
+    assert o["scheduler"]["power"] == 0.9 and cfg["trainer"]["max_steps"] == 60000
+    assert cfg["data"]["batch_size"] == 16 and len(cfg["data"]["scales"]) > 1 and cfg["trainer"]["amp"]
+    swin = _compose("experiment=rcf_av", "optim=adamw_swin")["optim"]
+    assert (swin["optimizer"]["lr"], swin["optimizer"]["weight_decay"], swin["backbone_lr_mult"]) == (3e-4, 1e-2, 1.0)
+    for av, vis in (("rcf_av", "rcf_visual"), ("rcf_av_tiny", "rcf_visual_tiny"), ("toy_av", "toy_visual")):
+        a, b = _compose(f"experiment={av}"), _compose(f"experiment={vis}")
+        assert a["audio"]["enabled"] and not b["audio"]["enabled"] and b["audio"]["encoder"] is None
+        a.pop("audio"), b.pop("audio")
+        assert a == b, (av, vis)
+
+
+def test_train_from_python_without_the_app(tmp_path):
+    from avis.engine.config import compose
+    from avis.engine.loop import train
+
+    out = train(compose(["experiment=toy_visual", "trainer.max_steps=3", "trainer.eval_every=0", *FAST],
+                        out_dir=tmp_path / "run"))
+    assert out["step"] == 3 and (tmp_path / "run" / "checkpoints" / "last.pt").is_file()

@@ -35,6 +35,7 @@ def shards(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["rcf_av_tiny", "rcf_visual_tiny"])
 def test_rcf_tiny_trains_and_evaluates_from_shards(shards, tmp_path, experiment):
     run = tmp_path / "run"
@@ -71,6 +72,7 @@ def test_rcf_tiny_trains_and_evaluates_from_shards(shards, tmp_path, experiment)
     assert json.loads((out2 / "metrics.json").read_text())["metrics"] == summary["metrics"]
 
 
+@pytest.mark.slow
 def test_infer_on_a_real_mp4_writes_results_and_an_overlay_with_sound(tmp_path):
     pytest.importorskip("data_tools.decode")
     pytest.importorskip("data_tools.exporters.overlay")

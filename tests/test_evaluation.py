@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 
+import avis.evaluation.ytvis_eval as ye
 from avis.evaluation.samples import instance_samples
 from avis.evaluation.ytvis_eval import STAT_KEYS, evaluate, video_iou
 from avis.io import masks as mask_io
@@ -138,6 +139,11 @@ def test_area_ranges_use_average_nonempty_area():
     fp_small = res(1, 1, 0.95, [box(350, 350, 360, 360, h, w)] + [None] * 3)
     s2 = stats(gt, [fp_small, *results])
     assert s2["APm"] == pytest.approx(1) and s2["APs"] < 0.99
+    # a prediction's average skips zero-area frames too: 22500 (medium, a false positive there), not 11250
+    empty = mask_io.encode(np.zeros((h, w), np.uint8))
+    fp_med = res(1, 1, 0.95, [box(200, 200, 350, 350, h, w), empty, None, None])
+    s3 = stats(gt, [fp_med, *results])
+    assert s3["APm"] < 0.99 and s3["APs"] == pytest.approx(1)
     # the ground truth's average comes from its 'areas' field, not from its masks
     gt["annotations"][1]["areas"] = [30000]
     assert stats(gt, results)["APm"] == pytest.approx(1.0) and stats(gt, results)["APs"] == -1.0
@@ -306,17 +312,44 @@ def random_case(rng, n_videos=4, T=4, n_cats=3):
                 ms = [blob(m) for m in ms]
             else:
                 c, ms = int(rng.integers(1, n_cats + 1)), [blob() for _ in range(T)]
+            ms = [m * (rng.random() > 0.05) for m in ms]  # some empty (zero-area) frames
             segs = [None if rng.random() < 0.15 else mask_io.encode(m) for m in ms]
             results.append(res(v, c, float(rng.integers(1, 6)) / 5, segs))  # few distinct scores -> ties
     return gt_file({v: T for v in range(1, n_videos + 1)}, anns, n_cats=n_cats), results
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_random_cases_agree_with_reference(seed):
+def test_random_cases_agree_with_reference(seed, monkeypatch):
     gt, results = random_case(np.random.default_rng(seed))
-    got = stats(gt, results)
-    ref = reference(gt, results)
-    assert [got[k] for k in STAT_KEYS] == [float(x) for x in ref]
+    ref = [float(x) for x in reference(gt, results)]
+    backends = ["numba", "pycocotools"] if ye.rle_kernels.AVAILABLE else ["pycocotools"]
+    for backend in backends:  # both video IoU paths: compiled RLE kernels and batched pycocotools calls
+        monkeypatch.setattr(ye, "BACKEND", backend)
+        got = stats(gt, results)
+        assert [got[k] for k in STAT_KEYS] == ref, backend
+
+
+@pytest.mark.skipif(not ye.rle_kernels.AVAILABLE, reason="numba not installed")
+def test_rle_kernels_match_pycocotools():
+    from pycocotools import mask as mask_utils
+
+    from avis.evaluation.rle_kernels import RleTable
+
+    rng = np.random.default_rng(0)
+    masks = (rng.random((40, 37, 23)) < rng.random((40, 1, 1))).astype(np.uint8)  # empty to full, many runs
+    masks[0] = 0
+    masks[1] = 1
+    rles = mask_io.encode_many(masks)
+    counts = [r["counts"] for r in rles]
+    counts[3] = counts[3].encode("ascii")  # bytes counts are accepted too
+    table = RleTable(counts)
+    assert table.areas.tolist() == [int(m.sum()) for m in masks]
+    assert set(table.totals.tolist()) == {37 * 23}
+    a, b = np.meshgrid(np.arange(40), np.arange(40), indexing="ij")
+    inter = table.intersections(a.ravel(), b.ravel())
+    expected = [int(mask_utils.area(mask_utils.merge([rles[i], rles[j]], intersect=True)))
+                for i, j in zip(a.ravel(), b.ravel())]
+    assert inter.tolist() == expected
 
 
 def test_workers_give_identical_results():
@@ -370,4 +403,4 @@ def test_cli_score_bad_input(tmp_path, cli):
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "res.json").write_text(json.dumps([res(9, 1, 0.5, [box(0, 0, 5, 5)])]))
     p = cli("score", "--gt", tmp_path / "gt.json", "--results", tmp_path / "res.json")
-    assert p.returncode == 2 and "video_id 9" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 2 and "video 9: unknown video_id" in p.stderr and "Traceback" not in p.stderr

@@ -4,6 +4,7 @@ check on synthetic moving shapes."""
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import pytest
@@ -48,10 +49,9 @@ class StubAudio(nn.Module):
 
 
 def audio_encoder():
-    try:  # the real small audio branch once it is on main
-        from avis.models.audio import audio_tokens_tiny
-    except ImportError:
-        return StubAudio()
+    """The audio branch's CPU preset (splits into per-frame features + tokens: cached online)."""
+    from avis.models.audio import audio_tokens_tiny
+
     return audio_tokens_tiny()
 
 
@@ -169,16 +169,27 @@ def test_audio_off_is_same_model_without_audio_tokens():
     assert extra and all(k.startswith("fusion.audio_tokens.") for k in extra)
 
 
+def test_training_takes_precomputed_audio_features():
+    model = rcf.rcf_tiny(3, delta=1, audio_encoder=audio_encoder()).eval()
+    batch = make_batch(2, 2)
+    with torch.no_grad():
+        feats = model.fusion.audio_tokens.encoder.frame_features(batch["audio"])
+        ref = model(batch)
+        pre = model(dict(batch, audio_features=feats.half(), audio=None))
+    for k in ref:
+        torch.testing.assert_close(ref[k], pre[k], atol=2e-3, rtol=2e-3)
+
+
 def test_audio_changes_output_only_where_present():
     model = rcf.rcf_tiny(3, delta=2, audio_encoder=audio_encoder()).eval()
     a = make_batch(2, 3, has_audio=torch.tensor([True, False]))
-    b = dict(a, audio=a["audio"] * 3 + 1)
+    b = dict(a, audio=torch.zeros_like(a["audio"]))  # noise vs silence
     with torch.no_grad():
         la, ma, _ = outputs(model, a)
         lb, mb, _ = outputs(model, b)
-    assert not torch.allclose(la[:, 0], lb[:, 0], atol=1e-4)  # heard: audio matters
-    torch.testing.assert_close(la[:, 1], lb[:, 1])  # silent video: audio tokens are masked out
-    torch.testing.assert_close(ma[:, 1], mb[:, 1])
+    assert (la[:, 0] - lb[:, 0]).abs().max() > 1e-4  # heard: audio matters
+    torch.testing.assert_close(la[:, 1], lb[:, 1], atol=1e-6, rtol=0)  # no sound: audio tokens masked out
+    torch.testing.assert_close(ma[:, 1], mb[:, 1], atol=1e-6, rtol=0)
 
 
 def test_reference_weight_map_and_pooling():
@@ -245,19 +256,24 @@ def test_no_object_weight():
 @pytest.mark.parametrize("delta", [0, 1, 3, 5])
 def test_backbone_runs_once_per_frame(delta):
     model = rcf.rcf_tiny(3, delta=delta, audio_encoder=audio_encoder()).eval()
-    calls = []
+    calls, audio_calls = [], []
     model.backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    model.fusion.audio_tokens.encoder.extractor.register_forward_hook(
+        lambda m, i, o: audio_calls.append(i[0].shape[:-1].numel()))
     frames = torch.randint(0, 256, (7, 3, 32, 48), dtype=torch.uint8)
     tracks = model.predict_video(frames, torch.randn(7, 800))
     assert calls == [1] * 7
+    assert audio_calls == [1] * 7  # the audio backbone too: per-frame audio features are cached
     assert all(m.shape == (32, 48) and m.dtype == torch.bool for t in tracks for m in t.masks.values())
 
 
-@pytest.mark.parametrize("with_audio", [False, True])
-def test_online_step_equals_clip_computation(with_audio):
-    """At frame t the references are frames t-delta..t-1 clamped at 0 (the first frame repeated)."""
+@pytest.mark.parametrize("encoder", ["none", "split", "plain"])
+def test_online_step_equals_clip_computation(encoder):
+    """At frame t the references are frames t-delta..t-1 clamped at 0 (the first frame repeated); audio
+    features cached per frame (split encoder) or windows re-encoded (plain encoder) give the same result."""
     delta = 3
-    model = rcf.rcf_tiny(3, delta=delta, audio_encoder=audio_encoder() if with_audio else None).eval()
+    enc = {"none": None, "split": audio_encoder(), "plain": StubAudio()}[encoder]
+    model = rcf.rcf_tiny(3, delta=delta, audio_encoder=enc).eval()
     g = torch.Generator().manual_seed(5)
     frames = torch.randint(0, 256, (5, 3, H, W), dtype=torch.uint8, generator=g)
     audio = torch.randn(5, 1600, generator=g)
@@ -364,3 +380,45 @@ def test_tiny_overfits_two_clips_and_segments_them():
             assert tracks[best].label == gi
             assert ious[best].min() > 0.8, ious[best]
             assert tracks[best].score > 0.4
+
+
+def test_audio_model_without_audio_equals_silent_clip():
+    """step(..., audio=None) masks the audio tokens: same output as any audio with has_audio False."""
+    model = rcf.rcf_tiny(3, delta=1, audio_encoder=audio_encoder()).eval()
+    frames = torch.randint(0, 256, (2, 3, H, W), dtype=torch.uint8)
+    state = model.init_state()
+    for t in range(2):
+        model.step(state, frames[t], None)
+    batch = {"frames": frames[None], "audio": torch.randn(1, 2, 1600), "has_audio": torch.tensor([False])}
+    with torch.no_grad():
+        logits, masks, _ = outputs(model, batch)
+    torch.testing.assert_close(state.probs[1], logits[-1, 0].softmax(-1), atol=1e-4, rtol=1e-4)
+
+
+def test_bench_variants_are_pluggable(monkeypatch, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_online.py"
+    spec = importlib.util.spec_from_file_location("bench_online", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_online", bench)  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "WIDTH", 48)
+    monkeypatch.setattr(bench, "HEIGHT", 32)
+    monkeypatch.setattr(bench, "WINDOW", 800)
+    variants = [bench.backbone_alone("tiny backbone", lambda: rcf.rcf_tiny(3).backbone),
+                bench.method("rcf_tiny delta=1", lambda: rcf.rcf_tiny(3, 1)),
+                bench.method("rcf_tiny audio", lambda: rcf.rcf_tiny(3, 2, audio_encoder=StubAudio()))]
+    med = bench.run(variants, frames=2, warmup=1, device=torch.device("cpu"), amp=False)
+    assert set(med) == {v.name for v in variants} and all(t > 0 for t in med.values())
+
+
+def test_hydra_instantiates_builders():
+    from hydra.utils import instantiate
+
+    model = instantiate({"_target_": "avis.models.rcf.rcf_tiny", "num_classes": 4, "delta": 2, "num_queries": 6,
+                         "audio_encoder": {"_target_": "avis.models.audio.audio_tokens_tiny", "out_channels": 32}})
+    assert isinstance(model, rcf.RCF) and model.clip_length == 3 and model.uses_audio
+    assert model.heads.cls.out_features == 5 and model.instance_decoder.query_pos.num_embeddings == 6
+    assert isinstance(model.fusion.audio_tokens.proj, nn.Identity)  # C_a = C' = 32: no projection

@@ -18,6 +18,7 @@ worker count give the same batches. Pass ``seed + epoch`` for a different order 
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from avis.data.shards import decode_sample, expand_shards, load_manifest, sample_meta
-from avis.errors import ConfigError
+from avis.errors import ConfigError, InputError
 from avis.models.audio.windows import DEFAULT_ETA, frame_windows
 
 
@@ -68,16 +69,28 @@ def make_clip(sample: dict, target: int, clip_length: int, label_of: dict, eta: 
 class _Clips:
     """Pipeline stage: samples -> ``clips_per_video`` clips each, target frames drawn at random."""
 
-    def __init__(self, clip_length, label_of, clips_per_video, seed, eta):
+    def __init__(self, clip_length, label_of, clips_per_video, seed, eta, on_error="fail"):
         self.clip_length, self.label_of, self.clips_per_video = clip_length, label_of, clips_per_video
-        self.seed, self.eta = seed, eta
+        self.seed, self.eta, self.on_error = seed, eta, on_error
 
     def __call__(self, src):
         rng = random.Random(_worker_seed(self.seed, 1))
         for sample in src:
-            n = int(sample_meta(sample)["num_frames"])
-            for _ in range(self.clips_per_video):
-                yield make_clip(sample, rng.randrange(n), self.clip_length, self.label_of, self.eta)
+            try:
+                n = int(sample_meta(sample)["num_frames"])
+                # webdataset hands out the members read before a shard's damage as a (partial) sample
+                missing = [k for k in ["audio.flac", *(f"{i:05d}.jpg" for i in range(n))] if k not in sample]
+                if missing:
+                    raise InputError(f"sample {sample.get('__key__')}: incomplete (no {missing[0]})",
+                                     sample.get("__url__"))
+                clips = [make_clip(sample, rng.randrange(n), self.clip_length, self.label_of, self.eta)
+                         for _ in range(self.clips_per_video)]
+            except InputError as e:
+                if self.on_error == "fail":
+                    raise
+                warnings.warn(f"skipping a sample: {e}", stacklevel=1)
+                continue
+            yield from clips
 
 
 def _as_hw(size) -> tuple[int, int]:
@@ -147,7 +160,7 @@ def category_ids(shards: list[str], categories=None) -> list[int]:
 def make_clip_pipeline(shards, clip_length: int, batch_size: int, size, *, shuffle: bool = True,
                        resampled: bool = False, seed: int = 0, clips_per_video: int = 1, shuffle_buffer: int = 64,
                        scales: Sequence | None = None, categories=None, eta: float = DEFAULT_ETA,
-                       partial: bool = True):
+                       partial: bool = True, on_error: str = "warn"):
     """The webdataset pipeline yielding batches; see :func:`make_clip_loader`."""
     import webdataset as wds
 
@@ -160,10 +173,13 @@ def make_clip_pipeline(shards, clip_length: int, batch_size: int, size, *, shuff
         stages = [wds.ResampledShards(urls, seed=seed, deterministic=True)]
     else:
         stages = [wds.SimpleShardList(urls, seed=seed if shuffle else None), wds.split_by_node, wds.split_by_worker]
-    stages.append(wds.tarfile_to_samples())
+    if on_error not in ("warn", "fail"):
+        raise ConfigError(f"on_error must be 'warn' or 'fail', got {on_error!r}")
+    # warn: a corrupt shard is skipped with a warning (what was read before the damage is kept)
+    stages.append(wds.tarfile_to_samples(handler=wds.warn_and_continue if on_error == "warn" else wds.reraise_exception))
     if shuffle:
         stages.append(_Shuffle(shuffle_buffer, seed))
-    stages.append(_Clips(clip_length, label_of, clips_per_video, seed, eta))
+    stages.append(_Clips(clip_length, label_of, clips_per_video, seed, eta, on_error))
     stages.append(wds.batched(batch_size, collation_fn=ClipCollate(size, scales, seed), partial=partial))
     return wds.DataPipeline(*stages)
 
@@ -187,7 +203,8 @@ def make_clip_loader(shards, clip_length: int, batch_size: int, size, num_worker
     shards: pattern, folder or list (see :func:`avis.data.shards.expand_shards`); clip_length: frames per clip
     (1 + delta, or T); size: (H, W) or int; resampled: infinite stream of shards drawn with replacement (set
     the number of steps in the training loop); other keyword arguments go to :func:`make_clip_pipeline`
-    (clips_per_video, shuffle_buffer, scales, categories, eta, partial). With torchrun, shards are split by
+    (clips_per_video, shuffle_buffer, scales, categories, eta, partial, on_error: "warn" (default) skips
+    corrupt shards with a warning). With torchrun, shards are split by
     rank (finite mode), so give each rank at least one shard per DataLoader worker.
     """
     pipeline = make_clip_pipeline(shards, clip_length, batch_size, size, shuffle=shuffle, resampled=resampled,

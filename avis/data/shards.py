@@ -98,22 +98,28 @@ def iter_samples(path: str | os.PathLike) -> Iterator[dict]:
             for m in tar:
                 if not m.isfile():
                     continue
+                if _escapes(m.name):  # never written anywhere, but a shard that tries this is not ours
+                    raise InputError(f"member name {m.name!r} is absolute or goes up with '..'", path)
                 base = os.path.basename(m.name)
                 if "." not in base:
                     continue
                 if m.size > MAX_MEMBER_BYTES:
                     raise InputError(f"member {m.name} is {m.size} bytes; refusing to read it", path)
                 key, suffix = base.split(".", 1)
-                data = tar.extractfile(m).read()
                 if sample is None or sample["__key__"] != key:
-                    if sample is not None:
+                    if sample is not None:  # complete: hand it out before reading on (the rest may be damaged)
                         yield sample
                     sample = {"__key__": key, "__url__": path}
-                sample[suffix] = data
+                sample[suffix] = tar.extractfile(m).read()
     except (tarfile.TarError, OSError, EOFError) as e:
         raise InputError(f"unreadable shard ({e})", path) from None
     if sample is not None:
         yield sample
+
+
+def _escapes(name: str) -> bool:
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":")
 
 
 def sample_meta(sample: dict) -> dict:
@@ -145,13 +151,21 @@ def decode_sample(sample: dict, frames: Iterable[int] | None = None, audio: bool
     T = int(meta["num_frames"])
     idx = list(range(T)) if frames is None else [int(i) for i in frames]
     url = sample.get("__url__")
-    try:
-        imgs = [decode_jpeg(sample[f"{i:05d}.jpg"]) for i in idx]
-    except KeyError as e:
-        raise InputError(f"sample {meta.get('key')}: frame {e} missing", url) from None
+    imgs = []
+    for i in idx:
+        name = f"{i:05d}.jpg"
+        if name not in sample:
+            raise InputError(f"sample {meta.get('key')}: frame '{name}' missing", url)
+        try:
+            imgs.append(decode_jpeg(sample[name]))
+        except (OSError, ValueError) as e:  # PIL: unidentified or truncated image
+            raise InputError(f"sample {meta.get('key')}: frame {name}: unreadable JPEG ({e})", url) from None
     H, W = int(meta["height"]), int(meta["width"])
     frames_arr = np.stack(imgs) if imgs else np.zeros((0, H, W, 3), np.uint8)
-    wav = decode_audio(sample["audio.flac"]) if audio and "audio.flac" in sample else np.zeros(0, np.float32)
+    try:
+        wav = decode_audio(sample["audio.flac"]) if audio and "audio.flac" in sample else np.zeros(0, np.float32)
+    except (RuntimeError, ValueError, OSError) as e:  # soundfile: corrupt FLAC
+        raise InputError(f"sample {meta.get('key')}: unreadable audio ({e})", url) from None
     instances = []
     for inst in meta.get("instances", []):
         segs = inst["segmentations"]

@@ -12,7 +12,9 @@ A checkpoint is a dict of tensors and plain containers only::
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -50,18 +52,32 @@ def save(path: str | os.PathLike, ckpt: dict) -> None:
     """Atomic: the file is complete or absent, and an older checkpoint of the same name survives a crash."""
     ckpt = {"format": FORMAT, "version": 1, **ckpt}
     with atomic_open(path, "wb") as f:
-        torch.save(ckpt, f)
+        try:
+            torch.save(ckpt, f)
+        except RuntimeError as e:
+            # torch's zip writer turns a failed write (disk full) into "unexpected pos": report the cause
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
 
 
 def load(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise InputError("checkpoint not found", path)
+    if path.stat().st_size == 0:
+        raise InputError("not a loadable checkpoint (empty file)", path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's text suggests weights_only=False: exactly what a hostile file wants; name what it holds instead
+        g, op = re.search(r"GLOBAL (\S+)", str(e)), re.search(r"Unsupported operand (\d+)", str(e))
+        what = f": {g.group(1)}" if g else (f": pickle opcode {op.group(1)}" if op else "")
+        raise InputError("not a loadable checkpoint (it holds pickled objects other than tensors and plain "
+                         f"containers{what}; refusing to unpickle them)", path) from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure means an unusable file
-        raise InputError(f"not a loadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
-                         path) from None
+        first = (str(e).splitlines() or [""])[0][:200]  # some errors have no message at all
+        raise InputError(f"not a loadable checkpoint ({type(e).__name__}: {first})", path) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise InputError("not an avis checkpoint (no 'format: avis-checkpoint' entry)", path)
     return ckpt

@@ -23,3 +23,18 @@ def config_dir() -> Path:
             return c.resolve()
     raise ConfigError(f"cannot find the hydra configs (train.yaml) in {', '.join(map(str, candidates))}; "
                       f"set {ENV_VAR}")
+
+
+def compose(overrides=(), out_dir: str | os.PathLike | None = None):
+    """The training config outside the hydra app (scripts, notebooks): ``train(compose([...], "runs/x"))``.
+
+    ``out_dir`` replaces ``trainer.out_dir`` (hydra's run folder, which exists only inside the app).
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(str(config_dir()), version_base=None):
+        cfg = hydra_compose("train", overrides=list(overrides))
+    if out_dir is not None:
+        cfg.trainer.out_dir = os.fspath(out_dir)
+    return cfg

@@ -226,7 +226,13 @@ class _EpochClips(IterableDataset):
         for unit in units:
             for video in s.source.videos(unit):
                 for _ in range(s.clips_per_video):
-                    clip = sample_clip(video, s.categories, s.clip_length, rng, s.eta)
+                    try:
+                        clip = sample_clip(video, s.categories, s.clip_length, rng, s.eta)
+                    except InputError as e:  # a corrupt frame: the source's on_error says skip or stop
+                        if getattr(s.source, "on_error", "fail") == "fail":
+                            raise
+                        log.warning("skipping a video: %s", e)
+                        break
                     clip["_unit"] = unit
                     buf.append(clip)
                     if len(buf) >= s.shuffle_buffer:
@@ -331,10 +337,17 @@ class ShardSource:
     ``pattern``: what ``avis.data.expand_shards`` takes (glob, brace pattern, folder, list). Categories come
     from the ``manifest.json`` beside the shards, or ``categories`` (a YTVIS JSON path or a list of
     ``{"id", "name"}``). ``videos(unit)`` yields lazy videos for training; ``full_videos(unit)`` decoded ones.
+    ``on_error``: what training does with a shard it cannot read (truncated, corrupt, bad metadata): ``"warn"``
+    skips the rest of that shard (or the bad sample) with a warning, ``"fail"`` stops with the error.
+    Evaluation (``full_videos``) always fails: a skipped video would silently change the metrics.
     """
 
-    def __init__(self, pattern, categories=None):
+    def __init__(self, pattern, categories=None, on_error: str = "warn"):
         from avis.data.shards import expand_shards, load_manifest
+
+        if on_error not in ("warn", "fail"):
+            raise ConfigError(f"on_error must be 'warn' or 'fail', got {on_error!r}")
+        self.on_error = on_error
 
         self.files = expand_shards(pattern if isinstance(pattern, str) else list(pattern))
         for f in self.files:
@@ -358,8 +371,21 @@ class ShardSource:
     def videos(self, unit: str):
         from avis.data.shards import iter_samples
 
-        for sample in iter_samples(unit):
-            yield _ShardVideo(sample)
+        try:
+            for sample in iter_samples(unit):
+                try:
+                    video = _ShardVideo(sample)
+                except InputError as e:
+                    self._skip(e, "this sample")
+                    continue
+                yield video
+        except InputError as e:  # the tar itself is damaged: what was read before it is kept
+            self._skip(e, "the rest of this shard")
+
+    def _skip(self, e: InputError, what: str) -> None:
+        if self.on_error == "fail":
+            raise e
+        log.warning("skipping %s: %s (data.train.on_error=fail to stop instead)", what, e)
 
     def full_videos(self, unit: str):
         from avis.data import iter_videos

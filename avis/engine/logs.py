@@ -24,7 +24,7 @@ class ScalarLog:
             self.path.unlink(missing_ok=True)
         elif self.path.exists():
             keep = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+                    if (rec := _record(line)) is not None and rec.get("step", 0) <= resume_step]
             with atomic_open(self.path, "w") as f:
                 f.write("".join(line + "\n" for line in keep))
         self.tb = None
@@ -51,6 +51,15 @@ class ScalarLog:
             self.tb.close()
 
 
+def _record(line: str) -> dict | None:
+    """One JSONL record, or None for a blank line or a last line torn by a kill mid-write."""
+    try:
+        rec = json.loads(line) if line.strip() else None
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
 def read_jsonl(path: str | os.PathLike, kind: str | None = "train") -> list[dict]:
-    recs = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    recs = [r for line in Path(path).read_text().splitlines() if (r := _record(line)) is not None]
     return [r for r in recs if kind is None or r.get("kind") == kind]

@@ -37,7 +37,8 @@ def seed_all(seed: int) -> None:
 def set_deterministic(on: bool) -> None:
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(on, warn_only=True)
+    if on or torch.are_deterministic_algorithms_enabled():  # the call imports torch._dynamo (seconds)
+        torch.use_deterministic_algorithms(on, warn_only=True)
     torch.backends.cudnn.deterministic = on
     torch.backends.cudnn.benchmark = not on
 

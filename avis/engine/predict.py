@@ -58,7 +58,7 @@ def video_ground_truth(video, categories: list[dict], next_ann_id: int) -> tuple
             r = mask_io.encode(m)
             segs.append(r), areas.append(mask_io.area(r)), boxes.append(mask_io.bbox(r))
         anns.append({"id": next_ann_id + k, "video_id": vid, "category_id": int(categories[inst["label"]]["id"]),
-                     "iscrowd": 0, "segmentations": segs, "areas": areas, "bboxes": boxes,
+                     "iscrowd": inst["iscrowd"], "segmentations": segs, "areas": areas, "bboxes": boxes,
                      "instance_id": inst["instance_id"]})
     return entry, anns
 

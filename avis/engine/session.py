@@ -21,8 +21,37 @@ class Loaded:
     device: torch.device
 
 
+# A checkpoint's config is instantiated by hydra, so its ``_target_`` entries name code that will run: a
+# downloaded checkpoint may only name the toolkit's own builders and torch's optimisers / modules.
+TRUSTED_TARGETS = ("avis.", "torch.optim.", "torch.nn.")
+
+
+def untrusted_targets(node) -> list[str]:
+    """The ``_target_`` values of a config (plain containers) outside :data:`TRUSTED_TARGETS`."""
+    found = []
+    if isinstance(node, dict):
+        t = node.get("_target_")
+        if t is not None and not (isinstance(t, str) and t.startswith(TRUSTED_TARGETS)):
+            found.append(str(t))
+        for v in node.values():
+            found += untrusted_targets(v)
+    elif isinstance(node, list):
+        for v in node:
+            found += untrusted_targets(v)
+    return found
+
+
 def load_trained(path, device: str = "auto", overrides: list[str] | None = None) -> Loaded:
     state = ckpt_io.load(path)
+    if not isinstance(state.get("config"), str):
+        raise InputError("checkpoint has no config", path)
+    try:
+        bad = untrusted_targets(OmegaConf.to_container(OmegaConf.create(state["config"]), resolve=False))
+    except Exception as e:  # noqa: BLE001 - malformed YAML is the file's fault
+        raise InputError(f"checkpoint config is not valid YAML ({str(e).splitlines()[0][:200]})", path) from None
+    if bad:
+        raise InputError(f"checkpoint config names code outside avis/torch to run ({', '.join(bad[:3])}); "
+                         "refusing to load it", path)
     try:
         cfg = OmegaConf.create(state["config"])
         if overrides:

@@ -24,6 +24,9 @@ from avis.errors import AvisError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-m", "--multirun", action="store_true", help="hydra multirun: sweep over a,b,c values")
+    parser.add_argument("--cfg", choices=["job", "hydra", "all"], help="print the composed config and exit")
+    parser.add_argument("--resolve", action="store_true", help="with --cfg: resolve interpolations")
     parser.add_argument("overrides", nargs=argparse.REMAINDER,
                         help="hydra overrides (key=value, group=option, -m for a multirun sweep, --cfg job to "
                              "print the config)")
@@ -31,9 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
+    if args.multirun:
+        overrides.insert(0, "--multirun")
+    if args.cfg:
+        overrides += ["--cfg", args.cfg] + (["--resolve"] if args.resolve else [])
     if int(os.environ.get("RANK", "0")) != 0:
         # Only rank 0 writes hydra's output folder and logs.
         overrides += ["hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+        if not any(o.startswith("hydra.run.dir=") for o in overrides):
+            overrides.append("hydra.run.dir=.")  # its own timestamp would name a second, empty folder
     errors: list[BaseException] = []
     results: list[dict] = []
 
@@ -43,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             check_config(cfg)
             results.append(train(cfg))
-        except AvisError as e:  # hand our one-line errors to the CLI instead of hydra's report
+        except (AvisError, OSError) as e:  # hand one-line errors (ours, a full disk) to the CLI, not hydra's report
             errors.append(e)
 
     saved = sys.argv

@@ -56,7 +56,7 @@ def format_table(stats: dict[str, float]) -> str:
 def format_per_category(ev: Evaluation) -> str:
     rows = ev.per_category()
     w = max([len(r["name"]) for r in rows] + [8])
-    lines = [f"{'category':<{w}}  {'id':>4}  {'inst':>5}  {'AP':>6}  {'AP50':>6}  {'AP75':>6}  {'AR100':>6}"]
+    lines = [f"{'category':<{w}}  {'id':>4}  {'inst':>5}  {'AP':>6}  {'AP50':>6}  {'AP75':>6}  {'AR100':>6}   (in %)"]
     for r in rows:
         vals = "  ".join(f"{r[k] * 100:6.1f}" if r[k] >= 0 else f"{'-':>6}" for k in ("AP", "AP50", "AP75", "AR100"))
         lines.append(f"{r['name']:<{w}}  {r['category_id']:>4}  {r['instances']:>5}  {vals}")
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
     gt = load_annotations(args.gt)
-    results = load_results(args.results)
+    results = load_results(args.results, gt=gt)  # unknown videos / categories, frame counts: the file's error
     ev = evaluate(gt, results, workers=args.workers, progress=True, path=os.fspath(args.results))
     print(format_table(ev.stats))
     if args.per_category:

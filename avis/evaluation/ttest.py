@@ -168,6 +168,9 @@ def compare(gt: dict, results_a: list[dict], results_b: list[dict], ious=(0.5, 0
                              ci=(ci[0][i + 1], ci[1][i + 1])))
     if ci is not None:
         rows.append(_row("bootstrap-AP", "videos", "0.50:0.95", [ap_a[0]], [ap_b[0]], ci=(ci[0][0], ci[1][0])))
+        for r in rows:
+            if r["test"].startswith("bootstrap"):
+                r["n_a"] = r["n_b"] = len(ev_a.video_ids)  # the resampled units
     if runs_a and runs_b:
         per_a = np.array([_ap_values(evaluate(gt, r, workers=workers).entries, ev_a.category_ids, ious)
                           for r in runs_a])
@@ -188,7 +191,7 @@ def _fmt(v) -> str:
 
 
 def format_table(rows: list[dict], markdown: bool = False) -> str:
-    cols = [c for c in COLUMNS if c not in ("n_b",)]
+    cols = list(COLUMNS)
     cells = [[_fmt(r[c]) for c in cols] for r in rows]
     if markdown:
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -262,9 +265,9 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.runs_a) != bool(args.runs_b) or (args.runs_a and min(len(args.runs_a), len(args.runs_b)) < 2):
         raise ConfigError("--runs-a and --runs-b need at least 2 result files each")
     gt = load_annotations(args.gt)
-    ra, rb = load_results(args.a), load_results(args.b)
-    runs_a = [load_results(p) for p in args.runs_a]
-    runs_b = [load_results(p) for p in args.runs_b]
+    ra, rb = load_results(args.a, gt=gt), load_results(args.b, gt=gt)
+    runs_a = [load_results(p, gt=gt) for p in args.runs_a]
+    runs_b = [load_results(p, gt=gt) for p in args.runs_b]
     out = compare(gt, ra, rb, args.iou, runs_a, runs_b, args.bootstrap, args.seed, args.workers)
     print(format_table(out["rows"]))
     h = out["headline"]

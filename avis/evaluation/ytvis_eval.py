@@ -29,6 +29,8 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from avis.errors import InputError
+from avis.evaluation import rle_kernels
+from avis.evaluation.rle_kernels import RleTable
 
 # Parameters of the official evaluator (Params.setDetParams), built the same way so the floats are identical.
 IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
@@ -36,6 +38,8 @@ REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoi
 MAX_DETS = (1, 10, 100)
 AREA_RNG = ((0**2, 1e5**2), (0**2, 128**2), (128**2, 256**2), (256**2, 1e5**2))
 AREA_LBL = ("all", "small", "medium", "large")
+# "numba": decode each mask once (avis.evaluation.rle_kernels); "pycocotools": batched pycocotools calls only
+BACKEND = "numba" if rle_kernels.AVAILABLE else "pycocotools"
 STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
@@ -70,7 +74,7 @@ class Tubes:
     sequence lengths (frames are paired as ``zip`` does, up to the shorter sequence), ``areas`` (N, T) int64.
     """
 
-    def __init__(self, seqs: list[list], shape: tuple[int, int] | None = None):
+    def __init__(self, seqs: list[list], shape: tuple[int, int] | None = None, areas: bool = True):
         N = len(seqs)
         self.shape = shape
         self.lengths = np.array([len(s) for s in seqs], dtype=np.int64)
@@ -84,10 +88,15 @@ class Tubes:
             if sizes != {tuple(shape)}:
                 bad = sorted(sizes - {tuple(shape)})[0]
                 raise InputError(f"a mask of size {list(bad)} in a video of size {list(shape)}")
-        self.areas = np.zeros((N, T), dtype=np.int64)
-        if self.present.any():
-            self.areas[self.present] = rle_areas(list(self.rles[self.present]))
-        self.cum_areas = np.concatenate([np.zeros((N, 1), np.int64), np.cumsum(self.areas, 1)], 1)
+        self.index = np.full((N, T), -1, dtype=np.int64)  # row in an RleTable of the present masks
+        self.index[self.present] = np.arange(int(self.present.sum()))
+        self.set_areas(rle_areas(list(self.rles[self.present])) if areas and self.present.any() else None)
+
+    def set_areas(self, values) -> None:
+        self.areas = np.zeros(self.rles.shape, dtype=np.int64)
+        if values is not None:
+            self.areas[self.present] = values
+        self.cum_areas = np.concatenate([np.zeros((len(self.areas), 1), np.int64), np.cumsum(self.areas, 1)], 1)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -156,6 +165,19 @@ def intersections(d: Tubes, g: Tubes, d_rows=None, g_cols=None) -> np.ndarray:
     return inter
 
 
+def table_intersections(table, d: Tubes, g: Tubes, d_rows, g_cols) -> np.ndarray:
+    """As :func:`intersections`, with the masks decoded once in ``table`` (an :class:`RleTable` holding the
+    masks that ``d.index`` / ``g.index`` point to): every same-frame pair in one compiled call."""
+    rows, cols = np.asarray(d_rows, dtype=np.int64), np.asarray(g_cols, dtype=np.int64)
+    T = min(d.rles.shape[1], g.rles.shape[1])
+    if len(rows) == 0 or len(cols) == 0 or T == 0:
+        return np.zeros((len(rows), len(cols)), dtype=np.int64)
+    i, j, t = np.nonzero(d.present[rows, None, :T] & g.present[None, cols, :T])
+    vals = table.intersections(d.index[rows[i], t], g.index[cols[j], t])
+    flat = np.bincount(i * len(cols) + j, weights=vals, minlength=len(rows) * len(cols))  # exact below 2^53
+    return flat.astype(np.int64).reshape(len(rows), len(cols))
+
+
 def tube_iou(d: Tubes, g: Tubes, inter: np.ndarray, d_rows=None, g_cols=None) -> np.ndarray:
     """IoU = I / U with U = both areas summed over the shared frames minus I (0 where U = 0), as the official
     ``iou_seq`` whose I and U are sums of exact integer areas."""
@@ -198,6 +220,12 @@ def greedy_match(ious: np.ndarray, gt_ids: np.ndarray, gt_crowd: np.ndarray, gt_
     dt_ignore = np.zeros((L, T, D), dtype=bool)
     gt_match_det = np.full((L, T, G), -1, dtype=np.int64)
     if D == 0 or G == 0:
+        return dt_match, dt_ignore, gt_match_det
+    if BACKEND == "numba":
+        rle_kernels.greedy_match_kernel(np.ascontiguousarray(ious, np.float64), gt_ids.astype(np.float64),
+                                        np.ascontiguousarray(gt_crowd, np.bool_),
+                                        np.ascontiguousarray(gt_ignore, np.bool_),
+                                        np.asarray(thresholds, np.float64), dt_match, dt_ignore, gt_match_det)
         return dt_match, dt_ignore, gt_match_det
     thr = np.minimum(thresholds, 1 - 1e-10)[None, :, None]  # (1, T, 1)
     regular = ~gt_ignore[:, None, :]  # (L, 1, G)
@@ -257,11 +285,28 @@ def _evaluate_video(task) -> list[VideoCategoryEval]:
         d_scores.append(scores[order])
     g_cat, d_cat = np.array(g_cat, dtype=np.int64), np.array(d_cat, dtype=np.int64)
     d_scores = np.concatenate(d_scores) if d_scores else np.zeros(0)
-    gtub = Tubes([g["segmentations"] for g in gts], shape)
+    use_table = BACKEND == "numba"
+    gtub = Tubes([g["segmentations"] for g in gts], shape, areas=not use_table)
     try:
-        dtub = Tubes([r["segmentations"] for _, r in dts], shape)
+        dtub = Tubes([r["segmentations"] for _, r in dts], shape, areas=not use_table)
     except InputError as e:
         raise InputError(f"video {video_id}: predictions: {e}") from None
+    table = None
+    if use_table:
+        n_g = int(gtub.present.sum())
+        try:
+            # intervals only for ground truth and detections of a category that has ground truth here
+            need = np.concatenate([np.ones(n_g, bool),
+                                   np.broadcast_to(np.isin(d_cat, g_cat)[:, None], dtub.present.shape)[dtub.present]])
+            table = RleTable([r["counts"] for r in gtub.rles[gtub.present]] +
+                             [r["counts"] for r in dtub.rles[dtub.present]], need)
+        except (UnicodeEncodeError, TypeError, KeyError):
+            raise InputError(f"video {video_id}: a mask's RLE counts are not a compressed RLE string") from None
+        if shape is not None and len(table.totals) and (table.totals != shape[0] * shape[1]).any():
+            raise InputError(f"video {video_id}: an RLE does not cover {shape[0]}x{shape[1]} pixels")
+        gtub.set_areas(table.areas[:n_g])
+        dtub.set_areas(table.areas[n_g:])
+        dtub.index[dtub.present] += n_g
     n_frames = (dtub.areas > 0).sum(1)  # average over non-empty frames (the official ``if a`` filter)
     dt_area = np.where(n_frames > 0, dtub.areas.sum(1) / np.maximum(n_frames, 1), 0.0)
     dt_out = _out_of(dt_area)  # (A, D)
@@ -271,9 +316,28 @@ def _evaluate_video(task) -> list[VideoCategoryEval]:
     gt_ignore_all = gt_crowd_all[None, :] | _out_of(gt_area)  # (A, G)
     det_index = np.array([i for i, _ in dts], dtype=np.int64)
     out = []
-    for cat in cats:
-        dr, gc = np.flatnonzero(d_cat == cat), np.flatnonzero(g_cat == cat)
-        ious = tube_iou(dtub, gtub, intersections(dtub, gtub, dr, gc), dr, gc)
+    # detections and ground truth were listed category by category (ascending): slices, not masks
+    d_lo, d_hi = np.searchsorted(d_cat, cats, "left"), np.searchsorted(d_cat, cats, "right")
+    g_lo, g_hi = np.searchsorted(g_cat, cats, "left"), np.searchsorted(g_cat, cats, "right")
+    A, T = len(AREA_RNG), len(IOU_THRS)
+    # categories with detections only: all unmatched, ignored where outside the area range (read-only views)
+    no_match = np.zeros((A, T, len(d_cat)))
+    out_ignore = np.repeat(dt_out[:, None, :], T, axis=1)
+    no_ious, no_gt_ig, no_gt_det = np.zeros((len(d_cat), 0)), np.zeros((A, 0), bool), np.zeros((A, T, 0), np.int64)
+    for ci, cat in enumerate(cats):
+        if g_lo[ci] == g_hi[ci]:
+            sl = slice(d_lo[ci], d_hi[ci])
+            out.append(VideoCategoryEval(video_id, cat, d_scores[sl], det_index[sl], gt_ids_all[:0],
+                                         gt_crowd_all[:0], no_ious[sl], no_match[:, :, sl], out_ignore[:, :, sl],
+                                         no_gt_ig, no_gt_det))
+            continue
+        dr, gc = np.arange(d_lo[ci], d_hi[ci]), np.arange(g_lo[ci], g_hi[ci])
+        if len(dr):
+            inter = (table_intersections(table, dtub, gtub, dr, gc) if use_table
+                     else intersections(dtub, gtub, dr, gc))
+        else:
+            inter = np.zeros((len(dr), len(gc)), dtype=np.int64)
+        ious = tube_iou(dtub, gtub, inter, dr, gc)
         gt_ids, gt_crowd, gt_ignore = gt_ids_all[gc], gt_crowd_all[gc], gt_ignore_all[:, gc]
         dt_match, dt_ignore, gt_match_det = greedy_match(ious, gt_ids, gt_crowd, gt_ignore, IOU_THRS)
         dt_ignore |= (dt_match == 0) & dt_out[:, None, dr]
@@ -350,18 +414,17 @@ def accumulate(entries: list[VideoCategoryEval], cat_ids: list[int], area_idx=No
         E = by_cat.get(cat)
         if not E:
             continue
+        npig = np.count_nonzero(np.concatenate([e.gt_ignore for e in E], axis=1) == 0, axis=1)  # (A,)
         for m in maxdet_idx:
             max_det = MAX_DETS[m]
             scores = np.concatenate([e.scores[:max_det] for e in E])
             inds = np.argsort(-scores, kind="mergesort")
+            dtm_all = np.concatenate([e.dt_match[:, :, :max_det] for e in E], axis=2)[:, :, inds]  # (A, T, N)
+            dt_ig_all = np.concatenate([e.dt_ignore[:, :, :max_det] for e in E], axis=2)[:, :, inds]
             for a in area_idx:
-                gt_ig = np.concatenate([e.gt_ignore[a] for e in E])
-                npig = np.count_nonzero(gt_ig == 0)
-                if npig == 0:
+                if npig[a] == 0:
                     continue
-                dtm = np.concatenate([e.dt_match[a, :, :max_det] for e in E], axis=1)[:, inds]
-                dt_ig = np.concatenate([e.dt_ignore[a, :, :max_det] for e in E], axis=1)[:, inds]
-                precision[:, :, k, a, m], recall[:, k, a, m] = _pr_curve(dtm, dt_ig, npig)
+                precision[:, :, k, a, m], recall[:, k, a, m] = _pr_curve(dtm_all[a], dt_ig_all[a], int(npig[a]))
     return precision, recall
 
 

@@ -28,7 +28,10 @@ from avis.errors import InputError
 from avis.io import masks as mask_io
 from avis.io.atomic import atomic_write_json
 
-MAX_JSON_BYTES = 2 << 30  # refuse absurd files before reading them
+# Refuse absurd files before reading them (json.load needs several times the file size in memory). The
+# environment variable AVIS_MAX_JSON_BYTES raises (or lowers) the limit, read at each load.
+MAX_JSON_BYTES = 256 << 20
+MAX_SIDE = 16384  # pixels: larger frames (beyond 16K video) are a corrupt or hostile header, not a video
 MAX_LISTED_PROBLEMS = 5  # an InputError lists this many problems and counts the rest
 
 # Compressed RLE counts use the characters 48..111 ('0'..'o') of pycocotools' LEB128-like code.
@@ -44,8 +47,10 @@ def load_json(path: str | os.PathLike):
         size = path.stat().st_size
     except OSError as e:
         raise InputError(f"cannot read: {e.strerror}", path) from None
-    if size > MAX_JSON_BYTES:
-        raise InputError(f"file is {size} bytes, larger than the {MAX_JSON_BYTES} byte limit", path)
+    limit = max_json_bytes()
+    if size > limit:
+        raise InputError(f"file is {size} bytes, larger than the {limit} byte limit for JSON (set "
+                         "AVIS_MAX_JSON_BYTES to raise it)", path)
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -57,6 +62,19 @@ def load_json(path: str | os.PathLike):
         raise InputError("JSON nested too deeply", path) from None
     except OSError as e:
         raise InputError(f"cannot read: {e.strerror}", path) from None
+
+
+def max_json_bytes() -> int:
+    """The JSON size limit: ``AVIS_MAX_JSON_BYTES`` (bytes) if set, else :data:`MAX_JSON_BYTES`."""
+    value = os.environ.get("AVIS_MAX_JSON_BYTES")
+    if not value:
+        return MAX_JSON_BYTES
+    try:
+        return int(value)
+    except ValueError:
+        from avis.errors import ConfigError
+
+        raise ConfigError(f"AVIS_MAX_JSON_BYTES must be a number of bytes, got {value!r}") from None
 
 
 def save_json(obj, path: str | os.PathLike, indent: int | None = None) -> None:
@@ -133,7 +151,8 @@ def check_segmentation(seg, height: int | None, width: int | None) -> str | None
     return f"segmentation is {_tname(seg)}, expected null, a polygon list or an RLE dict"
 
 
-def _check_relpath(p) -> str | None:
+def check_relpath(p) -> str | None:
+    """What is wrong with a media path of an annotation file (None: a relative path without '..')."""
     if not isinstance(p, str) or not p:
         return f"must be a non-empty string, got {_tname(p)}"
     if PurePosixPath(p).is_absolute() or PureWindowsPath(p).is_absolute() or ".." in re.split(r"[\\/]", p):
@@ -153,6 +172,9 @@ def _video_length(v: dict, where: str, problems: list[str]) -> int | None:
         fn = v["file_names"]
         if isinstance(fn, list) and all(isinstance(f, str) for f in fn):
             counts["file_names"] = len(fn)
+            bad = next((m for f in fn if (m := check_relpath(f))), None)
+            if bad:
+                problems.append(f"{where}: 'file_names' {bad}")
         else:
             problems.append(f"{where}: 'file_names' must be a list of strings")
     if "frame_times" in v:
@@ -197,13 +219,15 @@ def _check_video(i: int, v, ids: set, problems: list[str]) -> tuple[object, dict
             problems.append(f"{where}: missing '{key}'")
         elif not (_is_int(v[key]) and v[key] > 0):
             problems.append(f"{where}: '{key}' must be a positive integer, got {v[key]!r}")
+        elif v[key] > MAX_SIDE:
+            problems.append(f"{where}: '{key}' {v[key]} is beyond the {MAX_SIDE} pixel limit")
         else:
             info[key] = v[key]
     info["length"] = _video_length(v, where, problems)
     if "fps" in v and not (_is_finite(v["fps"]) and v["fps"] > 0):
         problems.append(f"{where}: 'fps' must be a positive number, got {v['fps']!r}")
     for key in ("video_file", "audio_file"):
-        if key in v and (msg := _check_relpath(v[key])):
+        if key in v and (msg := check_relpath(v[key])):
             problems.append(f"{where}: '{key}' {msg}")
     return vid, info
 

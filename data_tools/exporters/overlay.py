@@ -158,8 +158,11 @@ def iter_frames(path: Path, fps: float):
 
 def _video_t0(path: Path) -> float:
     with _open(path) as c:
-        for frame in c.decode(c.streams.video[0]):
-            return float(frame.time or 0.0)
+        try:
+            for frame in c.decode(c.streams.video[0]):
+                return float(frame.time or 0.0)
+        except av.FFmpegError as e:
+            raise InputError(f"corrupt or truncated video ({e})", path) from None
     return 0.0
 
 
@@ -236,8 +239,11 @@ def _audio_start(path: Path) -> float | None:
     with _open(path) as c:
         if not c.streams.audio:
             return None
-        for frame in c.decode(c.streams.audio[0]):
-            return float(frame.time or 0.0)
+        try:
+            for frame in c.decode(c.streams.audio[0]):
+                return float(frame.time or 0.0)
+        except av.FFmpegError as e:
+            raise InputError(f"corrupt or truncated audio ({e})", path) from None
     return None
 
 

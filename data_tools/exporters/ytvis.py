@@ -67,10 +67,19 @@ def read_results(path: str | os.PathLike, gt: dict) -> list[dict]:
     """Read ``results.json``, ``results.zip`` or ``ytvis_annotations.json`` back as tracks."""
     path = Path(path)
     if path.suffix == ".zip":
+        if not zipfile.is_zipfile(path):
+            raise InputError("not a zip file", path)
         with zipfile.ZipFile(path) as z:
             if "results.json" not in z.namelist():
                 raise InputError("zip has no results.json at its root", path)
-            data = json.loads(z.read("results.json"))
+            size, limit = z.getinfo("results.json").file_size, ytvis.max_json_bytes()
+            if size > limit:  # checked before inflating: a zip bomb must not allocate gigabytes
+                raise InputError(f"results.json inflates to {size} bytes, larger than the {limit} byte limit for "
+                                 "JSON (set AVIS_MAX_JSON_BYTES to raise it)", path)
+            try:
+                data = json.loads(z.read("results.json"))
+            except (ValueError, RecursionError, zipfile.BadZipFile) as e:
+                raise InputError(f"results.json: unreadable ({str(e)[:200]})", path) from None
         problems = ytvis.validate_results(data, gt)
         if problems:
             raise InputError(f"results.json: {problems[0]}", path)

@@ -27,12 +27,19 @@ def rcf_tiny(num_classes: int, delta: int = 1, audio_encoder: nn.Module | None =
                dim_feedforward=dim_feedforward, audio_encoder=audio_encoder, **kwargs)
 
 
+# The stride-4 FPN dominates the heads' cost at 640 x 360; 128 channels keep fusion + heads within 25% of a
+# ResNet-50 frame on CPU (docs/benchmarks.md). Pass fpn_dim / mask_dim to change it.
+_LARGE = {"fpn_dim": 128, "mask_dim": 128}
+
+
 def _resnet(name: str, num_classes, delta, audio_encoder, backbone_weights, frozen_bn, kwargs) -> RCF:
+    kwargs = {**_LARGE, **kwargs}
     return RCF(ResNetBackbone(name, backbone_weights, frozen_bn), num_classes, delta,
                audio_encoder=audio_encoder, **kwargs)
 
 
 def _swin(name: str, num_classes, delta, audio_encoder, backbone_weights, kwargs) -> RCF:
+    kwargs = {**_LARGE, **kwargs}
     return RCF(SwinBackbone(name, backbone_weights), num_classes, delta, audio_encoder=audio_encoder, **kwargs)
 
 

@@ -46,7 +46,10 @@ class ReferenceTokens(nn.Module):
 class AudioTokens(nn.Module):
     """O_aud: the injected audio encoder (B x T x S -> B x T x C_a), projected to C' when C_a != C'.
 
-    A learned embedding per time step (reference windows first, target last) plays the role of P.
+    A learned embedding per time step (reference windows first, target last) plays the role of P. When the
+    encoder splits into ``frame_features`` (per window, (..., S) -> (..., C_a)) and ``tokens`` (B x T x C_a
+    -> B x T x C'), as :class:`avis.models.audio.AudioTokenEncoder` does, online inference caches each
+    frame's features like the visual ones, and training can take precomputed features.
     """
 
     def __init__(self, encoder: nn.Module, steps: int, dim: int):
@@ -56,6 +59,15 @@ class AudioTokens(nn.Module):
         self.proj = nn.Identity() if c_a == dim else nn.Linear(c_a, dim)
         self.time_embed = nn.Parameter(torch.zeros(steps, dim))
         nn.init.normal_(self.time_embed, std=0.02)
+        self.splits = hasattr(encoder, "frame_features") and hasattr(encoder, "tokens")
+
+    def frame_features(self, windows: torch.Tensor) -> torch.Tensor:
+        """(..., S) -> what :meth:`from_features` takes: the encoder's per-frame features, or the windows."""
+        return self.encoder.frame_features(windows) if self.splits else windows
+
+    def from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """B x T x (C_a or S, see :meth:`frame_features`) -> tokens B x T x C'."""
+        return self.proj(self.encoder.tokens(features) if self.splits else self.encoder(features))
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         """audio: B x T x S -> tokens B x T x C'."""
@@ -106,9 +118,10 @@ class RobustContextFusion(nn.Module):
         self.layers[-1].keep_attention = bool(value)
 
     def forward(self, f_t: torch.Tensor, f_ref: torch.Tensor | None = None, audio: torch.Tensor | None = None,
-                audio_valid: torch.Tensor | None = None) -> Fused:
+                audio_valid: torch.Tensor | None = None, audio_features: torch.Tensor | None = None) -> Fused:
         """f_t: B x C x H x W; f_ref: B x delta*C x H x W (None iff delta = 0); audio: B x (1+delta) x S
-        or None (then the audio tokens, if the model has them, are masked out); audio_valid: B bool."""
+        windows, or audio_features: B x (1+delta) x C_a (see :class:`AudioTokens`), or neither (then the
+        audio tokens, if the model has them, are masked out); audio_valid: B bool."""
         b, _, h, w = f_t.shape
         tgt = self.target_tokens(f_t)
         dtype, device = tgt.dtype, tgt.device
@@ -126,11 +139,12 @@ class RobustContextFusion(nn.Module):
             self.last_weight_map = wmap.detach() if self.keep_attention else None
         if self.audio_tokens is not None:
             n_aud = 1 + self.delta
-            if audio is None:
+            if audio is None and audio_features is None:
                 aud = torch.zeros(b, n_aud, self.dim, dtype=dtype, device=device)
                 valid = torch.zeros(b, dtype=torch.bool, device=device)
             else:
-                aud = self.audio_tokens(audio).to(dtype)
+                aud = (self.audio_tokens(audio) if audio_features is None
+                       else self.audio_tokens.from_features(audio_features)).to(dtype)
                 valid = (torch.ones(b, dtype=torch.bool, device=device) if audio_valid is None
                          else audio_valid.to(device))
             tokens.append(aud)

@@ -105,11 +105,12 @@ class RCF(VISMethod):
         """Attention of the last forward/step: reference-to-target, audio-to-target, ... (see fusion)."""
         return self.fusion.attention_maps()
 
-    def predict(self, f_t, f_ref, low, audio=None, audio_valid=None, all_layers: bool = False):
+    def predict(self, f_t, f_ref, low, audio=None, audio_valid=None, all_layers: bool = False,
+                audio_features=None):
         """Everything after the backbone. f_t: B x C x h x w; f_ref: B x delta*C x h x w or None; low: finer
-        levels of the target frame -> logits L x B x N x (K+1), mask logits L x B x N x H/4 x W/4 with
-        L = dec_layers if all_layers else 1."""
-        fused = self.fusion(f_t, f_ref, audio, audio_valid)
+        levels of the target frame; audio windows B x T x S or audio_features B x T x C_a -> logits
+        L x B x N x (K+1), mask logits L x B x N x H/4 x W/4 with L = dec_layers if all_layers else 1."""
+        fused = self.fusion(f_t, f_ref, audio, audio_valid, audio_features)
         seg = self.mask_decoder(fused.target, low)
         codes = self.instance_decoder(fused.memory, fused.pos, fused.padding_mask)
         if not all_layers:
@@ -118,7 +119,8 @@ class RCF(VISMethod):
 
     # -- training --------------------------------------------------------------------------------------
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Batch of B clips of 1 + delta frames (see :mod:`avis.models.base`) -> losses of the last frame:
+        """Batch of B clips of 1 + delta frames (see :mod:`avis.models.base`; optionally ``audio_features``
+        B x T x C_a precomputed for a frozen audio backbone, used instead of ``audio``) -> losses of the last frame:
         ``loss_ce``, ``loss_dice`` (+ ``loss_ce_aux{i}``, ``loss_dice_aux{i}`` per earlier decoder layer)."""
         frames = batch["frames"]
         b, t = frames.shape[:2]
@@ -129,12 +131,18 @@ class RCF(VISMethod):
         f_t = last[:, -1]
         f_ref = last[:, :-1].flatten(1, 2) if self.delta else None
         low = [f.unflatten(0, (b, t))[:, -1] for f in feats[:-1]]
-        audio = valid = None
+        audio = valid = features = None
         if self.uses_audio:
-            audio = batch["audio"].to(f_t.device)
+            # Precomputed per-frame audio features (frozen audio backbone) replace the windows when given.
+            features = batch.get("audio_features")
+            if features is not None:
+                features = features.to(f_t.device)
+            else:
+                audio = batch["audio"].to(f_t.device)
             valid = batch.get("has_audio")
             valid = None if valid is None else torch.as_tensor(valid, device=f_t.device)
-        logits, masks = self.predict(f_t, f_ref, low, audio, valid, all_layers=self.aux_loss)
+        logits, masks = self.predict(f_t, f_ref, low, audio, valid, all_layers=self.aux_loss,
+                                     audio_features=features)
         targets = [self._target(clip[-1], masks.shape[-2:], masks.device) for clip in batch["targets"]]
         losses = self.criterion(logits[-1], masks[-1], targets)
         for i in range(logits.shape[0] - 1):
@@ -169,19 +177,23 @@ class RCF(VISMethod):
             if not state.features:
                 state.features.extend([f_t] * self.delta)
             f_ref = torch.cat(list(state.features), 1)
-        aud = None
+        aud = a_t = None
         if self.uses_audio and audio is not None:
-            audio = audio.to(f_t.device, torch.float32)
+            # Audio features are cached like visual ones: the audio backbone runs once per frame too.
+            tokens = self.fusion.audio_tokens
+            a_t = tokens.frame_features(audio.to(f_t.device, torch.float32)[None])[0]
             if not state.audio:
-                state.audio.extend([audio] * self.delta)
+                state.audio.extend([a_t] * self.delta)
             # A window missing from an earlier frame reads as silence (as the data pipeline zero-pads).
-            aud = torch.stack([torch.zeros_like(audio) if a is None else a for a in state.audio] + [audio])[None]
-        logits, masks = self.predict(f_t, f_ref, feats[:-1], aud)
+            past = [tokens.frame_features(torch.zeros_like(audio, dtype=torch.float32, device=f_t.device)[None])[0]
+                    if a is None else a for a in state.audio]
+            aud = torch.stack(past + [a_t])[None]
+        logits, masks = self.predict(f_t, f_ref, feats[:-1], audio_features=aud)
         state.probs.append(logits[-1, 0].softmax(-1))
         state.masks.append(masks[-1, 0])
         if self.delta:
             state.features.append(f_t)
-            state.audio.append(audio if self.uses_audio else None)
+            state.audio.append(a_t)
 
     @torch.no_grad()
     def finish(self, state: RCFState) -> list[Track]:
