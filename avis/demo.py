@@ -48,7 +48,7 @@ class DemoSettings:
     size: tuple[int, int] = (96, 64)   # width, height of the synthetic videos
     frames: int = 20
     fps: float = 8.0
-    steps: int = 800            # training steps per arm
+    steps: int = 1600           # training steps per arm
     audio_pretrain_steps: int = 500   # steps of pretraining the audio encoder's log-mel network (0: none)
     overrides: tuple[str, ...] = field(default_factory=tuple)  # hydra overrides for both arms
     bootstrap: int = 1000
@@ -135,18 +135,14 @@ def train_arm(experiment: str, run_dir: Path, train_pattern, seed: int, steps: i
 
     ``experiment``: a preset of ``configs/experiment`` (``rcf_av_tiny``, ``rcf_visual``, ...); ``overrides``:
     further hydra overrides (``model.delta=3``, ``optim.optimizer.lr=1e-3``, ...)."""
-    from hydra import compose, initialize_config_dir
-
-    from avis.engine.config import config_dir
+    from avis.engine.config import compose
     from avis.engine.loop import check_config, train
 
     run_dir = Path(run_dir).resolve()
-    cfg_overrides = [f"experiment={experiment}", f"data.train.pattern={train_pattern}", "data.val_pattern=null",
-                     f"seed={seed}", f"trainer.max_steps={steps}", f"trainer.out_dir={run_dir}",
-                     "trainer.eval_every=0", f"trainer.ckpt_every={steps}", f"trainer.log_every={min(10, steps)}",
-                     "trainer.tensorboard=false", f"trainer.progress={str(progress).lower()}", *overrides]
-    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        cfg = compose("train", overrides=cfg_overrides)
+    cfg = compose([f"experiment={experiment}", f"data.train.pattern={train_pattern}", "data.val_pattern=null",
+                   f"seed={seed}", f"trainer.max_steps={steps}", "trainer.eval_every=0",
+                   f"trainer.ckpt_every={steps}", f"trainer.log_every={min(10, steps)}", "trainer.tensorboard=false",
+                   f"trainer.progress={str(progress).lower()}", *overrides], out_dir=run_dir)
     check_config(cfg)
     train(cfg)
     return run_dir / "checkpoints" / "last.pt"
@@ -175,17 +171,15 @@ def pretrain_audio(experiment: str, train_pattern, annotations: dict, out_path: 
     window, on the training windows). Videos whose objects never sound give all-negative targets."""
     import numpy as np
     import torch
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
     from tqdm import tqdm
 
     from avis.data import iter_videos
-    from avis.engine.config import config_dir
+    from avis.engine.config import compose
     from avis.engine.data import audio_16k
     from avis.models.audio.windows import frame_windows
 
-    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        cfg = compose("train", overrides=[f"experiment={experiment}"])
+    cfg = compose([f"experiment={experiment}"])
     cats = [c["id"] for c in annotations["categories"]]
     index = {c: i for i, c in enumerate(cats)}
     by_video: dict[int, list[dict]] = {}

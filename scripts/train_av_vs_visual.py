@@ -114,12 +114,9 @@ def _main(args) -> int:
         print(f"\n[{i + 1}/{len(runs)}] train {arm} ref={ref} seed={seed} -> {rd}", flush=True)
         overrides = [*base, f"model.delta={ref}", "trainer.resume=true", *args.overrides]
         if steps is None:  # the preset's trainer decides; the engine needs a number for the checkpoint cadence
-            from hydra import compose, initialize_config_dir
+            from avis.engine.config import compose
 
-            from avis.engine.config import config_dir
-
-            with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-                n = int(compose("train", overrides=[f"experiment={av_exp}"]).trainer.max_steps)
+            n = int(compose([f"experiment={av_exp}"]).trainer.max_steps)
         else:
             n = steps
         ckpt = train_arm(av_exp if arm == "av" else vis_exp, rd, train, seed, n, overrides)
