@@ -365,8 +365,12 @@ def run_demo(out, audio_dependence: float = 1.0, seed: int = 0, settings: DemoSe
 
     t0 = _stage(8, "report")
     ma, mb = evals["av"]["metrics"], evals["visual"]["metrics"]
+    from avis.evaluation.ytvis_eval import evaluate
+
+    p_ap = av_table.bootstrap_ap_p(evaluate(gt, evals["av"]["results"]), evaluate(gt, evals["visual"]["results"]),
+                                   settings.bootstrap, seed) if settings.bootstrap > 0 else math.nan
     row = av_table.table_row(1, mb["AP"], mb["AP50"], ma["AP"], ma["AP50"], headline_p(cmp["rows"], 0.5),
-                             headline_p(cmp["rows"], 0.75))
+                             headline_p(cmp["rows"], 0.75), p_ap=p_ap)
     with atomic_open(out / "table.csv", "w") as f:
         f.write(av_table.to_csv([row]))
     times["total"] = time.perf_counter() - t_start
@@ -421,6 +425,11 @@ def _write_report(out: Path, s: dict) -> None:
         verdict = "**the visual-only model is significantly better** (p < 0.05)"
     else:
         verdict = "**no significant difference** (p >= 0.05)"
+    p_ap = row["p_ap"]
+    if p_ap is not None and not math.isnan(p_ap) and p_ap < 0.05:
+        ap_verdict = "**significant** (p < 0.05)"
+    else:
+        ap_verdict = "**not significant** (p >= 0.05)"
     lines = [
         f"# avis demo: does sound help? (audio dependence d = {d:g})",
         "",
@@ -438,6 +447,12 @@ def _write_report(out: Path, s: dict) -> None:
         f"p-values: paired t-test over ground-truth instances (headline of `avis ttest`) of each instance's IoU "
         f"at the threshold (0 when missed). At IoU > 0.5: mean {h['mean_a']:.3f} (audio-visual) vs "
         f"{h['mean_b']:.3f} (visual-only), n = {h['n_a']} instances, p = {h['p_value']:.3g}: {verdict}.",
+        "",
+        f"AP: {100 * ma['AP']:.1f} (audio-visual) vs {100 * mb['AP']:.1f} (visual-only), difference "
+        f"{100 * (ma['AP'] - mb['AP']):+.1f} points, two-sided bootstrap p = {_p(row['p_ap'])} (videos resampled; "
+        f"{st['bootstrap']} resamples): {ap_verdict}. The IoU t-tests pair each object with itself and ignore "
+        "false positives; AP also charges them (e.g. a model that labels one object with both look-alike "
+        "classes), so read both.",
         "",
         "| metric | audio-visual | visual-only |",
         "|---|---|---|",
@@ -477,6 +492,10 @@ def torch_threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+def _p(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"
 
 
 def _pct(v) -> str:

@@ -104,13 +104,34 @@ def test_seeds_are_averaged_per_instance_and_paper_test_pools_matched_ious():
         av_table.compare_arms(gt, a_runs, [b1], ref=1, test="nope")
 
 
+def test_bootstrap_p_of_the_ap_difference():
+    from avis.evaluation.ytvis_eval import evaluate
+
+    # 4 videos, each with a bell (column 0) and a siren (column 20); A labels both right, B calls both "bell"
+    gt = {"videos": [{"id": v, "width": W, "height": H, "length": 1, "file_names": ["x.jpg"]} for v in range(1, 5)],
+          "categories": [{"id": 1, "name": "bell"}, {"id": 2, "name": "siren"}],
+          "annotations": [{"id": 2 * v + c, "video_id": v, "category_id": c + 1, "iscrowd": 0,
+                           "segmentations": [box(20 * c, 10)], "areas": [100], "bboxes": [None]}
+                          for v in range(1, 5) for c in (0, 1)]}
+    a = [{"video_id": v, "category_id": c + 1, "score": 0.9, "segmentations": [box(20 * c, 10)]}
+         for v in range(1, 5) for c in (0, 1)]
+    b = [{**r, "category_id": 1} for r in a]
+    ev_a, ev_b = evaluate(gt, a), evaluate(gt, b)
+    # every resample has the siren category, which B never gets right: AP(A) - AP(B) > 0 in all 200
+    assert av_table.bootstrap_ap_p(ev_a, ev_b, n=200) == pytest.approx(2 / 201)
+    assert av_table.bootstrap_ap_p(ev_a, ev_a, n=50) == 1.0
+    # the IoU t-test cannot see it the other way round: B's hedge (both labels) would match every instance
+    row, _ = av_table.compare_arms(gt, [a], [a + b], ref=1, bootstrap=100)
+    assert math.isnan(row["p_iou50"]) and row["dAP"] > 0 and row["p_ap"] < 0.05
+
+
 def test_markdown_and_csv_of_the_table():
     rows = [av_table.table_row(1, 0.429, 0.602, 0.448, 0.603, 0.30, 0.24),
             av_table.table_row(4, 0.456, 0.622, 0.457, 0.627, float("nan"), float("nan"))]
     md = av_table.to_markdown(rows).splitlines()
     assert md[0].startswith("| Ref. number | AP w/o audio | AP50 w/o audio | AP with audio")
-    assert md[2] == "| 1 | 42.9 | 60.2 | 44.8 | 60.3 | +1.9 | +0.1 | 0.300 | 0.240 | 1 |"
-    assert md[3].endswith("| +0.1 | +0.5 | - | - | 1 |")
+    assert md[2] == "| 1 | 42.9 | 60.2 | 44.8 | 60.3 | +1.9 | +0.1 | 0.300 | 0.240 | - | 1 |"
+    assert md[3].endswith("| +0.1 | +0.5 | - | - | - | 1 |")
     parsed = list(csv.DictReader(av_table.to_csv(rows).splitlines()))
     assert float(parsed[0]["dAP"]) == pytest.approx(1.9) and parsed[1]["p_iou50"] == ""
 

@@ -29,16 +29,44 @@ from avis.evaluation.ytvis_eval import evaluate
 COLUMNS = (("ref", "Ref. number"), ("AP_visual", "AP w/o audio"), ("AP50_visual", "AP50 w/o audio"),
            ("AP_av", "AP with audio"), ("AP50_av", "AP50 with audio"), ("dAP", "diff AP"),
            ("dAP50", "diff AP50"), ("p_iou50", "p (IoU > 0.5)"), ("p_iou75", "p (IoU > 0.75)"),
-           ("seeds", "seeds"))
+           ("p_ap", "p (AP, bootstrap)"), ("seeds", "seeds"))
 TESTS = ("paired-instance", "paper")
 
 
 def table_row(ref, ap_visual: float, ap50_visual: float, ap_av: float, ap50_av: float, p50: float, p75: float,
-              seeds: int = 1) -> dict:
+              seeds: int = 1, p_ap: float = math.nan) -> dict:
     """One row; AP values are fractions in [0, 1] (the scorer's), the row holds percent as in the paper."""
     return {"ref": ref, "AP_visual": 100 * ap_visual, "AP50_visual": 100 * ap50_visual, "AP_av": 100 * ap_av,
             "AP50_av": 100 * ap50_av, "dAP": 100 * (ap_av - ap_visual), "dAP50": 100 * (ap50_av - ap50_visual),
-            "p_iou50": p50, "p_iou75": p75, "seeds": seeds}
+            "p_iou50": p50, "p_iou75": p75, "p_ap": p_ap, "seeds": seeds}
+
+
+def bootstrap_ap_p(ev_a, ev_b, n: int = 1000, seed: int = 0) -> float:
+    """Two-sided percentile-bootstrap p-value of AP(A) - AP(B) = 0: videos resampled with replacement (the
+    same videos for both arms, as ``avis ttest``'s bootstrap CI), p = 2 (min(#diff <= 0, #diff >= 0) + 1) /
+    (n + 1). Unlike the IoU t-tests it sees false positives (AP's precision), e.g. a model that labels one
+    object with both look-alike classes."""
+    from collections import defaultdict
+
+    by_a, by_b = defaultdict(list), defaultdict(list)
+    for e in ev_a.entries:
+        by_a[e.video_id].append(e)
+    for e in ev_b.entries:
+        by_b[e.video_id].append(e)
+    vids = list(ev_a.video_ids)
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n):
+        pick = np.sort(rng.integers(0, len(vids), len(vids)))
+        ea = [e for i in pick for e in by_a[vids[i]]]
+        eb = [e for i in pick for e in by_b[vids[i]]]
+        diffs.append(ttest._ap_values(ea, ev_a.category_ids, ())[0] - ttest._ap_values(eb, ev_b.category_ids, ())[0])
+    d = np.asarray(diffs)
+    d = d[~np.isnan(d)]
+    if len(d) == 0:
+        return math.nan
+    k = min(int((d <= 0).sum()), int((d >= 0).sum()))
+    return min(1.0, 2 * (k + 1) / (len(d) + 1))
 
 
 def instance_ious(ev, tau: float) -> dict[tuple, float]:
@@ -70,8 +98,9 @@ def paper_test(evs_a: Sequence, evs_b: Sequence, tau: float) -> dict:
 
 
 def compare_arms(gt: dict, runs_av: Sequence[list[dict]], runs_visual: Sequence[list[dict]], ref,
-                 test: str = "paired-instance", ious=(0.5, 0.75)) -> tuple[dict, list[dict]]:
+                 test: str = "paired-instance", ious=(0.5, 0.75), bootstrap: int = 1000) -> tuple[dict, list[dict]]:
     """One table row for one reference-frame setting; ``runs_*``: the results (YTVIS lists) of each seed.
+    ``p_ap``: :func:`bootstrap_ap_p` of the first seed of each arm (``bootstrap`` resamples; 0: not computed).
 
     Returns the row and the test rows behind its p-values.
     """
@@ -90,7 +119,8 @@ def compare_arms(gt: dict, runs_av: Sequence[list[dict]], runs_visual: Sequence[
     p = {tau: t["p_value"] for tau, t in zip(ious, tests)}
     row = table_row(ref, mean_stat(evs_b, "AP"), mean_stat(evs_b, "AP50"), mean_stat(evs_a, "AP"),
                     mean_stat(evs_a, "AP50"), p.get(0.5, math.nan), p.get(0.75, math.nan),
-                    seeds=min(len(runs_av), len(runs_visual)))
+                    seeds=min(len(runs_av), len(runs_visual)),
+                    p_ap=bootstrap_ap_p(evs_a[0], evs_b[0], bootstrap) if bootstrap > 0 else math.nan)
     return row, tests
 
 
@@ -173,7 +203,7 @@ def summarize_runs(root, gt: dict, out_dir, arms: tuple[str, str] = ("av", "visu
     for group, arm_runs in runs.items():
         res_a = [load_results(p) for _, p in arm_runs[arms[0]]]
         res_b = [load_results(p) for _, p in arm_runs[arms[1]]]
-        row, _ = compare_arms(gt, res_a, res_b, ref_label(group), test, ious)
+        row, _ = compare_arms(gt, res_a, res_b, ref_label(group), test, ious, bootstrap)
         rows.append(row)
         several = len(res_a) >= 2 and len(res_b) >= 2
         cmp = ttest.compare(gt, res_a[0], res_b[0], ious, res_a if several else None, res_b if several else None,
