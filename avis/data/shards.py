@@ -23,6 +23,7 @@ from avis.errors import InputError
 from avis.io import masks as mask_io
 
 MAX_MEMBER_BYTES = 1 << 30  # refuse absurd tar members before reading them
+AUDIO_CACHE_KEY = "__audio__"  # decoded waveform memoised in the sample dict (no tar suffix can clash)
 
 
 @dataclass
@@ -162,10 +163,17 @@ def decode_sample(sample: dict, frames: Iterable[int] | None = None, audio: bool
             raise InputError(f"sample {meta.get('key')}: frame {name}: unreadable JPEG ({e})", url) from None
     H, W = int(meta["height"]), int(meta["width"])
     frames_arr = np.stack(imgs) if imgs else np.zeros((0, H, W, 3), np.uint8)
-    try:
-        wav = decode_audio(sample["audio.flac"]) if audio and "audio.flac" in sample else np.zeros(0, np.float32)
-    except (RuntimeError, ValueError, OSError) as e:  # soundfile: corrupt FLAC
-        raise InputError(f"sample {meta.get('key')}: unreadable audio ({e})", url) from None
+    if audio and "audio.flac" in sample:
+        # Training draws several clips per sample: decode the FLAC once and keep it with the sample.
+        wav = sample.get(AUDIO_CACHE_KEY)
+        if wav is None:
+            try:
+                wav = decode_audio(sample["audio.flac"])
+            except (RuntimeError, ValueError, OSError) as e:  # soundfile: corrupt FLAC
+                raise InputError(f"sample {meta.get('key')}: unreadable audio ({e})", url) from None
+            sample[AUDIO_CACHE_KEY] = wav
+    else:
+        wav = np.zeros(0, np.float32)
     instances = []
     for inst in meta.get("instances", []):
         segs = inst["segmentations"]

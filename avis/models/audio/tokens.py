@@ -112,6 +112,39 @@ class AudioTokenEncoder(nn.Module):
         h, _ = self.lstm(features.to(weight.dtype))
         return self.head(h)
 
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """(..., C_a) features -> (..., 2 * 4 * hidden) first-layer LSTM gate inputs of both directions.
+
+        The input projection is the only part of the LSTM that sees the C_a = 4096 wide features and it is
+        per frame, so online inference caches it per frame and runs only the recurrence
+        (:meth:`tokens_from_projected`) over the 1 + delta cached frames (see docs/benchmarks.md).
+        """
+        lstm = self.lstm
+        x = features.to(lstm.weight_ih_l0.dtype)
+        # Two products rather than one on concatenated weights: concatenating would copy 32 MB per call.
+        return torch.cat([torch.nn.functional.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0),
+                          torch.nn.functional.linear(x, lstm.weight_ih_l0_reverse,
+                                                     lstm.bias_ih_l0_reverse + lstm.bias_hh_l0_reverse)], -1)
+
+    def tokens_from_projected(self, pre: torch.Tensor) -> torch.Tensor:
+        """B x T x (8 * hidden) from :meth:`project` -> tokens B x T x C', equal to :meth:`tokens`."""
+        lstm = self.lstm
+        hidden = lstm.hidden_size
+        x = None
+        for layer in range(lstm.num_layers):
+            outs = []
+            for d, suffix in enumerate(("", "_reverse")):
+                name = f"l{layer}{suffix}"
+                if layer == 0:
+                    gates_in = pre[..., d * 4 * hidden:(d + 1) * 4 * hidden]
+                else:
+                    gates_in = torch.nn.functional.linear(
+                        x, getattr(lstm, f"weight_ih_{name}"),
+                        getattr(lstm, f"bias_ih_{name}") + getattr(lstm, f"bias_hh_{name}"))
+                outs.append(_lstm_direction(gates_in, getattr(lstm, f"weight_hh_{name}"), reverse=d == 1))
+            x = torch.cat(outs, -1)
+        return self.head(x)
+
     def forward(self, audio: torch.Tensor | None = None, *, features: torch.Tensor | None = None) -> torch.Tensor:
         if (audio is None) == (features is None):
             raise ValueError("give exactly one of audio (B x T x S) or features (B x T x C_a)")
@@ -120,6 +153,21 @@ class AudioTokenEncoder(nn.Module):
                 raise ValueError(f"expected audio B x T x S, got {tuple(audio.shape)}")
             features = self.frame_features(audio)
         return self.tokens(features)
+
+
+def _lstm_direction(gates_in: torch.Tensor, w_hh: torch.Tensor, reverse: bool) -> torch.Tensor:
+    """One LSTM direction from precomputed input gates B x T x 4H (PyTorch's gate order i, f, g, o, biases
+    included) -> hidden states B x T x H. T is 1 + delta <= 6 here, so a Python loop over time is cheap."""
+    b, t, four_h = gates_in.shape
+    h = gates_in.new_zeros(b, four_h // 4)
+    c = torch.zeros_like(h)
+    out = [None] * t
+    for i in (range(t - 1, -1, -1) if reverse else range(t)):
+        ig, fg, gg, og = (gates_in[:, i] + h @ w_hh.T).chunk(4, -1)
+        c = torch.sigmoid(fg) * c + torch.sigmoid(ig) * torch.tanh(gg)
+        h = torch.sigmoid(og) * torch.tanh(c)
+        out[i] = h
+    return torch.stack(out, 1)
 
 
 def audio_tokens_vggish(out_channels: int = 256, weights: str | os.PathLike | None = None, freeze: bool = True,

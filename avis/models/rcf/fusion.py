@@ -118,10 +118,12 @@ class RobustContextFusion(nn.Module):
         self.layers[-1].keep_attention = bool(value)
 
     def forward(self, f_t: torch.Tensor, f_ref: torch.Tensor | None = None, audio: torch.Tensor | None = None,
-                audio_valid: torch.Tensor | None = None, audio_features: torch.Tensor | None = None) -> Fused:
+                audio_valid: torch.Tensor | None = None, audio_features: torch.Tensor | None = None,
+                audio_tokens: torch.Tensor | None = None) -> Fused:
         """f_t: B x C x H x W; f_ref: B x delta*C x H x W (None iff delta = 0); audio: B x (1+delta) x S
-        windows, or audio_features: B x (1+delta) x C_a (see :class:`AudioTokens`), or neither (then the
-        audio tokens, if the model has them, are masked out); audio_valid: B bool."""
+        windows, or audio_features: B x (1+delta) x C_a (see :class:`AudioTokens`), or audio_tokens: the
+        ready tokens B x (1+delta) x C' (online fast path), or none (then the audio tokens, if the model has
+        them, are masked out); audio_valid: B bool (None: all valid)."""
         b, _, h, w = f_t.shape
         tgt = self.target_tokens(f_t)
         dtype, device = tgt.dtype, tgt.device
@@ -139,21 +141,28 @@ class RobustContextFusion(nn.Module):
             self.last_weight_map = wmap.detach() if self.keep_attention else None
         if self.audio_tokens is not None:
             n_aud = 1 + self.delta
-            if audio is None and audio_features is None:
+            valid = None  # None: every clip has audio, no padding mask needed
+            if audio is None and audio_features is None and audio_tokens is None:
                 aud = torch.zeros(b, n_aud, self.dim, dtype=dtype, device=device)
                 valid = torch.zeros(b, dtype=torch.bool, device=device)
             else:
-                aud = (self.audio_tokens(audio) if audio_features is None
-                       else self.audio_tokens.from_features(audio_features)).to(dtype)
-                valid = (torch.ones(b, dtype=torch.bool, device=device) if audio_valid is None
-                         else audio_valid.to(device))
+                if audio_tokens is not None:
+                    aud = audio_tokens
+                elif audio_features is not None:
+                    aud = self.audio_tokens.from_features(audio_features)
+                else:
+                    aud = self.audio_tokens(audio)
+                aud = aud.to(dtype)
+                valid = None if audio_valid is None else audio_valid.to(device)
             tokens.append(aud)
             pos.append(self.audio_tokens.time_embed.to(dtype).expand(b, -1, -1))
-            masks.append((~valid)[:, None].expand(b, n_aud))
+            if valid is not None:
+                masks.append((~valid)[:, None].expand(b, n_aud))
         x = torch.cat(tokens, 1)
         p = torch.cat(pos, 1)
-        # Only audio tokens can be padding; without audio in the model no mask is needed at all.
-        pad = torch.cat(masks, 1) if n_aud else None
+        # Only audio tokens can be padding; with all audio present (or none in the model) no mask is needed,
+        # which also keeps attention on its unmasked (faster) kernels.
+        pad = torch.cat(masks, 1) if len(masks) == len(tokens) and n_aud else None
         for layer in self.layers:
             x = layer(x, p, pad)
         self._layout = (h, w, n_ref, n_aud)

@@ -38,6 +38,7 @@ class RCFState:
     features: deque
     audio: deque
     size: tuple[int, int] | None = None
+    silence: torch.Tensor | None = None  # cached audio entry of a missing window (fast path)
     probs: list[torch.Tensor] = field(default_factory=list)  # per frame N x (K+1)
     masks: list[torch.Tensor] = field(default_factory=list)  # per frame N x H/4 x W/4 mask logits
 
@@ -86,6 +87,32 @@ class RCF(VISMethod):
         self.criterion = SetCriterion(num_classes, no_object_weight, class_weight, dice_weight)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255, persistent=False)
+        # Online fast path (see :meth:`optimize_online`); fast_online = False runs the reference step.
+        self.fast_online = True
+        self.channels_last = False
+        self.amp_dtype: torch.dtype | None = None
+        self._compiled: dict = {}  # plain dict: compiled wrappers must not register as submodules
+
+    def optimize_online(self, channels_last: bool = True, amp: str | None = None,
+                        compile: bool = False) -> RCF:
+        """Settings of the online fast path (:meth:`step`); returns self.
+
+        channels_last: NHWC weights and inputs for the convolutions (faster on GPUs with tensor cores and
+        with oneDNN on CPU). amp: ``"bf16"`` or ``"fp16"`` runs the step under autocast (meant for GPUs; the
+        stored outputs are still cast to float32 where the tracker reads them). compile: ``torch.compile``
+        the backbone and the mask decoder (first frames are slow while it compiles).
+        """
+        dtypes = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+        if amp not in dtypes:
+            raise ValueError(f"amp must be one of None, 'bf16', 'fp16', got {amp!r}")
+        self.fast_online = True
+        self.channels_last = channels_last
+        self.amp_dtype = dtypes[amp]
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        self._compiled = ({"backbone": torch.compile(self.backbone), "mask_decoder": torch.compile(self.mask_decoder)}
+                          if compile else {})
+        return self
 
     # -- shared pieces ---------------------------------------------------------------------------------
     def normalize(self, frames: torch.Tensor) -> torch.Tensor:
@@ -106,12 +133,12 @@ class RCF(VISMethod):
         return self.fusion.attention_maps()
 
     def predict(self, f_t, f_ref, low, audio=None, audio_valid=None, all_layers: bool = False,
-                audio_features=None):
+                audio_features=None, audio_tokens=None):
         """Everything after the backbone. f_t: B x C x h x w; f_ref: B x delta*C x h x w or None; low: finer
         levels of the target frame; audio windows B x T x S or audio_features B x T x C_a -> logits
         L x B x N x (K+1), mask logits L x B x N x H/4 x W/4 with L = dec_layers if all_layers else 1."""
-        fused = self.fusion(f_t, f_ref, audio, audio_valid, audio_features)
-        seg = self.mask_decoder(fused.target, low)
+        fused = self.fusion(f_t, f_ref, audio, audio_valid, audio_features, audio_tokens)
+        seg = self._compiled.get("mask_decoder", self.mask_decoder)(fused.target, low)
         codes = self.instance_decoder(fused.memory, fused.pos, fused.padding_mask)
         if not all_layers:
             codes = codes[-1:]
@@ -169,6 +196,62 @@ class RCF(VISMethod):
         """frame: uint8 3 x H x W; audio: float32 S (this frame's window) or None. The backbone runs once
         on this frame; references come from the cache (the first frame repeated at the video's start).
         Nothing here waits for the device: outputs stay on it until :meth:`finish`."""
+        if not self.fast_online:
+            return self._reference_step(state, frame, audio)
+        device = self.pixel_mean.device
+        with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            # non_blocking: a pinned host frame is copied asynchronously (a blocking copy synchronises).
+            x = self.normalize(frame[None].to(device, non_blocking=True))
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            feats = self._compiled.get("backbone", self.backbone)(x)
+            f_t = feats[-1]
+            state.size = tuple(frame.shape[-2:])
+            f_ref = None
+            if self.delta:
+                if not state.features:
+                    state.features.extend([f_t] * self.delta)
+                f_ref = torch.cat(list(state.features), 1)
+            aud = feat = features = None
+            if self.uses_audio and audio is not None:
+                feat, aud, features = self._online_audio(state, audio.to(device, non_blocking=True).float())
+            logits, masks = self.predict(f_t, f_ref, feats[:-1], audio_features=features, audio_tokens=aud)
+        state.probs.append(logits[-1, 0].float().softmax(-1))
+        state.masks.append(masks[-1, 0])
+        if self.delta:
+            state.features.append(f_t)
+            state.audio.append(feat)
+
+    def _online_audio(self, state: RCFState, window: torch.Tensor):
+        """This frame's cached audio entry and the audio input of the fusion (tokens or features).
+
+        With a split encoder that can project (:class:`avis.models.audio.AudioTokenEncoder`) the cache holds
+        each frame's first-layer LSTM gate inputs, so a frame costs one audio backbone call, one input
+        projection and the small recurrence over 1 + delta steps (instead of the 4096-wide LSTM input
+        projection of every cached frame again). A missing window reads as silence, computed once per video.
+        """
+        tokens = self.fusion.audio_tokens
+        encoder = tokens.encoder
+        project = tokens.splits and hasattr(encoder, "project")
+
+        def entry(w):
+            f = tokens.frame_features(w[None])
+            return (encoder.project(f) if project else f)[0]
+
+        feat = entry(window)
+        if not state.audio:
+            state.audio.extend([feat] * self.delta)
+        if any(a is None for a in state.audio) and state.silence is None:
+            state.silence = entry(torch.zeros_like(window))
+        seq = torch.stack([state.silence if a is None else a for a in state.audio] + [feat])[None]
+        if project:
+            return feat, tokens.proj(encoder.tokens_from_projected(seq)), None
+        return feat, None, seq
+
+    @torch.no_grad()
+    def _reference_step(self, state: RCFState, frame: torch.Tensor, audio: torch.Tensor | None = None) -> None:
+        """The straightforward step (float32, per-frame audio features through the full LSTM): the fast
+        path's reference in tests."""
         feats = self.backbone(self.normalize(frame[None]))
         f_t = feats[-1]
         state.size = tuple(frame.shape[-2:])
@@ -179,7 +262,6 @@ class RCF(VISMethod):
             f_ref = torch.cat(list(state.features), 1)
         aud = a_t = None
         if self.uses_audio and audio is not None:
-            # Audio features are cached like visual ones: the audio backbone runs once per frame too.
             tokens = self.fusion.audio_tokens
             a_t = tokens.frame_features(audio.to(f_t.device, torch.float32)[None])[0]
             if not state.audio:
@@ -198,10 +280,31 @@ class RCF(VISMethod):
     @torch.no_grad()
     def finish(self, state: RCFState) -> list[Track]:
         """Binarise (mask threshold), keep fired slots, assign identities -> tracks with masks at the input
-        size (bool H x W per frame where the track appears)."""
+        size (bool H x W per frame where the track appears).
+
+        All host transfers happen here, once per video: class probabilities first, then only the slots that
+        can fire (best real-class probability >= class_threshold) are upsampled and thresholded on the
+        device; the others cannot fire, so the tracker gets empty masks for them.
+        """
         tracker = SlotTracker(self.class_threshold, self.iou_threshold)
         logit_threshold = torch.logit(torch.tensor(self.mask_threshold)).item()
-        for i, (probs, masks) in enumerate(zip(state.probs, state.masks)):
-            up = F.interpolate(masks[None].float(), size=state.size, mode="bilinear", align_corners=False)[0]
-            tracker.update(i, probs.float().cpu(), (up > logit_threshold).cpu())
+        if not state.probs:
+            return tracker.tracks()
+        probs = torch.stack(state.probs).float().cpu()  # F x N x (K+1)
+        candidates = probs[..., :-1].max(-1).values >= self.class_threshold  # F x N
+        frame_idx, slot_idx = torch.nonzero(candidates, as_tuple=True)
+        stacked = torch.stack(state.masks)  # F x N x h x w, on the device
+        device = stacked.device
+        picked = stacked[frame_idx.to(device), slot_idx.to(device)]  # M x h x w
+        # Upsample in chunks (bounded memory at full resolution), one host transfer per chunk.
+        binary = torch.cat([(F.interpolate(c[None].float(), size=state.size, mode="bilinear",
+                                           align_corners=False)[0] > logit_threshold).cpu()
+                            for c in picked.split(64)]) if len(picked) else None
+        n = stacked.shape[1]
+        for i in range(len(state.probs)):
+            masks = torch.zeros((n, *state.size), dtype=torch.bool)
+            sel = frame_idx == i
+            if binary is not None and sel.any():
+                masks[slot_idx[sel]] = binary[sel]
+            tracker.update(i, probs[i], masks)
         return tracker.tracks()

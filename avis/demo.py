@@ -1,0 +1,506 @@
+"""``avis demo``: does sound help? The whole workflow on the embedded synthetic dataset, in minutes on a CPU.
+
+Stages (each a Python call into the piece that does it, progress shown throughout)::
+
+    1 synthesize   data_tools.synth.generate       audio-dependent videos (look-alike twins told apart by sound)
+    2 build        data_tools.build                 train / val WebDataset shards
+    3 pretrain     pretrain_audio                   the audio arm's log-mel network on the train split's sound labels
+    4 train        avis.engine.loop.train           RCF tiny, audio-visual and visual-only (same seed, same data)
+    5 evaluate     avis.engine.predict              both checkpoints online over the val shards -> YTVIS metrics
+    6 significance avis.evaluation.ttest.compare    paired t-test over instances (headline), the paper's test, ...
+    7 export       data_tools.export.export         YTVIS results of both arms, one overlay video with sound
+    8 report       DIR/report.md                    the Table X / XII style table, plots, links
+
+    avis demo                               # -> demo_out/report.md
+    avis demo --audio-dependence 0          # the control: sound carries no information about the objects
+    avis demo --quick --out /tmp/q          # seconds: a smoke run on a handful of tiny videos (numbers meaningless)
+
+The two arms differ only in the hydra ``audio`` group (``experiment=rcf_av_tiny`` vs ``rcf_visual_tiny``); the
+demo's training recipe (steps, learning rate, sizes: :data:`FULL`) is given to both as hydra overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from avis.errors import ConfigError
+from avis.io.atomic import atomic_open
+
+log = logging.getLogger("avis.demo")
+
+STAGES = 8
+ARMS = (("av", "rcf_av_tiny", "audio-visual"), ("visual", "rcf_visual_tiny", "visual-only"))
+IOUS = (0.5, 0.75)
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Dataset size and training recipe of a demo run (both arms get the same)."""
+
+    videos: int = 160           # synthetic videos, train + val
+    val_fraction: float = 0.25
+    size: tuple[int, int] = (96, 64)   # width, height of the synthetic videos
+    frames: int = 20
+    fps: float = 8.0
+    steps: int = 1600           # training steps per arm
+    audio_pretrain_steps: int = 500   # steps of pretraining the audio encoder's log-mel network (0: none)
+    overrides: tuple[str, ...] = field(default_factory=tuple)  # hydra overrides for both arms
+    bootstrap: int = 1000
+
+
+# The recipe used by `avis demo` (tuned so that the tiny model learns masks and, with audio, the twins).
+FULL = DemoSettings(overrides=(
+    "data.batch_size=4", "data.scales=[64]", "data.test_size=64", "data.test_max_size=96", "data.max_size=96",
+    "data.clips_per_video=2", "optim.optimizer.lr=2e-3", "optim.backbone_lr_mult=1.0", "optim.clip_grad_norm=1.0",
+))
+# Seconds: the pipeline end to end on a handful of tiny videos (tests, smoke runs); the numbers mean nothing.
+QUICK = DemoSettings(videos=4, val_fraction=0.5, size=(64, 48), frames=6, fps=6.0, steps=3, bootstrap=50,
+                     audio_pretrain_steps=3,
+                     overrides=("data.batch_size=2", "data.scales=[48]", "data.test_size=48",
+                                "data.test_max_size=64", "data.max_size=64", "model.num_queries=4"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="demo_out", help="output folder (default demo_out; report.md inside)")
+    parser.add_argument("--audio-dependence", type=float, default=1.0,
+                        help="share of videos where only sound tells look-alike twins apart (default 1; 0 = "
+                             "the control where sound carries no information)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and of both trainings (default 0)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run in seconds on 4 tiny videos (pipeline check; the numbers mean nothing)")
+    parser.add_argument("--steps", type=int, help="training steps per arm (default: the demo recipe's)")
+    parser.add_argument("--videos", type=int, help="synthetic videos, train + val (default: the recipe's)")
+    parser.add_argument("overrides", nargs="*", help="extra hydra overrides for both arms (key=value)")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = QUICK if args.quick else FULL
+    if args.steps is not None:
+        settings = replace(settings, steps=args.steps)
+    if args.videos is not None:
+        settings = replace(settings, videos=args.videos)
+    if args.overrides:
+        settings = replace(settings, overrides=settings.overrides + tuple(args.overrides))
+    summary = run_demo(args.out, audio_dependence=args.audio_dependence, seed=args.seed, settings=settings,
+                       quick=args.quick)
+    print(f"\nreport: {summary['report']}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- stages
+def _stage(i: int, title: str) -> float:
+    print(f"\n== [{i}/{STAGES}] {title}", flush=True)
+    return time.perf_counter()
+
+
+def _done(t0: float, what: str = "") -> float:
+    dt = time.perf_counter() - t0
+    print(f"   done in {dt:.1f} s{(' -- ' + what) if what else ''}", flush=True)
+    return dt
+
+
+def synthesize(out: Path, audio_dependence: float, seed: int, s: DemoSettings) -> Path:
+    from data_tools.synth import generate
+
+    synth_dir = out / "synth"
+    generate(synth_dir, num_videos=s.videos, seed=seed, audio_dependence=audio_dependence, size=s.size,
+             frames=s.frames, fps=s.fps, val_fraction=s.val_fraction)
+    return synth_dir
+
+
+def build_shards(synth_dir: Path, out: Path) -> dict[str, Path]:
+    from data_tools import build
+
+    dirs = {}
+    for split in ("train", "val"):
+        parser = argparse.ArgumentParser()
+        build.add_arguments(parser)
+        dirs[split] = out / "shards" / split
+        rc = build.run(parser.parse_args(["--videos", str(synth_dir), "--annotations",
+                                          str(synth_dir / f"{split}.json"), "--out", str(dirs[split])]))
+        if rc:
+            raise RuntimeError(f"building the {split} shards failed (exit {rc})")
+    return dirs
+
+
+def train_arm(experiment: str, run_dir: Path, train_pattern, seed: int, steps: int, overrides=(),
+              progress: bool = True) -> Path:
+    """Train one arm through the hydra compose API and the engine's loop; returns the last checkpoint.
+
+    ``experiment``: a preset of ``configs/experiment`` (``rcf_av_tiny``, ``rcf_visual``, ...); ``overrides``:
+    further hydra overrides (``model.delta=3``, ``optim.optimizer.lr=1e-3``, ...)."""
+    from avis.engine.config import compose
+    from avis.engine.loop import check_config, train
+
+    run_dir = Path(run_dir).resolve()
+    cfg = compose([f"experiment={experiment}", f"data.train.pattern={train_pattern}", "data.val_pattern=null",
+                   f"seed={seed}", f"trainer.max_steps={steps}", "trainer.eval_every=0",
+                   f"trainer.ckpt_every={steps}", f"trainer.log_every={min(10, steps)}", "trainer.tensorboard=false",
+                   f"trainer.progress={str(progress).lower()}", *overrides], out_dir=run_dir)
+    check_config(cfg)
+    train(cfg)
+    return run_dir / "checkpoints" / "last.pt"
+
+
+def pretrained_audio_tokens(weights: str | None = None, freeze: bool = True, **kwargs):
+    """Hydra target for the demo's audio-visual arm: :func:`avis.models.audio.audio_tokens_tiny` with the
+    weights of :func:`pretrain_audio` (the role AudioSet-pretrained VGGish plays in the paper). ``freeze``
+    keeps the pretrained log-mel network fixed (the bi-LSTM and head still train), as the paper does."""
+    import torch
+
+    from avis.models.audio import audio_tokens_tiny
+
+    enc = audio_tokens_tiny(freeze=freeze, **kwargs)
+    if weights:
+        enc.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return enc
+
+
+def pretrain_audio(experiment: str, train_pattern, annotations: dict, out_path: Path, steps: int = 600,
+                   batch_size: int = 64, lr: float = 1e-2, seed: int = 0, progress: bool = True) -> dict:
+    """Pretrain the log-mel network of ``experiment``'s audio encoder on the training split's sound labels:
+    from a frame's window, predict which categories are sounding at that frame (the annotations'
+    ``sounding`` flags; multi-label, BCE; the RCF later learns the bi-LSTM and head). Writes the encoder's state dict to
+    ``out_path``; returns ``{"windows", "positives", "loss", "accuracy"}`` (accuracy: per category and
+    window, on the training windows). Videos whose objects never sound give all-negative targets."""
+    import numpy as np
+    import torch
+    from hydra.utils import instantiate
+    from tqdm import tqdm
+
+    from avis.data import iter_videos
+    from avis.engine.config import compose
+    from avis.engine.data import audio_16k
+    from avis.models.audio.windows import frame_windows
+
+    cfg = compose([f"experiment={experiment}"])
+    cats = [c["id"] for c in annotations["categories"]]
+    index = {c: i for i, c in enumerate(cats)}
+    by_video: dict[int, list[dict]] = {}
+    for a in annotations["annotations"]:
+        by_video.setdefault(int(a["video_id"]), []).append(a)
+    eta = float(cfg.audio.get("eta", 0.96))
+    wins, targets = [], []
+    for video in iter_videos(str(train_pattern)):
+        audio, has = audio_16k(video)
+        if not has:
+            continue
+        times = torch.as_tensor(np.asarray(video.frame_times), dtype=torch.float64)
+        w = frame_windows(audio, times, eta=eta)                        # T x S
+        y = torch.zeros(len(times), len(cats))
+        for a in by_video.get(int(video.video_id), []):
+            flags = a.get("sounding") or []
+            for t, on in enumerate(flags[:len(times)]):
+                if on:
+                    y[t, index[a["category_id"]]] = 1.0
+        wins.append(w)
+        targets.append(y)
+    if not wins:
+        raise ConfigError("no training video with sound to pretrain the audio encoder on")
+    torch.manual_seed(seed)
+    encoder = instantiate(cfg.audio.encoder)
+    net = encoder.extractor.backbone
+    with torch.no_grad():  # the log-mel examples once (the frontend has no parameters)
+        examples = torch.cat([encoder.extractor.frontend.examples(w) for w in wins])   # N x 96 x 64
+    y_all = torch.cat(targets)
+    head = torch.nn.Linear(int(encoder.feature_dim), len(cats))
+    opt = torch.optim.AdamW(list(net.parameters()) + list(head.parameters()), lr=lr, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(seed)
+    loss_v = acc = float("nan")
+    net.train()
+    for _ in tqdm(range(steps), desc="pretrain audio", unit="step", disable=not progress):
+        idx = torch.randint(0, len(examples), (batch_size,), generator=gen)
+        logits = head(net.forward_features(examples[idx]))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y_all[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_v = float(loss.detach())
+        acc = float(((logits.detach() > 0) == (y_all[idx] > 0.5)).float().mean())
+    lengths = [len(w) for w in wins]
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out_path, "wb") as f:
+        torch.save(encoder.state_dict(), f)
+    return {"windows": int(sum(lengths)), "positives": float(torch.cat(targets).mean()), "loss": loss_v,
+            "accuracy": acc}
+
+
+def evaluate_arm(ckpt: Path, val_shards, gt: dict | None, out_dir: Path, device: str = "auto",
+                 progress: bool = True) -> dict:
+    """Online inference over the val shards, scored against ``gt`` (None: the annotations in the shards)
+    -> ``out_dir``/metrics.json, results.json, samples.csv (+ gt.json). Returns the summary + ``results``."""
+    from avis.engine.data import ShardSource, iter_eval_videos
+    from avis.engine.predict import predict_videos, write_evaluation
+    from avis.engine.session import load_trained
+
+    trained = load_trained(ckpt, device)
+    cfg = trained.cfg
+    source = ShardSource(val_shards if isinstance(val_shards, (list, tuple)) else str(val_shards),
+                         categories=trained.categories)
+    sizes = (None if gt is None else
+             {int(v["id"]): (int(v["height"]), int(v["width"]), int(v["length"])) for v in gt["videos"]})
+    pred = predict_videos(trained.model, iter_eval_videos(source), trained.categories, trained.device,
+                          short=cfg.data.get("test_size"), max_size=cfg.data.get("test_max_size"),
+                          eta=float(cfg.data.get("eta", 0.96)), with_gt=gt is None, sizes=sizes,
+                          amp=trained.device.type == "cuda", progress=progress)
+    summary = write_evaluation(out_dir, pred, gt, extra={"checkpoint": {"path": str(ckpt), "step": trained.step}})
+    summary["results"] = pred["results"]
+    return summary
+
+
+def significance(gt: dict, res_a: list[dict], res_b: list[dict], out: Path, bootstrap: int, seed: int) -> dict:
+    from avis.evaluation import ttest
+
+    cmp = ttest.compare(gt, res_a, res_b, IOUS, bootstrap=bootstrap, seed=seed)
+    with atomic_open(out / "ttest.csv", "w") as f:
+        f.write(ttest.to_csv(cmp["rows"]))
+    with atomic_open(out / "ttest.md", "w") as f:
+        f.write(ttest.format_table(cmp["rows"], markdown=True) + "\n")
+    ttest.plot_distributions(cmp["ious_a"], cmp["ious_b"], out / "iou_distributions.png",
+                             ("audio-visual", "visual-only"))
+    return cmp
+
+
+def export_arm(results: list[dict], gt: dict, synth_dir: Path, out_dir: Path, overlay_video: int | None) -> dict:
+    """YTVIS results of every val video; with ``overlay_video``, that video's overlay mp4 (with its sound)."""
+    from avis.io.ytvis import save_json
+    from data_tools.export import export
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    res_path = out_dir / "results_in.json"
+    save_json(results, res_path)
+    written = {k: str(v) for k, v in export(res_path, None, ["ytvis"], out_dir, gt=gt).items()}
+    if overlay_video is not None:
+        one_gt = {**gt, "videos": [v for v in gt["videos"] if v["id"] == overlay_video],
+                  "annotations": [a for a in gt["annotations"] if a["video_id"] == overlay_video]}
+        one = [r for r in results if r["video_id"] == overlay_video]
+        save_json(one, out_dir / "overlay_results.json")
+        w = export(out_dir / "overlay_results.json", None, ["overlay"], out_dir, gt=one_gt, videos_dir=synth_dir,
+                   score_threshold=0.3)
+        mp4s = sorted(Path(w["overlay"]).glob("*.mp4")) if Path(w["overlay"]).is_dir() else [Path(w["overlay"])]
+        written["overlay"] = str(mp4s[0])
+    res_path.unlink(missing_ok=True)
+    return written
+
+
+def headline_p(rows: list[dict], tau: float, test: str = "paired-instance") -> float:
+    for r in rows:
+        if r["test"] == test and r["iou"] == tau:
+            return float(r["p_value"])
+    return math.nan
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def run_demo(out, audio_dependence: float = 1.0, seed: int = 0, settings: DemoSettings = FULL,
+             quick: bool = False, progress: bool = True) -> dict:
+    """The whole demo into ``out``; returns the summary written to ``out/summary.json``."""
+    if not 0.0 <= audio_dependence <= 1.0:
+        raise ConfigError(f"--audio-dependence {audio_dependence}: must be in [0, 1]")
+    if settings.steps < 1:
+        raise ConfigError(f"--steps {settings.steps}: need at least 1")
+    from avis.evaluation import av_table
+    from avis.io.ytvis import load_annotations
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start, cpu_start = time.perf_counter(), time.process_time()
+    times = {}
+    print(f"avis demo: audio dependence d = {audio_dependence:g}, seed {seed}, {settings.videos} videos "
+          f"{settings.size[0]}x{settings.size[1]}, {settings.steps} training steps per arm -> {out}", flush=True)
+
+    t0 = _stage(1, "synthesize the audio-visual dataset (data_tools.synth)")
+    synth_dir = synthesize(out, audio_dependence, seed, settings)
+    times["synthesize"] = _done(t0)
+
+    t0 = _stage(2, "build train / val shards (data_tools.build)")
+    shards = build_shards(synth_dir, out)
+    times["build"] = _done(t0)
+
+    train_gt = load_annotations(synth_dir / "train.json")
+    arm_overrides = {"av": [], "visual": []}
+    audio_pretrain = None
+    if settings.audio_pretrain_steps > 0:
+        t0 = _stage(3, "pretrain the audio encoder on the training split's sound labels (audio-visual arm)")
+        weights = out / "runs" / "audio_pretrained.pt"
+        audio_pretrain = pretrain_audio(ARMS[0][1], shards["train"], train_gt, weights,
+                                        settings.audio_pretrain_steps, seed=seed, progress=progress)
+        arm_overrides["av"] = ["audio.encoder._target_=avis.demo.pretrained_audio_tokens",
+                               f"+audio.encoder.weights={weights.resolve()}"]
+        times["pretrain_audio"] = _done(t0, f"{audio_pretrain['windows']} windows, BCE {audio_pretrain['loss']:.3f}, "
+                                            f"accuracy {audio_pretrain['accuracy']:.3f}")
+
+    runs = {}
+    for i, (key, experiment, label) in enumerate(ARMS):
+        t0 = _stage(4, f"train {label} RCF tiny ({experiment}, {settings.steps} steps) [{i + 1}/2]")
+        runs[key] = train_arm(experiment, out / "runs" / key, shards["train"], seed, settings.steps,
+                              (*settings.overrides, *arm_overrides[key]), progress)
+        times[f"train_{key}"] = _done(t0)
+
+    gt = load_annotations(synth_dir / "val.json")
+    evals = {}
+    for i, (key, _, label) in enumerate(ARMS):
+        t0 = _stage(5, f"evaluate {label} on the val split [{i + 1}/2]")
+        evals[key] = evaluate_arm(runs[key], shards["val"], gt, out / "eval" / key, "auto", progress)
+        m = evals[key]["metrics"]
+        times[f"eval_{key}"] = _done(t0, f"AP {100 * m['AP']:.1f}, AP50 {100 * m['AP50']:.1f}")
+
+    t0 = _stage(6, "significance (avis.evaluation.ttest: audio-visual = A, visual-only = B)")
+    cmp = significance(gt, evals["av"]["results"], evals["visual"]["results"], out, settings.bootstrap, seed)
+    h = cmp["headline"]
+    times["ttest"] = _done(t0, f"paired-instance IoU>0.5: {h['mean_a']:.3f} vs {h['mean_b']:.3f}, "
+                               f"p = {h['p_value']:.3g}")
+
+    t0 = _stage(7, "export (data_tools.export: YTVIS results, one overlay video with sound)")
+    overlay_video = _pick_overlay_video(gt, evals["av"]["results"])
+    exports = {key: export_arm(evals[key]["results"], gt, synth_dir, out / "export" / key,
+                               overlay_video if key == "av" else None) for key, _, _ in ARMS}
+    times["export"] = _done(t0)
+
+    t0 = _stage(8, "report")
+    ma, mb = evals["av"]["metrics"], evals["visual"]["metrics"]
+    from avis.evaluation.ytvis_eval import evaluate
+
+    p_ap = av_table.bootstrap_ap_p(evaluate(gt, evals["av"]["results"]), evaluate(gt, evals["visual"]["results"]),
+                                   settings.bootstrap, seed) if settings.bootstrap > 0 else math.nan
+    row = av_table.table_row(1, mb["AP"], mb["AP50"], ma["AP"], ma["AP50"], headline_p(cmp["rows"], 0.5),
+                             headline_p(cmp["rows"], 0.75), p_ap=p_ap)
+    with atomic_open(out / "table.csv", "w") as f:
+        f.write(av_table.to_csv([row]))
+    times["total"] = time.perf_counter() - t_start
+    times["total_cpu"] = time.process_time() - cpu_start  # all threads of this process: the load-free cost
+    summary = {"audio_dependence": audio_dependence, "seed": seed, "quick": quick, "settings": asdict(settings),
+               "metrics": {"av": ma, "visual": mb}, "table": row, "headline": h, "tests": cmp["rows"],
+               "overlay_video": overlay_video, "audio_pretrain": audio_pretrain, "exports": exports, "seconds": times,
+               "report": str(out / "report.md")}
+    _write_report(out, summary)
+    from avis.io.ytvis import save_json
+
+    save_json(_nan_to_none(summary), out / "summary.json", indent=2)
+    _done(t0, f"total {times['total']:.0f} s")
+    return summary
+
+
+def _pick_overlay_video(gt: dict, results: list[dict]) -> int | None:
+    """The val video with the most instances (ties: the lowest id): the most to look at."""
+    if not gt["videos"]:
+        return None
+    counts = {v["id"]: 0 for v in gt["videos"]}
+    for a in gt["annotations"]:
+        counts[a["video_id"]] = counts.get(a["video_id"], 0) + 1
+    return min(counts, key=lambda v: (-counts[v], v))
+
+
+def _nan_to_none(x):
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_nan_to_none(v) for v in x]
+    return x
+
+
+def _rel(path, out: Path) -> str:
+    return os.path.relpath(path, out)
+
+
+def _write_report(out: Path, s: dict) -> None:
+    from avis.evaluation import av_table
+    from avis.evaluation.ttest import format_table
+
+    d, h, row = s["audio_dependence"], s["headline"], s["table"]
+    ma, mb = s["metrics"]["av"], s["metrics"]["visual"]
+    st = s["settings"]
+    significant = h["p_value"] < 0.05
+    if h["mean_a"] > h["mean_b"] and significant:
+        verdict = "**the audio-visual model is significantly better** (p < 0.05)"
+    elif h["mean_a"] < h["mean_b"] and significant:
+        verdict = "**the visual-only model is significantly better** (p < 0.05)"
+    else:
+        verdict = "**no significant difference** (p >= 0.05)"
+    p_ap = row["p_ap"]
+    if p_ap is not None and not math.isnan(p_ap) and p_ap < 0.05:
+        ap_verdict = "**significant** (p < 0.05)"
+    else:
+        ap_verdict = "**not significant** (p >= 0.05)"
+    lines = [
+        f"# avis demo: does sound help? (audio dependence d = {d:g})",
+        "",
+        ("> QUICK smoke run: a handful of tiny videos and a few training steps; it checks the pipeline, the "
+         "numbers mean nothing.\n" if s["quick"] else ""),
+        f"Synthetic set (`avis synth`, seed {s['seed']}): {st['videos']} videos of {st['size'][0]}x{st['size'][1]}"
+        f" px, {st['frames']} frames at {st['fps']:g} fps; share of audio-dependent videos d = {d:g} (in those, "
+        "look-alike twins are pixel-identical and only their sound tells them apart). Both arms: RCF tiny, "
+        f"{st['steps']} training steps, the same seed and data; they differ only in the audio branch.",
+        "",
+        "## Table X / XII style (val split, AP in %)",
+        "",
+        av_table.to_markdown([row]),
+        "",
+        f"p-values: paired t-test over ground-truth instances (headline of `avis ttest`) of each instance's IoU "
+        f"at the threshold (0 when missed). At IoU > 0.5: mean {h['mean_a']:.3f} (audio-visual) vs "
+        f"{h['mean_b']:.3f} (visual-only), n = {h['n_a']} instances, p = {h['p_value']:.3g}: {verdict}.",
+        "",
+        f"AP: {100 * ma['AP']:.1f} (audio-visual) vs {100 * mb['AP']:.1f} (visual-only), difference "
+        f"{100 * (ma['AP'] - mb['AP']):+.1f} points, two-sided bootstrap p = {_p(row['p_ap'])} (videos resampled; "
+        f"{st['bootstrap']} resamples): {ap_verdict}. The IoU t-tests pair each object with itself and ignore "
+        "false positives; AP also charges them (e.g. a model that labels one object with both look-alike "
+        "classes), so read both.",
+        "",
+        "| metric | audio-visual | visual-only |",
+        "|---|---|---|",
+        *[f"| {k} | {_pct(ma[k])} | {_pct(mb[k])} |" for k in ("AP", "AP50", "AP75", "AR1", "AR10")],
+        "",
+        "## All tests (`avis ttest`, A = audio-visual, B = visual-only)",
+        "",
+        format_table([_nan_row(r) for r in s["tests"]], markdown=True),
+        "",
+        "`paper` = the RCF paper's unpaired test on the IoUs of matched predictions above the threshold "
+        "(Student / Welch); `paired-video` averages per video first; `bootstrap` = 95 % CI of the AP difference "
+        "resampling videos.",
+        "",
+        "## Plots and files",
+        "",
+        "![IoU distributions](iou_distributions.png)",
+        "",
+    ]
+    if "overlay" in s["exports"]["av"]:
+        lines.append(f"- Overlay video of the audio-visual model's predictions, with the video's sound: "
+                     f"[{_rel(s['exports']['av']['overlay'], out)}]({_rel(s['exports']['av']['overlay'], out)})")
+    for key in ("av", "visual"):
+        lines.append(f"- YTVIS results ({key}): [{_rel(s['exports'][key]['ytvis'], out)}]"
+                     f"({_rel(s['exports'][key]['ytvis'], out)}); metrics: [eval/{key}/metrics.json]"
+                     f"(eval/{key}/metrics.json); per-instance samples: eval/{key}/samples.csv")
+    lines += ["- Tests: [ttest.csv](ttest.csv), [ttest.md](ttest.md); table: [table.csv](table.csv); "
+              "everything: [summary.json](summary.json)", "",
+              "## Time (s)", "", f"Wall-clock per stage; `total_cpu` is the CPU time of all threads (on a busy "
+              f"machine the wall clock grows, the CPU time hardly). torch threads: {torch_threads()}.", "",
+              "| stage | seconds |", "|---|---|",
+              *[f"| {k} | {v:.1f} |" for k, v in s["seconds"].items()], ""]
+    with atomic_open(out / "report.md", "w") as f:
+        f.write("\n".join(lines))
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _p(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"
+
+
+def _pct(v) -> str:
+    return "-" if v is None or v < 0 else f"{100 * v:.1f}"
+
+
+def _nan_row(r: dict) -> dict:
+    return {k: (float("nan") if v is None else v) for k, v in r.items()}
