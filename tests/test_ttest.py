@@ -82,7 +82,7 @@ def test_paired_tests_pair_by_instance_and_count_misses_as_zero():
         va, vb = [xa[0::2].mean(), xa[1::2].mean()], [xb[0::2].mean(), xb[1::2].mean()]
         row = by(out["rows"], "paired-video", "paired", tau)
         assert row["mean_a"] == pytest.approx(np.mean(va)) and row["p_value"] == pytest.approx(sps.ttest_rel(va, vb).pvalue)
-    assert out["headline"]["test"] == "paired-instance" and out["headline"]["iou"] == 0.5
+    assert out["headline"]["test"] == "paired-instance-top1" and out["headline"]["iou"] == 0.5
 
 
 def test_matching_is_greedy_by_score_at_the_threshold():
