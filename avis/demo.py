@@ -449,7 +449,8 @@ def _write_report(out: Path, s: dict) -> None:
         "",
         f"p-values: paired t-test over ground-truth instances (`{h['test']}`, the headline of `avis ttest`): "
         "predictions are matched to instances ignoring the category (greedy by score), and an instance scores the "
-        "IoU of its match when the match has the right category, 0 otherwise or when missed. At IoU > 0.5: mean {h['mean_a']:.3f} (audio-visual) vs "
+        "IoU of its match when the match has the right category, 0 otherwise or when missed. At IoU > 0.5: "
+        f"mean {h['mean_a']:.3f} (audio-visual) vs "
         f"{h['mean_b']:.3f} (visual-only), n = {h['n_a']} instances, p = {h['p_value']:.3g}: {verdict}.",
         "",
         f"AP: {100 * ma['AP']:.1f} (audio-visual) vs {100 * mb['AP']:.1f} (visual-only), difference "
