@@ -290,7 +290,10 @@ def export_arm(results: list[dict], gt: dict, synth_dir: Path, out_dir: Path, ov
     return written
 
 
-def headline_p(rows: list[dict], tau: float, test: str = "paired-instance") -> float:
+def headline_p(rows: list[dict], tau: float, test: str | None = None) -> float:
+    from avis.evaluation.ttest import HEADLINE
+
+    test = test or HEADLINE
     for r in rows:
         if r["test"] == test and r["iou"] == tau:
             return float(r["p_value"])
@@ -354,7 +357,7 @@ def run_demo(out, audio_dependence: float = 1.0, seed: int = 0, settings: DemoSe
     t0 = _stage(6, "significance (avis.evaluation.ttest: audio-visual = A, visual-only = B)")
     cmp = significance(gt, evals["av"]["results"], evals["visual"]["results"], out, settings.bootstrap, seed)
     h = cmp["headline"]
-    times["ttest"] = _done(t0, f"paired-instance IoU>0.5: {h['mean_a']:.3f} vs {h['mean_b']:.3f}, "
+    times["ttest"] = _done(t0, f"{h['test']} IoU>0.5: {h['mean_a']:.3f} vs {h['mean_b']:.3f}, "
                                f"p = {h['p_value']:.3g}")
 
     t0 = _stage(7, "export (data_tools.export: YTVIS results, one overlay video with sound)")
@@ -444,15 +447,17 @@ def _write_report(out: Path, s: dict) -> None:
         "",
         av_table.to_markdown([row]),
         "",
-        f"p-values: paired t-test over ground-truth instances (headline of `avis ttest`) of each instance's IoU "
-        f"at the threshold (0 when missed). At IoU > 0.5: mean {h['mean_a']:.3f} (audio-visual) vs "
+        f"p-values: paired t-test over ground-truth instances (`{h['test']}`, the headline of `avis ttest`): "
+        "predictions are matched to instances ignoring the category (greedy by score), and an instance scores the "
+        "IoU of its match when the match has the right category, 0 otherwise or when missed. At IoU > 0.5: "
+        f"mean {h['mean_a']:.3f} (audio-visual) vs "
         f"{h['mean_b']:.3f} (visual-only), n = {h['n_a']} instances, p = {h['p_value']:.3g}: {verdict}.",
         "",
         f"AP: {100 * ma['AP']:.1f} (audio-visual) vs {100 * mb['AP']:.1f} (visual-only), difference "
         f"{100 * (ma['AP'] - mb['AP']):+.1f} points, two-sided bootstrap p = {_p(row['p_ap'])} (videos resampled; "
-        f"{st['bootstrap']} resamples): {ap_verdict}. The IoU t-tests pair each object with itself and ignore "
-        "false positives; AP also charges them (e.g. a model that labels one object with both look-alike "
-        "classes), so read both.",
+        f"{st['bootstrap']} resamples): {ap_verdict}. The headline t-test pairs each object with itself and judges "
+        "it by the most confident prediction on it (a wrong label there scores 0); AP also charges every other "
+        "false positive, so read both.",
         "",
         "| metric | audio-visual | visual-only |",
         "|---|---|---|",

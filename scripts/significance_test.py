@@ -14,8 +14,9 @@ be better); ``<seed>``: any name (``seed0``, ``seed1``...). Results are YouTube-
 
 Writes ``OUT/table.md`` and ``OUT/table.csv`` (one row per group: AP, AP50 without and with audio in %, their
 difference, p at IoU > 0.5 and > 0.75) and per group the full ``avis ttest`` output (``tests_<group>.md/.csv``,
-``iou_<group>.png``). The p columns come from ``--test``: ``paired-instance`` (default, the headline of ``avis
-ttest``: paired over ground-truth instances, each instance's IoU averaged over the seeds of an arm) or
+``iou_<group>.png``). The p columns come from ``--test``: ``paired-instance-top1`` (default, the headline of
+``avis ttest``: paired over ground-truth instances, class-agnostic matching, the match's IoU if its category is
+right else 0, averaged over the seeds of an arm), ``paired-instance`` (the IoU of the same-category match) or
 ``paper`` (the RCF paper's unpaired test on matched IoUs above the threshold, Welch, runs pooled).
 """
 
@@ -39,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gt", help="ground-truth YTVIS JSON (default: gt.json beside the first results)")
     p.add_argument("--out", help="output folder (default: RUNS/tables)")
     p.add_argument("--arms", nargs=2, default=["av", "visual"], metavar=("A", "B"), help="arm folder names")
-    p.add_argument("--test", choices=av_table.TESTS, default="paired-instance", help="test behind the p columns")
+    p.add_argument("--test", choices=av_table.TESTS, default=av_table.TESTS[0], help="test behind the p columns")
     p.add_argument("--iou", type=float, nargs=2, default=[0.5, 0.75], help="the two IoU thresholds")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CI (0: off)")
     return p.parse_args(argv)

@@ -52,7 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0)")
     p.add_argument("--refs", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="reference frames (1..5)")
     p.add_argument("--steps", type=int, help="training steps per run (default: the preset's trainer)")
-    p.add_argument("--test", choices=("paired-instance", "paper"), default="paired-instance",
+    p.add_argument("--test", choices=("paired-instance-top1", "paired-instance", "paper"),
+                   default="paired-instance-top1",
                    help="test behind the table's p columns (see scripts/significance_test.py)")
     p.add_argument("--device", default="auto", help="evaluation device (training: trainer.device)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")

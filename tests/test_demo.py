@@ -187,6 +187,9 @@ def test_quick_demo_end_to_end(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     report = (out / "report.md").read_text()
     assert "QUICK smoke run" in report and "| Ref. number | AP w/o audio" in report
+    # the p columns and the report's verdict come from the headline test of avis ttest
+    assert summary["headline"]["test"] == "paired-instance-top1" and "{h[" not in report
+    assert f"mean {summary['headline']['mean_a']:.3f} (audio-visual)" in report
     for key in ("av", "visual"):
         m = json.loads((out / "eval" / key / "metrics.json").read_text())["metrics"]
         assert summary["metrics"][key] == m

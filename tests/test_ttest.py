@@ -82,7 +82,7 @@ def test_paired_tests_pair_by_instance_and_count_misses_as_zero():
         va, vb = [xa[0::2].mean(), xa[1::2].mean()], [xb[0::2].mean(), xb[1::2].mean()]
         row = by(out["rows"], "paired-video", "paired", tau)
         assert row["mean_a"] == pytest.approx(np.mean(va)) and row["p_value"] == pytest.approx(sps.ttest_rel(va, vb).pvalue)
-    assert out["headline"]["test"] == "paired-instance" and out["headline"]["iou"] == 0.5
+    assert out["headline"]["test"] == "paired-instance-top1" and out["headline"]["iou"] == 0.5
 
 
 def test_matching_is_greedy_by_score_at_the_threshold():
@@ -130,3 +130,112 @@ def test_seeds_and_bootstrap(tmp_path, cli):
     bad = cli("ttest", "--gt", tmp_path / "gt.json", "--a", tmp_path / "a.json", "--b", tmp_path / "b.json",
               "--runs-a", tmp_path / "a.json")
     assert bad.returncode == 2 and "runs" in bad.stderr
+
+
+# ------------------------------------------------------------------ class-aware top-1 (the headline test)
+TWIN_CATS = [1, 2, 2, 1, 1, 2, 1, 2]  # look-alike twins: category 1 and 2 alternate
+ROWS_A1 = [10, 9, 8, 10, 7, 9, 6, 8]
+ROWS_B1 = [10, 8, 9, 9, 8, 10, 7, 9]
+WRONG_FIRST = [True, False, True, False, True, False, True, False]  # B's wrong label scored higher
+
+
+def twins_case():
+    """8 instances (categories TWIN_CATS) in 2 videos. A predicts each with its right label; B hedges: the same
+    mask twice, once per twin category, its wrong label scored higher for half of the objects."""
+    gt, _, _ = case([10] * 8, [10] * 8)
+    gt["categories"] = [{"id": 1, "name": "bell"}, {"id": 2, "name": "siren"}]
+    for ann, c in zip(gt["annotations"], TWIN_CATS):
+        ann["category_id"] = c
+    a = [{"video_id": i % 2 + 1, "category_id": c, "score": 0.9 - 0.01 * i, "segmentations": [box(12 * i, r)]}
+         for i, (r, c) in enumerate(zip(ROWS_A1, TWIN_CATS))]
+    b = []
+    for i, (r, c, wrong_first) in enumerate(zip(ROWS_B1, TWIN_CATS, WRONG_FIRST)):
+        hi, lo = 0.9 - 0.01 * i, 0.5 - 0.01 * i
+        b += [{"video_id": i % 2 + 1, "category_id": c, "score": lo if wrong_first else hi,
+               "segmentations": [box(12 * i, r)]},
+              {"video_id": i % 2 + 1, "category_id": 3 - c, "score": hi if wrong_first else lo,
+               "segmentations": [box(12 * i, r)]}]
+    return gt, a, b
+
+
+def test_top1_scores_the_most_confident_label_so_hedging_does_not_pay():
+    from avis.evaluation.samples import top1_context, top1_samples, top1_scores
+
+    gt, a, b = twins_case()
+    for tau in (0.5, 0.75):
+        xa = [r / 10 if r / 10 >= tau else 0.0 for r in ROWS_A1]
+        xb = [0.0 if w or r / 10 < tau else r / 10 for r, w in zip(ROWS_B1, WRONG_FIRST)]
+        sb = top1_samples(top1_context(gt, b), tau)
+        assert len(sb) == 8
+        # the matched prediction is the higher-scored one, whatever its label
+        for row, r, c, w in zip(sorted(sb, key=lambda r: r["instance_id"]), ROWS_B1, TWIN_CATS, WRONG_FIRST):
+            assert row["category_id"] == c
+            assert row["pred_category_id"] == (None if r / 10 < tau else 3 - c if w else c)
+        sa = top1_scores(top1_samples(top1_context(gt, a), tau))
+        sb = top1_scores(sb)
+        keys = sorted(sa, key=lambda k: k[2])  # (video, category, instance) in instance order
+        assert [sa[k] for k in keys] == pytest.approx(xa) and [sb[k] for k in keys] == pytest.approx(xb)
+
+        out = compare(gt, a, b, ious=(tau,), bootstrap=0)
+        row = by(out["rows"], "paired-instance-top1", "paired", tau)
+        ref = sps.ttest_rel(xa, xb)
+        assert row["n_a"] == 8 and row["p_value"] == pytest.approx(ref.pvalue)
+        assert row["statistic"] == pytest.approx(ref.statistic)
+        assert row["effect"] == pytest.approx(cohen_dz(np.array(xa) - np.array(xb)))
+        assert out["headline"] is row
+        # the per-category test gives B every object through its right-label prediction: the hedge is free
+        per_cat = by(out["rows"], "paired-instance", "paired", tau)
+        assert per_cat["mean_b"] == pytest.approx(np.mean([r / 10 if r / 10 >= tau else 0.0 for r in ROWS_B1]))
+
+
+def overlap_case(score_p, score_q):
+    """Two instances at the same place: g1 (category 1, the full block) and g2 (category 2, its first 8 rows).
+    p (category 1, the full block: IoU 1.0 with g1, 0.8 with g2) and q (category 2, 9 rows: IoU 0.9 with g1,
+    8/9 with g2) both prefer g1."""
+    gt, _, _ = case([10, 10], [10, 10], videos=1)
+    gt["categories"] = [{"id": 1, "name": "bell"}, {"id": 2, "name": "siren"}]
+    g1, g2 = gt["annotations"]
+    g2.update(category_id=2, segmentations=[box(0, 8)], areas=[80])
+    res = [{"video_id": 1, "category_id": 1, "score": score_p, "segmentations": [box(0, 10)]},
+           {"video_id": 1, "category_id": 2, "score": score_q, "segmentations": [box(0, 9)]}]
+    return gt, res
+
+
+def test_top1_matching_is_greedy_class_agnostic_and_one_to_one():
+    from avis.evaluation.samples import top1_context, top1_samples, top1_scores
+
+    # p first: p takes g1 (IoU 1.0, right label); q, with g1 taken, takes g2 across categories (8/9, right)
+    gt, res = overlap_case(0.9, 0.8)
+    rows = {r["instance_id"]: r for r in top1_samples(top1_context(gt, res), 0.5)}
+    assert rows[1]["iou"] == pytest.approx(1.0) and rows[1]["score"] == pytest.approx(0.9)
+    assert rows[2]["iou"] == pytest.approx(8 / 9) and rows[2]["pred_category_id"] == 2
+    assert sorted(top1_scores(rows.values()).values()) == pytest.approx([8 / 9, 1.0])
+    # q first: q takes g1 (0.9 > 8/9) with the wrong label; p cannot also take g1, takes g2 (0.8), wrong label
+    gt, res = overlap_case(0.8, 0.9)
+    rows = {r["instance_id"]: r for r in top1_samples(top1_context(gt, res), 0.5)}
+    assert rows[1]["iou"] == pytest.approx(0.9) and rows[1]["pred_category_id"] == 2
+    assert rows[2]["iou"] == pytest.approx(0.8) and rows[2]["pred_category_id"] == 1
+    assert list(top1_scores(rows.values()).values()) == [0.0, 0.0]
+    # at 0.85 p cannot take g2 (0.8): unmatched, NaN iou, sample 0
+    rows = {r["instance_id"]: r for r in top1_samples(top1_context(gt, res), 0.85)}
+    assert math.isnan(rows[2]["iou"]) and rows[2]["pred_category_id"] is None
+    # only the top 100 predictions of a video count: 100 wrong-label ones scored above p push it out
+    gt, res = overlap_case(0.5, 0.0)
+    res = res[:1] + [{"video_id": 1, "category_id": 2, "score": 0.9, "segmentations": [box(100, 10)]}] * 100
+    rows = top1_samples(top1_context(gt, res), 0.5)
+    assert all(math.isnan(r["iou"]) for r in rows)
+
+
+def test_top1_excludes_crowd_instances():
+    from avis.evaluation.samples import top1_context, top1_samples
+
+    gt, a, b = twins_case()
+    gt["annotations"][3]["iscrowd"] = 1  # instance 4 (video 2)
+    rows = top1_samples(top1_context(gt, b), 0.5)
+    assert sorted(r["instance_id"] for r in rows) == [1, 2, 3, 5, 6, 7, 8]
+    out = compare(gt, a, b, ious=(0.5,), bootstrap=0)
+    keep = [i for i in range(8) if i != 3]
+    xa = [ROWS_A1[i] / 10 for i in keep]
+    xb = [0.0 if WRONG_FIRST[i] else ROWS_B1[i] / 10 for i in keep]
+    row = out["headline"]
+    assert row["n_a"] == 7 and row["p_value"] == pytest.approx(sps.ttest_rel(xa, xb).pvalue)

@@ -5,9 +5,11 @@ One row per number of reference frames (the paper's "Ref. number")::
     Ref. | AP w/o audio | AP50 w/o audio | AP with audio | AP50 with audio | diff AP | diff AP50 | p (IoU>0.5) | p (IoU>0.75)
 
 AP / AP50 are in percent, averaged over the seeds of each arm. The p-values come from the headline test of
-``avis ttest`` (:mod:`avis.evaluation.ttest`): a paired t-test over ground-truth instances of the IoU each arm's
-matching gives the instance at the threshold (0 when missed); with several seeds per arm the instance's IoU is
-first averaged over the seeds of that arm (the instance stays the unit; seeds only reduce noise). The paper's
+``avis ttest`` (:mod:`avis.evaluation.ttest`), ``paired-instance-top1``: a paired t-test over ground-truth
+instances of the top-1 sample (class-agnostic greedy matching at the threshold; the IoU of the match when its
+category is right, else 0, 0 when missed); with several seeds per arm the instance's sample is first averaged
+over the seeds of that arm (the instance stays the unit; seeds only reduce noise). ``test="paired-instance"``
+uses the per-category matching's IoU instead (blind to wrong-label predictions). The paper's
 own test (unpaired, matched IoUs above the threshold) can be picked with ``test="paper"`` (Welch).
 """
 
@@ -23,14 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from avis.evaluation import ttest
-from avis.evaluation.samples import samples_from_entries
+from avis.evaluation.samples import samples_from_entries, top1_context, top1_samples, top1_scores
 from avis.evaluation.ytvis_eval import evaluate
 
 COLUMNS = (("ref", "Ref. number"), ("AP_visual", "AP w/o audio"), ("AP50_visual", "AP50 w/o audio"),
            ("AP_av", "AP with audio"), ("AP50_av", "AP50 with audio"), ("dAP", "diff AP"),
            ("dAP50", "diff AP50"), ("p_iou50", "p (IoU > 0.5)"), ("p_iou75", "p (IoU > 0.75)"),
            ("p_ap", "p (AP, bootstrap)"), ("seeds", "seeds"))
-TESTS = ("paired-instance", "paper")
+TESTS = (ttest.HEADLINE, "paired-instance", "paper")
 
 
 def table_row(ref, ap_visual: float, ap50_visual: float, ap_av: float, ap50_av: float, p50: float, p75: float,
@@ -76,18 +78,29 @@ def instance_ious(ev, tau: float) -> dict[tuple, float]:
 
 def paired_over_seeds(evs_a: Sequence, evs_b: Sequence, tau: float) -> dict:
     """Paired t-test over instances of the seed-averaged per-instance IoU at ``tau`` (a ttest row)."""
-    def mean_scores(evs):
-        per = [instance_ious(ev, tau) for ev in evs]
+    return _paired_mean([instance_ious(ev, tau) for ev in evs_a], [instance_ious(ev, tau) for ev in evs_b],
+                        "paired-instance", tau)
+
+
+def top1_over_seeds(ctxs_a: Sequence, ctxs_b: Sequence, tau: float) -> dict:
+    """As :func:`paired_over_seeds` with the top-1 samples (``ctxs_*``: :func:`~avis.evaluation.samples.
+    top1_context` of each run)."""
+    return _paired_mean([top1_scores(top1_samples(c, tau)) for c in ctxs_a],
+                        [top1_scores(top1_samples(c, tau)) for c in ctxs_b], ttest.HEADLINE, tau)
+
+
+def _paired_mean(per_a: list[dict], per_b: list[dict], test: str, tau: float) -> dict:
+    def mean_scores(per):
         keys = sorted(per[0])
         if any(set(p) != set(keys) for p in per):
             raise ValueError("runs were scored against different ground truth")
         return keys, np.mean([[p[k] for k in keys] for p in per], axis=0)
 
-    ka, a = mean_scores(evs_a)
-    kb, b = mean_scores(evs_b)
+    ka, a = mean_scores(per_a)
+    kb, b = mean_scores(per_b)
     if ka != kb:
         raise ValueError("A and B were scored against different ground truth")
-    return ttest.paired_row("paired-instance", tau, a, b)
+    return ttest.paired_row(test, tau, a, b)
 
 
 def paper_test(evs_a: Sequence, evs_b: Sequence, tau: float) -> dict:
@@ -98,7 +111,7 @@ def paper_test(evs_a: Sequence, evs_b: Sequence, tau: float) -> dict:
 
 
 def compare_arms(gt: dict, runs_av: Sequence[list[dict]], runs_visual: Sequence[list[dict]], ref,
-                 test: str = "paired-instance", ious=(0.5, 0.75), bootstrap: int = 1000) -> tuple[dict, list[dict]]:
+                 test: str = ttest.HEADLINE, ious=(0.5, 0.75), bootstrap: int = 1000) -> tuple[dict, list[dict]]:
     """One table row for one reference-frame setting; ``runs_*``: the results (YTVIS lists) of each seed.
     ``p_ap``: :func:`bootstrap_ap_p` of the first seed of each arm (``bootstrap`` resamples; 0: not computed).
 
@@ -114,8 +127,12 @@ def compare_arms(gt: dict, runs_av: Sequence[list[dict]], runs_visual: Sequence[
     def mean_stat(evs, key):
         return float(np.mean([ev.stats[key] for ev in evs]))
 
-    fn = paired_over_seeds if test == "paired-instance" else paper_test
-    tests = [fn(evs_a, evs_b, tau) for tau in ious]
+    if test == ttest.HEADLINE:
+        ctxs_a, ctxs_b = [top1_context(gt, r) for r in runs_av], [top1_context(gt, r) for r in runs_visual]
+        tests = [top1_over_seeds(ctxs_a, ctxs_b, tau) for tau in ious]
+    else:
+        fn = paired_over_seeds if test == "paired-instance" else paper_test
+        tests = [fn(evs_a, evs_b, tau) for tau in ious]
     p = {tau: t["p_value"] for tau, t in zip(ious, tests)}
     row = table_row(ref, mean_stat(evs_b, "AP"), mean_stat(evs_b, "AP50"), mean_stat(evs_a, "AP"),
                     mean_stat(evs_a, "AP50"), p.get(0.5, math.nan), p.get(0.75, math.nan),
@@ -187,7 +204,7 @@ def ref_label(group: str) -> str:
 
 
 def summarize_runs(root, gt: dict, out_dir, arms: tuple[str, str] = ("av", "visual"),
-                   test: str = "paired-instance", ious=(0.5, 0.75), bootstrap: int = 1000) -> list[dict]:
+                   test: str = ttest.HEADLINE, ious=(0.5, 0.75), bootstrap: int = 1000) -> list[dict]:
     """The table of every group under ``root`` (see :func:`collect_runs`) -> ``out_dir``/table.md, table.csv,
     and per group the full ``avis ttest`` output (first seed of each arm as A/B, every seed for the seeds
     test) as tests_<group>.md/.csv and iou_<group>.png. Returns the table rows."""

@@ -5,6 +5,13 @@ The matching is the one of the YouTube-VIS AP at a single IoU threshold: per (vi
 predictions by score (stable) take, in turn, the unmatched ground truth with the highest IoU >= threshold
 (and > 0); a crowd ground truth absorbs predictions but gets no row. With ``iou_threshold=0`` each instance
 gets its best greedy overlap; at 0.5 the matched instances are exactly the true positives of AP50.
+
+The "top-1" samples (:func:`top1_samples`) match class-agnostically instead: per video, the top 100
+predictions of any category by score take, in turn, the unmatched ground truth of any category with the highest
+IoU >= threshold (the same greedy matching, run by the scorer on a copy of the inputs with every category
+relabelled to one); the instance's sample is the IoU when the matched prediction has the instance's category,
+0 when it has another one or there is no match. A model that hedges between look-alike categories (one mask,
+both labels) is scored by its most confident hypothesis, as AP's precision would penalize the other one.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from avis.evaluation.ytvis_eval import VideoCategoryEval, greedy_match, match_al
 from avis.io.atomic import atomic_open
 
 COLUMNS = ("video_id", "category_id", "instance_id", "iou", "score")
+_AGNOSTIC = 0  # the one category of the class-agnostic copy
 
 
 def samples_from_entries(entries: list[VideoCategoryEval], iou_threshold: float = 0.0) -> list[dict]:
@@ -43,6 +51,47 @@ def instance_samples(gt: dict, results: list[dict], iou_threshold: float = 0.0, 
     """Rows ``{video_id, category_id, instance_id, iou, score}`` (see module docstring)."""
     _, _, entries = match_all(gt, results, workers=workers)
     return samples_from_entries(entries, iou_threshold)
+
+
+def top1_context(gt: dict, results: list[dict], workers: int = 1):
+    """Class-agnostic matchings (one entry per video, top 100 predictions of any category by score, their IoUs
+    with every ground truth) and the categories needed to label them: ``(entries, gt_category, det_category)``
+    with ``gt_category`` {annotation id: category} and ``det_category`` the category of each result."""
+    known = {c["id"] for c in gt["categories"]}
+    kept = [a for a in gt["annotations"] if a["category_id"] in known]
+    one = {**gt, "categories": [{"id": _AGNOSTIC, "name": "object"}],
+           "annotations": [{**a, "category_id": _AGNOSTIC} for a in kept]}
+    # unknown categories stay out (None is no category), as in the per-category scorer; indices are kept
+    res = [{**r, "category_id": _AGNOSTIC if r["category_id"] in known else None} for r in results]
+    _, _, entries = match_all(one, res, workers=workers)
+    return entries, {a["id"]: a["category_id"] for a in kept}, [r["category_id"] for r in results]
+
+
+def top1_samples(context, iou_threshold: float) -> list[dict]:
+    """One row per non-crowd ground truth from :func:`top1_context`: ``iou`` / ``score`` /
+    ``pred_category_id`` of its class-agnostic match at the threshold (NaN / NaN / None when unmatched)."""
+    entries, gt_category, det_category = context
+    thr = np.array([max(float(iou_threshold), np.nextafter(0.0, 1.0))])
+    rows = []
+    for e in entries:
+        if len(e.gt_ids) == 0:
+            continue
+        _, _, gt_det = greedy_match(e.ious, e.gt_ids, e.gt_crowd, e.gt_crowd[None, :], thr)
+        for j, gid in enumerate(e.gt_ids):
+            if e.gt_crowd[j]:
+                continue
+            d = int(gt_det[0, 0, j])
+            rows.append({"video_id": e.video_id, "category_id": gt_category[int(gid)], "instance_id": int(gid),
+                         "iou": float(e.ious[d, j]) if d >= 0 else math.nan,
+                         "score": float(e.scores[d]) if d >= 0 else math.nan,
+                         "pred_category_id": det_category[int(e.det_index[d])] if d >= 0 else None})
+    return rows
+
+
+def top1_scores(rows: list[dict]) -> dict[tuple, float]:
+    """(video, category, instance) -> the top-1 sample: IoU of the match if its category is right, else 0."""
+    return {(r["video_id"], r["category_id"], r["instance_id"]):
+            (r["iou"] if r["pred_category_id"] == r["category_id"] else 0.0) for r in rows}
 
 
 def write_samples_csv(rows: list[dict], path: str | os.PathLike) -> None:
