@@ -203,8 +203,9 @@ def test_quick_demo_end_to_end(tmp_path):
     model = torch.load(out / "runs" / "av" / "checkpoints" / "last.pt", weights_only=True)["model"]
     backbone = {k: v for k, v in pre.items() if k.startswith("extractor.backbone.")}
     assert backbone and all(torch.equal(model[f"fusion.audio_tokens.encoder.{k}"], v) for k, v in backbone.items())
-    assert not any(k.startswith("fusion.audio") for k in torch.load(
-        out / "runs" / "visual" / "checkpoints" / "last.pt", weights_only=True)["model"])
+    visual_ckpt = out / "runs" / "visual" / "checkpoints" / "last.pt"
+    visual = torch.load(visual_ckpt, weights_only=True)["model"]
+    assert not any(k.startswith("fusion.audio") for k in visual)
     assert summary["audio_pretrain"]["windows"] == 12  # two training videos of 6 frames
     assert (out / "iou_distributions.png").read_bytes()[:4] == b"\x89PNG"
     assert "iou_distributions.png" in report and "ttest.csv" in report
