@@ -175,9 +175,12 @@ def _frame_times(job: dict, default_fps: float) -> tuple[np.ndarray | None, floa
     return np.arange(int(n), dtype=np.float64) / fps, fps
 
 
-def _encode_jpeg(img: np.ndarray, quality: int) -> bytes:
+def _encode_jpeg(img, quality: int) -> bytes:
+    """uint8 H x W x 3 RGB (or a function returning it, converted here in the encoding thread) -> JPEG bytes."""
     from PIL import Image
 
+    if callable(img):
+        img = img()
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
@@ -200,7 +203,7 @@ def _read_input(job, settings, src, times, fps, on_frame):
     root = Path(settings["videos"])
     if job["kind"] == "video":
         d = dec.decode(src, times=times, fps=None if times is not None else fps, max_size=settings["max_size"],
-                       sample_rate=SAMPLE_RATE, on_frame=on_frame, keep_frames=False)
+                       sample_rate=SAMPLE_RATE, on_frame=on_frame, keep_frames=False, lazy_rgb=True)
         if times is not None and times[-1] >= d.duration - 1e-6:
             raise InputError(f"annotated frame times reach {times[-1]:.3f} s but the video lasts "
                              f"{d.duration:.3f} s", src)

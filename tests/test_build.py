@@ -80,6 +80,27 @@ def test_display_rotation_is_applied(tmp_path):
     assert frames[0, -8:, :8].mean() > 240 and frames[0, :8, :8].mean() < 200
 
 
+
+@pytest.mark.parametrize("rotation", [0, 90])
+def test_lazy_rgb_frames_converted_in_other_threads_equal_the_eager_ones(tmp_path, rotation):
+    from concurrent.futures import ThreadPoolExecutor
+
+    p = write_video(tmp_path / "v.mp4", num_frames=10, fps=10, size=(96, 64), rotation=rotation,
+                    audio=clicks_audio(1.0, [0.3]))
+    eager = dec.decode(p, fps=25, max_size=48)  # 25 fps targets on a 10 fps video: frames repeat
+    got: dict = {}
+    with ThreadPoolExecutor(2) as pool:
+        d = dec.decode(p, fps=25, max_size=48, keep_frames=False, lazy_rgb=True,
+                       on_frame=lambda k, get: got.__setitem__(k, (get, pool.submit(get))))
+    assert d.frames.shape == eager.frames.shape[:3] + (0,)
+    assert sorted(got) == list(range(len(eager.frames)))
+    for k, (get, fut) in got.items():
+        np.testing.assert_array_equal(fut.result(), eager.frames[k])
+        assert get() is fut.result()  # converted once
+    assert [frame_index(f) for f in eager.frames] == [int(np.floor(k * 10 / 25 + 1e-9)) for k in range(25)]
+    np.testing.assert_array_equal(d.audio, eager.audio)
+    assert d.has_audio and np.abs(d.audio).max() > 0.3
+
 @pytest.mark.parametrize("content", [b"", b"not a video at all" * 100])
 def test_unreadable_files_raise_input_error(tmp_path, content):
     p = tmp_path / "x.mp4"
