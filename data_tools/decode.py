@@ -288,21 +288,13 @@ def decode(path: str | os.PathLike, times=None, fps: float | None = None, max_si
         sampler = _FrameSampler(times, fps, max_size, on_frame, keep_frames, lazy_rgb)
         t0 = None  # pts (seconds) of the first frame = time 0 of the frame timeline
         last_t, last_dur, n_frames = None, None, 0
-        errors = 0
         # The sound is decoded from a second handle of the file in a thread (PyAV releases the GIL while
         # decoding): interleaving audio packets with the frame-threaded video decoder stalled its pipeline
         # and cost 3-4x the audio's own decode time.
         with ThreadPoolExecutor(max_workers=1) as pool:
             sound = pool.submit(_decode_sound, path) if audio and c.streams.audio else None
             try:
-                for packet in c.demux(vs):
-                    try:
-                        decoded = packet.decode()
-                    except av.FFmpegError:
-                        errors += 1
-                        if errors > MAX_BAD_PACKETS:
-                            raise
-                        continue
+                for decoded in _decoded_packets(c, vs):
                     for frame in decoded:
                         ft = frame.time
                         if ft is None:  # no timestamp: continue at the nominal rate
@@ -351,10 +343,23 @@ def decode(path: str | os.PathLike, times=None, fps: float | None = None, max_si
                              "native_audio_rate": native_rate, "decoded_frames": n_frames})
 
 
+def _decoded_packets(container, stream):
+    """The frames of each packet of ``stream``; up to MAX_BAD_PACKETS undecodable packets are skipped (a few
+    corrupt packets in a long file should not lose it), one more raises the FFmpeg error."""
+    errors = 0
+    for packet in container.demux(stream):
+        try:
+            yield packet.decode()
+        except av.FFmpegError:
+            errors += 1
+            if errors > MAX_BAD_PACKETS:
+                raise
+
+
 def _decode_sound(path: str) -> tuple[list[tuple[float | None, np.ndarray]], int]:
     """The first audio stream down-mixed to mono at its native rate -> ([(start seconds, samples)], rate)."""
     chunks: list[tuple[float | None, np.ndarray]] = []
-    resampler, native_rate, errors = None, 0, 0
+    resampler, native_rate = None, 0
 
     def take(aframes):
         for af in aframes:
@@ -364,14 +369,7 @@ def _decode_sound(path: str) -> tuple[list[tuple[float | None, np.ndarray]], int
 
     with _open(path) as c:
         try:
-            for packet in c.demux(c.streams.audio[0]):
-                try:
-                    decoded = packet.decode()
-                except av.FFmpegError:
-                    errors += 1
-                    if errors > MAX_BAD_PACKETS:
-                        raise
-                    continue
+            for decoded in _decoded_packets(c, c.streams.audio[0]):
                 if resampler is None and decoded:
                     native_rate = decoded[0].sample_rate
                     resampler = av.AudioResampler(format="flt", layout="mono", rate=native_rate)
