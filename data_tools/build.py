@@ -21,6 +21,7 @@ shards, and ``--resume`` continues after the last one.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import json
@@ -31,6 +32,7 @@ import re
 import sys
 import tarfile
 import traceback
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -175,12 +177,35 @@ def _frame_times(job: dict, default_fps: float) -> tuple[np.ndarray | None, floa
     return np.arange(int(n), dtype=np.float64) / fps, fps
 
 
+@functools.cache
+def _torch_jpeg_encoder():
+    """torchvision's ``encode_jpeg`` (libjpeg-turbo, the same bytes as Pillow's), or None where it is gone.
+
+    Preferred because it releases the GIL while encoding: Pillow's encoder holds it, so its encoding thread
+    stalled the decoding loop instead of running beside it. torchvision 0.29 marks its image codecs as
+    deprecated (superseded by TorchCodec, not installable here); Pillow remains the fallback.
+    """
+    try:
+        from torchvision.io import encode_jpeg
+    except ImportError:
+        return None
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                            category=DeprecationWarning)
+    return encode_jpeg
+
+
 def _encode_jpeg(img, quality: int) -> bytes:
     """uint8 H x W x 3 RGB (or a function returning it, converted here in the encoding thread) -> JPEG bytes."""
-    from PIL import Image
-
     if callable(img):
         img = img()
+    encode = _torch_jpeg_encoder()
+    if encode is not None:
+        import torch
+
+        # a C x H x W view of the H x W x C array: torchvision permutes it back without a copy
+        return encode(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), quality=quality).numpy().tobytes()
+    from PIL import Image
+
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
@@ -237,7 +262,7 @@ def process(job: dict, settings: dict) -> dict:
         raise InputError(f"video {job['video_id']}: no video_file or file_names")
     src = Path(settings["videos"]) / job["source"]
     q = settings["jpeg_quality"]
-    # Pillow releases the GIL while encoding: frames are encoded by a few threads while decoding goes on
+    # frames are converted to RGB and encoded in other threads (the codecs release the GIL) while decoding goes on
     with ThreadPoolExecutor(max_workers=JPEG_THREADS) as pool:
         jpegs: dict = {}
 

@@ -17,8 +17,9 @@ API::
     read_image(path, max_size=None) -> uint8 H x W x 3        # a JPEG/PNG frame (EXIF orientation applied)
 
 Every function raises :class:`avis.errors.InputError` naming the file for unreadable, truncated or
-stream-less inputs. Files are read once, sequentially, with frame-threaded decoding; only the frames that are
-shown at a target time are converted to RGB (and scaled by swscale when ``max_size`` asks for it).
+stream-less inputs. The video stream is read sequentially with frame-threaded decoding, the sound from a second
+handle of the file in a thread beside it; only the frames that are shown at a target time are converted to RGB
+(and scaled by swscale when ``max_size`` asks for it).
 """
 
 from __future__ import annotations

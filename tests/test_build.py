@@ -364,3 +364,28 @@ def test_jpeg_folder_form_with_audio_file(tmp_path):
     onset = np.flatnonzero(np.abs(v.audio[0]) > 0.3)[0] / 16000
     assert abs(onset - 0.5) <= 0.010
     np.testing.assert_array_equal(v.instances[0].masks[3], m.astype(bool))
+
+
+def test_jpeg_encoder_matches_pillow_bytes():
+    """The GIL-free torchvision encoder writes the bytes the Pillow fallback writes, so shards do not depend on
+    which one ran."""
+    import io
+
+    from PIL import Image
+
+    from data_tools import build as build_mod
+
+    assert build_mod._torch_jpeg_encoder() is not None
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:37, 0:53]
+    images = [rng.integers(0, 256, (37, 53, 3), dtype=np.uint8),
+              np.stack([xx * 4, yy * 6, (xx + yy) * 2], -1).astype(np.uint8),
+              np.zeros((8, 8, 3), np.uint8)]
+    for img in images:
+        for q in (75, 90):
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="JPEG", quality=q)
+            got = build_mod._encode_jpeg(lambda img=img: img, q)
+            assert got == buf.getvalue()
+            decoded = np.asarray(Image.open(io.BytesIO(got)))
+            assert decoded.shape == img.shape
