@@ -60,7 +60,10 @@ def _assert_same_tracks(a, b):
         assert x.score == pytest.approx(y.score, abs=1e-5)
         assert sorted(x.masks) == sorted(y.masks)
         for t in x.masks:
-            assert torch.equal(x.masks[t], y.masks[t])
+            # the two paths agree to ~1e-6 in the mask logits; a pixel whose logit is that close to 0 may flip
+            # (it does with some CPU kernels), so a handful of differing pixels is allowed, not more
+            differ = int((x.masks[t] != y.masks[t]).sum())
+            assert differ <= max(2, x.masks[t].numel() // 2000), (t, differ)
 
 
 @pytest.mark.parametrize("delta,audio", [(0, False), (2, True), (5, True), (3, False)])
