@@ -199,15 +199,24 @@ def _video_length(v: dict, where: str, problems: list[str]) -> int | None:
     return counts.get("length", counts.get("file_names", counts.get("frame_times")))
 
 
+def _id_problem(section: str, i: int, entry: dict) -> str | None:
+    """The problem of ``section[i]`` (an object) having no integer 'id' (missing, or another type); None
+    when its id is an integer."""
+    if _is_int(entry.get("id")):
+        return None
+    if "id" in entry:
+        return f"{section}[{i}]: 'id' must be an integer, got {entry['id']!r}"
+    return f"{section}[{i}]: missing 'id'"
+
+
 def _check_video(i: int, v, ids: set, problems: list[str]) -> tuple[object, dict] | None:
     if not isinstance(v, dict):
         problems.append(f"videos[{i}]: must be an object, got {_tname(v)}")
         return None
-    vid = v.get("id")
-    if not _is_int(vid):
-        problems.append(f"videos[{i}]: 'id' must be an integer, got {vid!r}" if "id" in v
-                        else f"videos[{i}]: missing 'id'")
+    if msg := _id_problem("videos", i, v):
+        problems.append(msg)
         return None
+    vid = v["id"]
     where = _where(video=vid)
     if vid in ids:
         problems.append(f"{where}: duplicate video id")
@@ -289,11 +298,10 @@ def _categories(cats: list, problems: list[str]) -> set:
         if not isinstance(c, dict):
             problems.append(f"categories[{i}]: must be an object, got {_tname(c)}")
             continue
-        cid = c.get("id")
-        if not _is_int(cid):
-            problems.append(f"categories[{i}]: 'id' must be an integer, got {cid!r}" if "id" in c
-                            else f"categories[{i}]: missing 'id'")
+        if msg := _id_problem("categories", i, c):
+            problems.append(msg)
             continue
+        cid = c["id"]
         if cid in ids:
             problems.append(f"category {cid}: duplicate category id")
         ids.add(cid)
@@ -319,10 +327,9 @@ def validate_annotations(data) -> list[str]:
             problems.append(f"annotations[{i}]: must be an object, got {_tname(a)}")
             continue
         aid = a.get("id")
-        if not _is_int(aid):
-            problems.append(f"annotations[{i}]: 'id' must be an integer, got {aid!r}" if "id" in a
-                            else f"annotations[{i}]: missing 'id'")
-            aid = f"[{i}]"
+        if msg := _id_problem("annotations", i, a):
+            problems.append(msg)
+            aid = f"[{i}]"  # still checked, named by its place in the list
         elif aid in ann_ids:
             problems.append(f"annotation {aid}: duplicate annotation id")
         else:
