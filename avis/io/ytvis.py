@@ -241,16 +241,24 @@ def _check_video(i: int, v, ids: set, problems: list[str]) -> tuple[object, dict
     return vid, info
 
 
+def _frame_list_ok(xs, key: str, T: int | None, where: str, problems: list[str]) -> bool:
+    """Whether ``xs`` (an annotation's or result's ``key``) is a list, so its entries can be checked; notes
+    a non-list, or a list whose length is not the video's T frames (T None: unknown, not checked)."""
+    if not isinstance(xs, list):
+        problems.append(f"{where}: '{key}' must be a list (one entry per frame), got {_tname(xs)}")
+        return False
+    if T is not None and len(xs) != T:
+        problems.append(f"{where}: frame count mismatch: {len(xs)} {key} for a video of {T} frames")
+    return True
+
+
 def _check_per_frame_list(a: dict, key: str, item: str, T: int | None, where: str, problems: list[str],
                           item_ok, item_desc: str) -> None:
     if key not in a:
         return
     xs = a[key]
-    if not isinstance(xs, list):
-        problems.append(f"{where}: '{key}' must be a list (one entry per frame), got {_tname(xs)}")
+    if not _frame_list_ok(xs, key, T, where, problems):
         return
-    if T is not None and len(xs) != T:
-        problems.append(f"{where}: frame count mismatch: {len(xs)} {key} for a video of {T} frames")
     for t, x in enumerate(xs):
         if x is not None and not item_ok(x):
             problems.append(f"{where} frame {t}: {item} must be {item_desc}, got {x!r}")
@@ -266,11 +274,8 @@ def _area_ok(x) -> bool:
 
 
 def _check_segmentations(segs, T, h, w, where_of, problems: list[str], where: str) -> None:
-    if not isinstance(segs, list):
-        problems.append(f"{where}: 'segmentations' must be a list (one entry per frame), got {_tname(segs)}")
+    if not _frame_list_ok(segs, "segmentations", T, where, problems):
         return
-    if T is not None and len(segs) != T:
-        problems.append(f"{where}: frame count mismatch: {len(segs)} segmentations for a video of {T} frames")
     for t, s in enumerate(segs):
         if s is not None and (msg := check_segmentation(s, h, w)):
             problems.append(f"{where_of(t)}: {msg}")
