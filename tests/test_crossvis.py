@@ -20,6 +20,12 @@ from avis.models.crossvis import (
 )
 from avis.models.crossvis.association import DROPPED, NEW
 from avis.models.crossvis.targets import fcos_targets, level_locations
+from tests.baseline_utils import (
+    assert_overfits_two_clips,
+    clip_batch,
+    train_and_eval_on_toy,
+    two_object_clips,
+)
 
 
 def _reference_dynamic_head(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -170,7 +176,7 @@ def test_fcos_targets_size_ranges_and_smallest_box():
 
 
 def test_condinst_vis_variant_losses():
-    batch = _batch(*_clips(1))
+    batch = clip_batch(*two_object_clips(1))
     torch.manual_seed(0)
     losses = condinst_vis_tiny(2)(batch)
     assert set(losses) == {"loss_cls", "loss_box", "loss_ctr", "loss_mask", "loss_embed"}
@@ -209,69 +215,9 @@ def test_empty_and_one_sided_instances_keep_every_parameter_in_the_graph(build):
 
 
 # -- overfitting ----------------------------------------------------------------------------------------
-H = W = 64
-
-
-def _clips(n: int):
-    """n two-frame clips: a red disc (class 0) and a green box (class 1) moving on a grey background."""
-    yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
-    out = []
-    for k in range(n):
-        frames = torch.full((2, 3, H, W), 40, dtype=torch.uint8)
-        targets = []
-        for t in range(2):
-            masks = torch.zeros(2, H, W, dtype=torch.bool)
-            masks[0] = (yy - (18 + 4 * t + 3 * k)) ** 2 + (xx - (17 + 2 * t)) ** 2 < 13 ** 2
-            # box edges on multiples of 4: masks come at stride 4, so thin objects off the grid lose IoU
-            masks[1, 28 + 4 * k:60, 28 + 4 * t:60 + 4 * t] = True
-            for i, colour in enumerate([(230, 40, 40), (40, 230, 60)]):
-                frames[t][:, masks[i]] = torch.tensor(colour, dtype=torch.uint8)[:, None]
-            targets.append({"labels": torch.tensor([0, 1]), "masks": masks, "instance_ids": torch.tensor([1, 2])})
-        out.append((frames, targets))
-    return out
-
-
-def _batch(*clips):
-    return {"frames": torch.stack([c[0] for c in clips]), "targets": [c[1] for c in clips],
-            "video_ids": list(range(len(clips)))}
-
-
 @pytest.mark.slow
 def test_tiny_preset_overfits_two_clips():
-    torch.manual_seed(0)
-    torch.set_flush_denormal(True)  # denormal weights make CPU convs crawl (returns support, not the old value)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convs: one thread is faster than two fighting on busy cores
-    try:
-        clips = _clips(2)
-        batch = _batch(*clips)
-        model = crossvis_tiny(2)
-        opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-        history = []
-        for _ in range(250):
-            losses = model(batch)
-            opt.zero_grad()
-            sum(losses.values()).backward()
-            opt.step()
-            history.append({k: float(v.detach()) for k, v in losses.items()})
-        # centerness BCE has soft targets, so its floor is their entropy, not 0: judged separately
-        rest = [sum(v for k, v in h.items() if k != "loss_ctr") for h in history]
-        assert rest[-1] < 0.1 * rest[0], (rest[0], rest[-1])
-        assert history[-1]["loss_ctr"] < history[0]["loss_ctr"] - 0.05
-        model.eval()
-        for frames, targets in clips:
-            tracks = model.predict_video(frames)
-            for label in (0, 1):
-                best = max((t for t in tracks if t.label == label), key=lambda t: t.score)
-                assert sorted(best.masks) == [0, 1]  # one track over both frames
-                for t in range(2):
-                    gt, pred = targets[t]["masks"][label], best.masks[t]
-                    assert pred.shape == (H, W)
-                    iou = float((gt & pred).sum() / (gt | pred).sum())
-                    assert iou > 0.8, (label, t, iou)
-    finally:
-        torch.set_flush_denormal(False)
-        torch.set_num_threads(threads)
+    assert_overfits_two_clips(crossvis_tiny, lr=2e-3, steps=250, ctr_drop=0.05)
 
 
 # -- configs: the engine builds the method from them alone ------------------------------------------------
@@ -301,17 +247,6 @@ def test_configs_build_crossvis_and_condinst_vis():
 
 @pytest.mark.slow
 def test_engine_trains_and_evaluates_crossvis_tiny(tmp_path):
-    import json
-
-    from avis import cli
-
-    run = tmp_path / "run"
-    assert cli.main(["train", "experiment=crossvis_tiny", "data=toy", f"hydra.run.dir={run}", "trainer.max_steps=4",
-                     "trainer.log_every=2", "trainer.ckpt_every=4", "trainer.eval_every=0", "trainer.progress=false",
-                     "trainer.tensorboard=false"]) == 0
-    losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert {"loss_cls", "loss_mask", "loss_cross", "loss_embed"} <= set(losses[-1])
-    out = tmp_path / "eval"
-    assert cli.main(["eval", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--out", str(out),
-                     "--device", "cpu"]) == 0
-    assert (out / "results.json").is_file() and "AP" in json.loads((out / "metrics.json").read_text())["metrics"]
+    last, metrics = train_and_eval_on_toy(tmp_path, "crossvis_tiny")
+    assert {"loss_cls", "loss_mask", "loss_cross", "loss_embed"} <= set(last)
+    assert "AP" in metrics

@@ -12,6 +12,7 @@ from avis.models.efficientvis import efficientvis_tiny
 from avis.models.efficientvis import model as model_mod
 from avis.models.efficientvis.criterion import TrackletMatcher, Tracklets, build_tracklets
 from avis.models.efficientvis.stage import FactorisedSelfAttention, TemporalDynamicConv
+from tests.baseline_utils import build_synth_shards
 
 warnings.filterwarnings("ignore", message="backbone .*random initialisation")
 
@@ -206,12 +207,7 @@ def test_efficientvis_tiny_trains_and_evaluates_through_the_engine(tmp_path):
     from avis import cli as avis_cli
 
     root = tmp_path
-    assert avis_cli.main(["synth", "--out", str(root / "synth"), "--videos", "4", "--frames", "8",
-                          "--size", "64x48", "--seed", "1"]) == 0
-    for split in ("train", "val"):
-        assert avis_cli.main(["build", "--videos", str(root / "synth"), "--annotations",
-                              str(root / "synth" / f"{split}.json"), "--out", str(root / split),
-                              "--shard-size", "20000"]) == 0
+    build_synth_shards(root, videos=4, frames=8)
     run = root / "run"
     assert avis_cli.main(["train", "experiment=efficientvis_tiny", f"data.train.pattern={root / 'train'}",
                           f"data.val_pattern={root / 'val'}", f"hydra.run.dir={run}", "trainer.max_steps=2",

@@ -17,6 +17,7 @@ from avis import cli as avis_cli
 from avis.engine import checkpoint as ckpt_io
 from avis.engine.logs import read_jsonl
 from avis.io import masks as mask_io
+from tests.baseline_utils import build_synth_shards
 
 FAST = ["trainer.progress=false", "trainer.tensorboard=false"]
 
@@ -26,12 +27,7 @@ def shards(tmp_path_factory):
     for module in ("data_tools.build", "data_tools.synth", "avis.models.rcf"):
         pytest.importorskip(module)
     root = tmp_path_factory.mktemp("av")
-    assert avis_cli.main(["synth", "--out", str(root / "synth"), "--videos", "6", "--frames", "8",
-                          "--size", "64x48", "--seed", "1"]) == 0
-    for split in ("train", "val"):
-        assert avis_cli.main(["build", "--videos", str(root / "synth"), "--annotations",
-                              str(root / "synth" / f"{split}.json"), "--out", str(root / split),
-                              "--shard-size", "20000"]) == 0
+    build_synth_shards(root, videos=6, frames=8)
     return root
 
 

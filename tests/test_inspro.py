@@ -15,17 +15,15 @@ from avis.models.inspro import (
     match_cost,
     temporally_consistent_matching,
 )
+from tests.baseline_utils import build_synth_shards, single_thread
 
 pytestmark = pytest.mark.filterwarnings("ignore:backbone .*random initialisation:UserWarning")
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    # two OpenMP threads on the shared, oversubscribed 2-core machine make these small steps ~10x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with single_thread():  # small steps: ~10x faster than on two threads of the busy 2-core machine
+        yield
 
 
 def _cost(n_slots: int, prefs: list[int]) -> torch.Tensor:
@@ -308,12 +306,7 @@ def test_inspro_tiny_trains_and_evaluates_from_shards(tmp_path):
     from avis.engine.logs import read_jsonl
 
     root = tmp_path / "av"
-    assert avis_cli.main(["synth", "--out", str(root / "synth"), "--videos", "4", "--frames", "6",
-                          "--size", "64x48", "--seed", "1"]) == 0
-    for split in ("train", "val"):
-        assert avis_cli.main(["build", "--videos", str(root / "synth"), "--annotations",
-                              str(root / "synth" / f"{split}.json"), "--out", str(root / split),
-                              "--shard-size", "20000"]) == 0
+    build_synth_shards(root, videos=4, frames=6)
     run = tmp_path / "run"
     assert avis_cli.main(["train", "experiment=inspro_tiny", f"data.train.pattern={root / 'train'}",
                           f"data.val_pattern={root / 'val'}", f"hydra.run.dir={run}", "trainer.max_steps=3",

@@ -9,16 +9,15 @@ from torch.nn import functional as F
 from avis.models import rcf
 from avis.models.audio import audio_tokens_tiny
 from avis.tracking import SlotTracker
+from tests.baseline_utils import single_thread
 
 H, W = 48, 64
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with single_thread():
+        yield
 
 
 def _model(delta: int, audio: bool = True, seed: int = 0):

@@ -16,20 +16,18 @@ from avis.models import backbones as bb
 from avis.models import rcf
 from avis.models.rcf.criterion import HungarianMatcher, SetCriterion, dice_similarity
 from avis.tracking import mask_iou
+from tests.baseline_utils import single_thread
 
 H = W = 64
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    # Tiny ops on a shared 2-core machine run an order of magnitude faster on one thread.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "random initialisation" warnings
-        yield
-    torch.set_num_threads(n)
+    with single_thread():  # tiny ops: an order of magnitude faster on one thread
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "random initialisation" warnings
+            yield
 
 
 class StubAudio(nn.Module):

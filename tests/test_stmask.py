@@ -12,6 +12,14 @@ from torchvision.ops import box_iou
 from avis.models.stmask import STMask, TemporalFusion, correlation, decode, encode, make_anchors, stmask_tiny
 from avis.models.stmask.association import NEW, STTrack, assign, match_scores, update_tracks
 from avis.models.stmask.head import Predictor
+from tests.baseline_utils import (
+    H,
+    W,
+    assert_overfits_two_clips,
+    clip_batch,
+    train_and_eval_on_toy,
+    two_object_clips,
+)
 
 
 # -- anchors and box coding -----------------------------------------------------------------------------
@@ -184,40 +192,14 @@ def test_anchor_matching_thresholds_and_forced_best_anchor():
 
 
 # -- the model ------------------------------------------------------------------------------------------
-H = W = 64
-
-
-def _clips(n: int):
-    """n two-frame clips: a red disc (class 0) and a green box (class 1) moving on a grey background."""
-    yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
-    out = []
-    for k in range(n):
-        frames = torch.full((2, 3, H, W), 40, dtype=torch.uint8)
-        targets = []
-        for t in range(2):
-            masks = torch.zeros(2, H, W, dtype=torch.bool)
-            masks[0] = (yy - (18 + 4 * t + 3 * k)) ** 2 + (xx - (17 + 2 * t)) ** 2 < 13 ** 2
-            masks[1, 28 + 4 * k:60, 28 + 4 * t:60 + 4 * t] = True
-            for i, colour in enumerate([(230, 40, 40), (40, 230, 60)]):
-                frames[t][:, masks[i]] = torch.tensor(colour, dtype=torch.uint8)[:, None]
-            targets.append({"labels": torch.tensor([0, 1]), "masks": masks, "instance_ids": torch.tensor([1, 2])})
-        out.append((frames, targets))
-    return out
-
-
-def _batch(*clips):
-    return {"frames": torch.stack([c[0] for c in clips]), "targets": [c[1] for c in clips],
-            "video_ids": list(range(len(clips)))}
-
-
 def test_losses_gradients_and_empty_frames():
     torch.manual_seed(0)
     model = stmask_tiny(2)
-    clips = _clips(1)
+    clips = two_object_clips(1)
     frames, targets = clips[0]
     empty = [{"labels": torch.zeros(0, dtype=torch.long), "masks": torch.zeros(0, H, W, dtype=torch.bool),
               "instance_ids": torch.zeros(0, dtype=torch.long)}, targets[1]]
-    losses = model(_batch(clips[0], (frames, empty)))
+    losses = model(clip_batch(clips[0], (frames, empty)))
     assert set(losses) == {"loss_cls", "loss_box", "loss_ctr", "loss_mask", "loss_track", "loss_t_box", "loss_t_mask"}
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
     sum(losses.values()).backward()
@@ -225,7 +207,7 @@ def test_losses_gradients_and_empty_frames():
 
     # a batch without any object still yields every loss, finite, with every parameter in the graph
     model.zero_grad()
-    losses = model(_batch((frames, [empty[0], empty[0]])))
+    losses = model(clip_batch((frames, [empty[0], empty[0]])))
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     assert all(p.grad is not None for p in model.parameters())
@@ -233,40 +215,7 @@ def test_losses_gradients_and_empty_frames():
 
 @pytest.mark.slow
 def test_tiny_preset_overfits_two_clips():
-    torch.manual_seed(0)
-    torch.set_flush_denormal(True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        clips = _clips(2)
-        batch = _batch(*clips)
-        model = stmask_tiny(2)
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        history = []
-        for _ in range(STEPS):
-            losses = model(batch)
-            opt.zero_grad()
-            sum(losses.values()).backward()
-            opt.step()
-            history.append({k: float(v.detach()) for k, v in losses.items()})
-        # centerness BCE has soft targets, so its floor is their entropy, not 0: judged separately
-        rest = [sum(v for k, v in h.items() if k != "loss_ctr") for h in history]
-        assert rest[-1] < 0.1 * rest[0], (rest[0], rest[-1])
-        assert history[-1]["loss_ctr"] < history[0]["loss_ctr"] - 0.5
-        model.eval()
-        for frames, targets in clips:
-            tracks = model.predict_video(frames)
-            for label in (0, 1):
-                best = max((t for t in tracks if t.label == label), key=lambda t: t.score)
-                assert sorted(best.masks) == [0, 1]
-                for t in range(2):
-                    gt, pred = targets[t]["masks"][label], best.masks[t]
-                    assert pred.shape == (H, W)
-                    iou = float((gt & pred).sum() / (gt | pred).sum())
-                    assert iou > 0.8, (label, t, iou)
-    finally:
-        torch.set_flush_denormal(False)
-        torch.set_num_threads(threads)
+    assert_overfits_two_clips(stmask_tiny, lr=3e-3, steps=STEPS, ctr_drop=0.5)
 
 
 STEPS = 100
@@ -292,20 +241,9 @@ def test_configs_build_stmask():
 
 @pytest.mark.slow
 def test_engine_trains_and_evaluates_stmask_tiny(tmp_path):
-    import json
-
-    from avis import cli
-
-    run = tmp_path / "run"
-    assert cli.main(["train", "experiment=stmask_tiny", "data=toy", f"hydra.run.dir={run}", "trainer.max_steps=4",
-                     "trainer.log_every=2", "trainer.ckpt_every=4", "trainer.eval_every=0", "trainer.progress=false",
-                     "trainer.tensorboard=false"]) == 0
-    losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert {"loss_cls", "loss_mask", "loss_track", "loss_t_box", "loss_t_mask"} <= set(losses[-1])
-    out = tmp_path / "eval"
-    assert cli.main(["eval", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--out", str(out),
-                     "--device", "cpu"]) == 0
-    assert (out / "results.json").is_file() and "AP" in json.loads((out / "metrics.json").read_text())["metrics"]
+    last, metrics = train_and_eval_on_toy(tmp_path, "stmask_tiny")
+    assert {"loss_cls", "loss_mask", "loss_track", "loss_t_box", "loss_t_mask"} <= set(last)
+    assert "AP" in metrics
 
 
 def test_online_step_propagates_an_unmatched_track():

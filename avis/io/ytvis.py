@@ -199,15 +199,24 @@ def _video_length(v: dict, where: str, problems: list[str]) -> int | None:
     return counts.get("length", counts.get("file_names", counts.get("frame_times")))
 
 
+def _id_problem(section: str, i: int, entry: dict) -> str | None:
+    """The problem of ``section[i]`` (an object) having no integer 'id' (missing, or another type); None
+    when its id is an integer."""
+    if _is_int(entry.get("id")):
+        return None
+    if "id" in entry:
+        return f"{section}[{i}]: 'id' must be an integer, got {entry['id']!r}"
+    return f"{section}[{i}]: missing 'id'"
+
+
 def _check_video(i: int, v, ids: set, problems: list[str]) -> tuple[object, dict] | None:
     if not isinstance(v, dict):
         problems.append(f"videos[{i}]: must be an object, got {_tname(v)}")
         return None
-    vid = v.get("id")
-    if not _is_int(vid):
-        problems.append(f"videos[{i}]: 'id' must be an integer, got {vid!r}" if "id" in v
-                        else f"videos[{i}]: missing 'id'")
+    if msg := _id_problem("videos", i, v):
+        problems.append(msg)
         return None
+    vid = v["id"]
     where = _where(video=vid)
     if vid in ids:
         problems.append(f"{where}: duplicate video id")
@@ -232,16 +241,24 @@ def _check_video(i: int, v, ids: set, problems: list[str]) -> tuple[object, dict
     return vid, info
 
 
+def _frame_list_ok(xs, key: str, T: int | None, where: str, problems: list[str]) -> bool:
+    """Whether ``xs`` (an annotation's or result's ``key``) is a list, so its entries can be checked; notes
+    a non-list, or a list whose length is not the video's T frames (T None: unknown, not checked)."""
+    if not isinstance(xs, list):
+        problems.append(f"{where}: '{key}' must be a list (one entry per frame), got {_tname(xs)}")
+        return False
+    if T is not None and len(xs) != T:
+        problems.append(f"{where}: frame count mismatch: {len(xs)} {key} for a video of {T} frames")
+    return True
+
+
 def _check_per_frame_list(a: dict, key: str, item: str, T: int | None, where: str, problems: list[str],
                           item_ok, item_desc: str) -> None:
     if key not in a:
         return
     xs = a[key]
-    if not isinstance(xs, list):
-        problems.append(f"{where}: '{key}' must be a list (one entry per frame), got {_tname(xs)}")
+    if not _frame_list_ok(xs, key, T, where, problems):
         return
-    if T is not None and len(xs) != T:
-        problems.append(f"{where}: frame count mismatch: {len(xs)} {key} for a video of {T} frames")
     for t, x in enumerate(xs):
         if x is not None and not item_ok(x):
             problems.append(f"{where} frame {t}: {item} must be {item_desc}, got {x!r}")
@@ -257,11 +274,8 @@ def _area_ok(x) -> bool:
 
 
 def _check_segmentations(segs, T, h, w, where_of, problems: list[str], where: str) -> None:
-    if not isinstance(segs, list):
-        problems.append(f"{where}: 'segmentations' must be a list (one entry per frame), got {_tname(segs)}")
+    if not _frame_list_ok(segs, "segmentations", T, where, problems):
         return
-    if T is not None and len(segs) != T:
-        problems.append(f"{where}: frame count mismatch: {len(segs)} segmentations for a video of {T} frames")
     for t, s in enumerate(segs):
         if s is not None and (msg := check_segmentation(s, h, w)):
             problems.append(f"{where_of(t)}: {msg}")
@@ -289,11 +303,10 @@ def _categories(cats: list, problems: list[str]) -> set:
         if not isinstance(c, dict):
             problems.append(f"categories[{i}]: must be an object, got {_tname(c)}")
             continue
-        cid = c.get("id")
-        if not _is_int(cid):
-            problems.append(f"categories[{i}]: 'id' must be an integer, got {cid!r}" if "id" in c
-                            else f"categories[{i}]: missing 'id'")
+        if msg := _id_problem("categories", i, c):
+            problems.append(msg)
             continue
+        cid = c["id"]
         if cid in ids:
             problems.append(f"category {cid}: duplicate category id")
         ids.add(cid)
@@ -319,10 +332,9 @@ def validate_annotations(data) -> list[str]:
             problems.append(f"annotations[{i}]: must be an object, got {_tname(a)}")
             continue
         aid = a.get("id")
-        if not _is_int(aid):
-            problems.append(f"annotations[{i}]: 'id' must be an integer, got {aid!r}" if "id" in a
-                            else f"annotations[{i}]: missing 'id'")
-            aid = f"[{i}]"
+        if msg := _id_problem("annotations", i, a):
+            problems.append(msg)
+            aid = f"[{i}]"  # still checked, named by its place in the list
         elif aid in ann_ids:
             problems.append(f"annotation {aid}: duplicate annotation id")
         else:

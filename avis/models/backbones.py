@@ -12,7 +12,7 @@ random initialisation and a warning says so.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torchvision
@@ -127,6 +127,16 @@ def _conv_gn(cin: int, cout: int, stride: int) -> nn.Sequential:
                          nn.ReLU(inplace=True))
 
 
+def stage_outputs(stem: nn.Module, stages: Iterable[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
+    """Run ``stem`` then each of ``stages`` in turn on x; -> the output of every stage (not the stem's)."""
+    x = stem(x)
+    outs = []
+    for stage in stages:
+        x = stage(x)
+        outs.append(x)
+    return outs
+
+
 class _TinyBlock(nn.Module):
     def __init__(self, cin: int, cout: int):
         super().__init__()
@@ -153,12 +163,7 @@ class TinyBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x: B x 3 x H x W -> [B x w x H/4 x W/4, B x 2w x H/8 x W/8, B x 4w x H/16 x W/16]."""
-        x = self.stem(x)
-        outs = []
-        for stage in self.stages:
-            x = stage(x)
-            outs.append(x)
-        return outs
+        return stage_outputs(self.stem, self.stages, x)
 
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {

@@ -55,6 +55,15 @@ def media(tmp_path_factory) -> dict[str, Path]:
     return make_media(tmp_path_factory.mktemp("media"))
 
 
+@pytest.fixture(scope="module")
+def toy_checkpoint(tmp_path_factory) -> Path:
+    """``last.pt`` of a 2-step ``toy_av`` training run; one per test module, as each module had its own."""
+    run = tmp_path_factory.mktemp("toy_run")
+    assert avis_cli.main(["train", "experiment=toy_av", f"hydra.run.dir={run}", "trainer.max_steps=2",
+                          "trainer.eval_every=0", "trainer.progress=false", "trainer.tensorboard=false"]) == 0
+    return run / "checkpoints" / "last.pt"
+
+
 @pytest.fixture(scope="session")
 def json_corpus(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("json")

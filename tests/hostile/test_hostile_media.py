@@ -8,7 +8,6 @@ import shutil
 
 import pytest
 
-from avis import cli as avis_cli
 from tests.hostile import jsons
 from tests.hostile.conftest import call, error_line
 
@@ -22,14 +21,6 @@ MEDIA_CASES = {
     "absurd-dimensions": r"corrupt or truncated media",  # FFmpeg refuses the 60000 x 60000 SPS before allocating
     "video-only": None,
 }
-
-
-@pytest.fixture(scope="module")
-def toy_checkpoint(tmp_path_factory):
-    run = tmp_path_factory.mktemp("toy_run")
-    assert avis_cli.main(["train", "experiment=toy_av", f"hydra.run.dir={run}", "trainer.max_steps=2",
-                          "trainer.eval_every=0", "trainer.progress=false", "trainer.tensorboard=false"]) == 0
-    return run / "checkpoints" / "last.pt"
 
 
 @pytest.mark.parametrize("case", list(MEDIA_CASES))

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from avis import cli as avis_cli
 from avis.engine import checkpoint as ckpt_io
 from avis.engine.data import ShardSource
 from avis.errors import InputError
@@ -29,14 +28,6 @@ SHARD_CASES = {
     "zero-byte": r"unreadable shard \(empty file\)",
     "not-a-tar": r"unreadable shard",
 }
-
-
-@pytest.fixture(scope="module")
-def toy_checkpoint(tmp_path_factory):
-    run = tmp_path_factory.mktemp("toy_run")
-    assert avis_cli.main(["train", "experiment=toy_av", f"hydra.run.dir={run}", "trainer.max_steps=2",
-                          "trainer.eval_every=0", "trainer.progress=false", "trainer.tensorboard=false"]) == 0
-    return run / "checkpoints" / "last.pt"
 
 
 @pytest.mark.parametrize("case", list(SHARD_CASES))

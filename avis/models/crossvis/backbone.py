@@ -15,7 +15,7 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from avis.models.backbones import ResNetBackbone
+from avis.models.backbones import ResNetBackbone, stage_outputs
 
 STRIDES = (8, 16, 32, 64, 128)
 
@@ -36,12 +36,7 @@ class TinyBody(nn.Module):
         self.channels = [2 * w, 4 * w, 4 * w]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
-        outs = []
-        for stage in self.stages:
-            x = stage(x)
-            outs.append(x)
-        return outs
+        return stage_outputs(self.stem, self.stages, x)
 
 
 class FPNBackbone(nn.Module):

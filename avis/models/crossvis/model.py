@@ -5,18 +5,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms, generalized_box_iou_loss, masks_to_boxes, sigmoid_focal_loss
+from torchvision.ops import batched_nms, generalized_box_iou_loss, sigmoid_focal_loss
 
 from ..base import Track, VISMethod
+from ..frame_pairs import normalise_and_pad, pair_targets, register_pixel_stats
 from .association import TrackState, update_tracks
 from .crossover import crossover_pairs
 from .head import CrossVISHead
 from .losses import GlobalEmbeddingLoss, IdentityMap, dice_loss, pairwise_embedding_loss
 from .mask import DynamicMaskHead, MaskBranch, mask_logits
 from .targets import centerness, fcos_targets, level_locations
-
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 def _flat(maps: list[torch.Tensor]) -> torch.Tensor:
@@ -69,16 +67,12 @@ class CrossVIS(VISMethod):
         if embedding == "global":
             self.embed_loss = GlobalEmbeddingLoss(embed_dim, num_identities)
             self.identities = IdentityMap(num_identities)
-        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(3, 1, 1), persistent=False)
+        register_pixel_stats(self)
 
     # -- shared ---------------------------------------------------------------------------------------
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 N x 3 x H x W -> normalised float N x 3 x Hp x Wp, zero-padded right/bottom to the divisibility."""
-        x = (frames.to(self.pixel_mean.device).float() - self.pixel_mean) / self.pixel_std
-        d = self.size_divisibility
-        h, w = x.shape[-2:]
-        return F.pad(x, (0, (-w) % d, 0, (-h) % d))
+        return normalise_and_pad(frames, self.pixel_mean, self.pixel_std, self.size_divisibility)
 
     def _features(self, images: torch.Tensor):
         feats = self.backbone(images)
@@ -90,30 +84,11 @@ class CrossVIS(VISMethod):
         return torch.tensor(self.sizes_of_interest, device=levels.device)[levels]
 
     # -- training -------------------------------------------------------------------------------------
-    def _targets(self, batch: dict, sel: list[int], padded_hw: tuple[int, int]) -> list[dict]:
-        """Per image (clip-major, then frame): boxes, labels, masks at stride 4 (padded), instance ids, video."""
-        hp, wp = padded_hw
-        dev = self.pixel_mean.device
-        out = []
-        for b, frame_targets in enumerate(batch["targets"]):
-            for t in sel:
-                tg = frame_targets[t]
-                masks = tg["masks"].to(dev).bool()
-                keep = masks.flatten(1).any(1)
-                masks = masks[keep]
-                boxes = masks_to_boxes(masks.float()) if len(masks) else masks.new_zeros(0, 4, dtype=torch.float32)
-                boxes[:, 2:] += 1  # masks_to_boxes gives the last pixel; the box extends to its far edge
-                h, w = masks.shape[-2:]
-                masks4 = F.pad(masks, (0, wp - w, 0, hp - h))[:, 2::4, 2::4]
-                out.append({"boxes": boxes, "labels": tg["labels"].to(dev)[keep], "masks4": masks4,
-                            "ids": tg["instance_ids"].to(dev)[keep], "video": int(batch["video_ids"][b])})
-        return out
-
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         frames = batch["frames"]
         sel = [0, frames.shape[1] - 1]  # reference, target
         images = self.preprocess(frames[:, sel].flatten(0, 1))
-        targets = self._targets(batch, sel, images.shape[-2:])
+        targets = pair_targets(batch["targets"], sel, images.shape[-2:], self.pixel_mean.device, batch["video_ids"])
         feats, out, locations, levels = self._features(images)
         k = self.num_classes
         cls, box, ctr = _flat(out["cls"]), _flat(out["box"]), _flat(out["ctr"])[..., 0]

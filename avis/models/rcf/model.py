@@ -207,11 +207,7 @@ class RCF(VISMethod):
             feats = self._compiled.get("backbone", self.backbone)(x)
             f_t = feats[-1]
             state.size = tuple(frame.shape[-2:])
-            f_ref = None
-            if self.delta:
-                if not state.features:
-                    state.features.extend([f_t] * self.delta)
-                f_ref = torch.cat(list(state.features), 1)
+            f_ref = self._cached_references(state, f_t)
             aud = feat = features = None
             if self.uses_audio and audio is not None:
                 feat, aud, features = self._online_audio(state, audio.to(device, non_blocking=True).float())
@@ -221,6 +217,17 @@ class RCF(VISMethod):
         if self.delta:
             state.features.append(f_t)
             state.audio.append(feat)
+
+    def _cached_references(self, state: RCFState, f_t: torch.Tensor) -> torch.Tensor | None:
+        """The delta cached reference features, concatenated: 1 x delta*C x h x w (None when delta is 0).
+
+        At the video's start the cache is empty and is filled with this frame's f_t (1 x C x h x w), so the
+        first frame is its own reference; the caller appends f_t after the step."""
+        if not self.delta:
+            return None
+        if not state.features:
+            state.features.extend([f_t] * self.delta)
+        return torch.cat(list(state.features), 1)
 
     def _online_audio(self, state: RCFState, window: torch.Tensor):
         """This frame's cached audio entry and the audio input of the fusion (tokens or features).
@@ -255,11 +262,7 @@ class RCF(VISMethod):
         feats = self.backbone(self.normalize(frame[None]))
         f_t = feats[-1]
         state.size = tuple(frame.shape[-2:])
-        f_ref = None
-        if self.delta:
-            if not state.features:
-                state.features.extend([f_t] * self.delta)
-            f_ref = torch.cat(list(state.features), 1)
+        f_ref = self._cached_references(state, f_t)
         aud = a_t = None
         if self.uses_audio and audio is not None:
             tokens = self.fusion.audio_tokens

@@ -5,16 +5,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import box_iou, distance_box_iou_loss, masks_to_boxes, nms
+from torchvision.ops import box_iou, distance_box_iou_loss, nms
 
 from ..base import Track, VISMethod
+from ..frame_pairs import normalise_and_pad, pair_targets, register_pixel_stats
 from .anchors import SCALES, decode, encode, make_anchors
 from .association import STTrack, update_tracks
 from .head import ProtoNet, STMaskHead
 from .temporal import TemporalFusion
 
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
 #: loss weights of the public code
 LOSS_WEIGHTS = {"cls": 6.125, "box": 5.0, "ctr": 20.0, "mask": 6.125, "track": 5.0, "t_box": 5.0, "t_mask": 6.125}
 
@@ -80,15 +79,12 @@ class STMask(VISMethod):
         self.protonet = ProtoNet(c, proto_channels, num_protos)
         self.head = STMaskHead(c, num_classes, num_protos, embed_dim, fcb, fcb_mask)
         self.temporal = TemporalFusion(c, num_protos, correlation_patch, tuple(temporal_channels), self.strides[1])
-        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(3, 1, 1), persistent=False)
+        register_pixel_stats(self)
 
     # -- shared ---------------------------------------------------------------------------------------
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
-        x = (frames.to(self.pixel_mean.device).float() - self.pixel_mean) / self.pixel_std
-        d = self.size_divisibility
-        h, w = x.shape[-2:]
-        return F.pad(x, (0, (-w) % d, 0, (-h) % d))
+        """uint8 N x 3 x H x W -> normalised float N x 3 x Hp x Wp, zero-padded right/bottom to the divisibility."""
+        return normalise_and_pad(frames, self.pixel_mean, self.pixel_std, self.size_divisibility)
 
     def _features(self, images: torch.Tensor):
         feats = self.backbone(images)
@@ -105,24 +101,6 @@ class STMask(VISMethod):
         return torch.einsum("pkhw,pk->phw", protos, coefs)
 
     # -- training -------------------------------------------------------------------------------------
-    def _targets(self, batch: dict, sel: list[int], padded_hw: tuple[int, int]) -> list[dict]:
-        hp, wp = padded_hw
-        dev = self.pixel_mean.device
-        out = []
-        for frame_targets in batch["targets"]:
-            for t in sel:
-                tg = frame_targets[t]
-                masks = tg["masks"].to(dev).bool()
-                keep = masks.flatten(1).any(1)
-                masks = masks[keep]
-                boxes = masks_to_boxes(masks.float()) if len(masks) else masks.new_zeros(0, 4, dtype=torch.float32)
-                boxes[:, 2:] += 1  # masks_to_boxes gives the last pixel; the box extends to its far edge
-                h, w = masks.shape[-2:]
-                masks4 = F.pad(masks, (0, wp - w, 0, hp - h))[:, 2::4, 2::4]
-                out.append({"boxes": boxes, "labels": tg["labels"].to(dev)[keep], "masks4": masks4,
-                            "ids": tg["instance_ids"].to(dev)[keep]})
-        return out
-
     def match(self, anchors: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> matched gt index per anchor (A) and state (A: 1 positive, 0 negative, -1 ignored).
 
@@ -144,7 +122,7 @@ class STMask(VISMethod):
         frames = batch["frames"]
         sel = [0, frames.shape[1] - 1]  # t-1, t
         images = self.preprocess(frames[:, sel].flatten(0, 1))
-        targets = self._targets(batch, sel, images.shape[-2:])
+        targets = pair_targets(batch["targets"], sel, images.shape[-2:], self.pixel_mean.device)
         feats, protos, out, anchors = self._features(images)
         wt = self.loss_weights
         matched = [self.match(anchors, t["boxes"]) for t in targets]
