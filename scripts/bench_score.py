@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -264,6 +265,8 @@ def main(argv=None) -> int:
     from avis.io.ytvis import load_annotations, load_results
 
     gt_p, res_p = cached_case(args.videos, args.seed)
+    # the generated results file (about 1.3 MB per video) passes the loader's default 256 MiB JSON limit
+    os.environ.setdefault("AVIS_MAX_JSON_BYTES", str(max(256 << 20, 2 * (gt_p.stat().st_size + res_p.stat().st_size))))
     gt, res = load_annotations(gt_p), load_results(res_p)
     print(f"case: {args.videos} videos x {T} frames at {W}x{H}, {len(gt['annotations'])} instances, "
           f"{len(res)} predictions")
