@@ -23,6 +23,8 @@ import os
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain, repeat
+from operator import is_not, itemgetter
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -165,19 +167,6 @@ def intersections(d: Tubes, g: Tubes, d_rows=None, g_cols=None) -> np.ndarray:
     return inter
 
 
-def table_intersections(table, d: Tubes, g: Tubes, d_rows, g_cols) -> np.ndarray:
-    """As :func:`intersections`, with the masks decoded once in ``table`` (an :class:`RleTable` holding the
-    masks that ``d.index`` / ``g.index`` point to): every same-frame pair in one compiled call."""
-    rows, cols = np.asarray(d_rows, dtype=np.int64), np.asarray(g_cols, dtype=np.int64)
-    T = min(d.rles.shape[1], g.rles.shape[1])
-    if len(rows) == 0 or len(cols) == 0 or T == 0:
-        return np.zeros((len(rows), len(cols)), dtype=np.int64)
-    i, j, t = np.nonzero(d.present[rows, None, :T] & g.present[None, cols, :T])
-    vals = table.intersections(d.index[rows[i], t], g.index[cols[j], t])
-    flat = np.bincount(i * len(cols) + j, weights=vals, minlength=len(rows) * len(cols))  # exact below 2^53
-    return flat.astype(np.int64).reshape(len(rows), len(cols))
-
-
 def tube_iou(d: Tubes, g: Tubes, inter: np.ndarray, d_rows=None, g_cols=None) -> np.ndarray:
     """IoU = I / U with U = both areas summed over the shared frames minus I (0 where U = 0), as the official
     ``iou_seq`` whose I and U are sums of exact integer areas."""
@@ -266,10 +255,118 @@ def _out_of(area: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------- per-video work
 def _evaluate_video(task) -> list[VideoCategoryEval]:
     """All categories of one video. ``task`` = (video_id, (height, width), {cat: [gt dicts]},
-    {cat: [(index in the results, result dict)]}).
+    {cat: [(index in the results, result dict)]})."""
+    return _evaluate_video_compiled(task) if BACKEND == "numba" else _evaluate_video_pycocotools(task)
 
-    Areas of every mask are computed once per video; intersections per (category, frame).
-    """
+
+def _order_detections(cats, dts_by_cat):
+    """Detections of the video, category by category (ascending), each category's top 100 by score (stable):
+    (list of (index, result), (D,) category, (D,) score)."""
+    dl = [x for cat in cats for x in dts_by_cat.get(cat, ())]
+    if not dl:
+        return [], np.zeros(0, np.int64), np.zeros(0)
+    cat = np.repeat(np.array(cats, dtype=np.int64), [len(dts_by_cat.get(c, ())) for c in cats])
+    scores = np.array([r["score"] for _, r in dl], dtype=np.float64)
+    order = np.lexsort((-scores, cat))  # stable: per category, as np.argsort(-scores, kind="mergesort")
+    cat = cat[order]
+    first = np.searchsorted(cat, cat, "left")
+    keep = order[np.arange(len(order)) - first < MAX_DETS[-1]]
+    return [dl[i] for i in keep], cat[np.arange(len(order)) - first < MAX_DETS[-1]], scores[keep]
+
+
+def _check_sizes(masks: list, shape, video_id, what: str) -> None:
+    """Every mask ``size`` equal to the video's (height, width), else an :class:`InputError`."""
+    want = list(shape)
+    sizes = list(map(itemgetter("size"), masks))
+    if sizes.count(want) == len(sizes):
+        return
+    bad = sorted({tuple(x) for x in sizes} - {tuple(shape)})
+    if bad:
+        msg = f"a mask of size {list(bad[0])} in a video of size {want}"
+        raise InputError(msg if what == "ground truth" else f"video {video_id}: {what}: {msg}")
+
+
+def _frame_index(seqs: list[list]):
+    """Per-frame masks of N sequences: (N, T) int64 index of each present mask in ``masks`` (-1 where ``None``
+    or past the sequence's end), (N,) lengths, and the present masks in row-major order."""
+    lengths = np.fromiter(map(len, seqs), np.int64, len(seqs))
+    T = int(lengths.max()) if len(seqs) else 0
+    flat = list(chain.from_iterable(seqs))
+    present = np.frombuffer(bytes(map(is_not, flat, repeat(None))), dtype=np.bool_)
+    masks = [x for x in flat if x is not None]
+    index = np.full((len(seqs), T), -1, dtype=np.int64)
+    if len(masks):
+        if len(flat) == len(seqs) * T:  # all sequences of the same length
+            index.ravel()[present] = np.arange(len(masks))
+        else:
+            row = np.repeat(np.arange(len(seqs)), lengths)
+            col = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            index[row[present], col[present]] = np.arange(len(masks))
+    return index, lengths, masks
+
+
+def _evaluate_video_compiled(task) -> list[VideoCategoryEval]:
+    """:func:`_evaluate_video` with the numba kernels: every mask string of the video decoded in one call, then
+    one call for the IoU blocks and the matching of all categories; per category, the entries are views."""
+    video_id, shape, gts_by_cat, dts_by_cat = task
+    cats = sorted(set(gts_by_cat) | set(dts_by_cat))
+    gts = [g for cat in cats for g in gts_by_cat.get(cat, ())]
+    g_cat = np.repeat(np.array(cats, dtype=np.int64), [len(gts_by_cat.get(c, ())) for c in cats])
+    dts, d_cat, d_scores = _order_detections(cats, dts_by_cat)
+    g_idx, g_len, g_masks = _frame_index([g["segmentations"] for g in gts])
+    d_idx, d_len, d_masks = _frame_index([r["segmentations"] for _, r in dts])
+    if shape is not None:
+        _check_sizes(g_masks, shape, video_id, "ground truth")
+        _check_sizes(d_masks, shape, video_id, "predictions")
+    n_g = len(g_masks)
+    # intervals only for ground truth and detections of a category that has ground truth here
+    d_need = np.isin(d_cat, g_cat)
+    need = np.concatenate([np.ones(n_g, np.bool_), np.repeat(d_need, (d_idx >= 0).sum(1))])
+    try:
+        table = RleTable(list(map(itemgetter("counts"), chain(g_masks, d_masks))), need)
+    except (UnicodeEncodeError, TypeError, KeyError):
+        raise InputError(f"video {video_id}: a mask's RLE counts are not a compressed RLE string") from None
+    if shape is not None and len(table.totals) and (table.totals != shape[0] * shape[1]).any():
+        raise InputError(f"video {video_id}: an RLE does not cover {shape[0]}x{shape[1]} pixels")
+    d_idx[d_idx >= 0] += n_g
+    # average area over non-empty frames (the official ``if a`` filter)
+    d_areas = np.where(d_idx >= 0, table.areas[d_idx], 0)
+    n_frames = (d_areas > 0).sum(1)
+    dt_area = np.where(n_frames > 0, d_areas.sum(1) / np.maximum(n_frames, 1), 0.0)
+    dt_out = _out_of(dt_area)  # (A, D)
+    gt_ids = np.array([g["id"] for g in gts], dtype=np.int64)
+    gt_crowd = np.array([bool(g.get("iscrowd", 0)) for g in gts], dtype=bool)
+    gt_area = np.array([average_area(g.get("areas") or []) for g in gts], dtype=np.float64)
+    gt_ignore = gt_crowd[None, :] | _out_of(gt_area)  # (A, G)
+    det_index = np.array([i for i, _ in dts], dtype=np.int64)
+    # detections and ground truth are listed category by category (ascending): slices
+    d_lo, d_hi = np.searchsorted(d_cat, cats, "left"), np.searchsorted(d_cat, cats, "right")
+    g_lo, g_hi = np.searchsorted(g_cat, cats, "left"), np.searchsorted(g_cat, cats, "right")
+    sizes = (d_hi - d_lo) * (g_hi - g_lo)
+    iou_off = np.concatenate([[0], np.cumsum(sizes)])
+    A, T = len(AREA_RNG), len(IOU_THRS)
+    ious = np.zeros(int(iou_off[-1]))
+    dt_match = np.zeros((A, T, len(dts)))
+    dt_ignore = np.zeros((A, T, len(dts)), dtype=bool)
+    gt_match_det = np.full((A, T, len(gts)), -1, dtype=np.int64)
+    if len(ious):
+        rle_kernels.video_match_kernel(d_idx, d_len, g_idx, g_len, table.areas, table.starts, table.ends,
+                                       table.iv_offsets, d_lo, d_hi, g_lo, g_hi, iou_off, gt_ids.astype(np.float64),
+                                       gt_crowd, np.ascontiguousarray(gt_ignore), IOU_THRS, ious, dt_match,
+                                       dt_ignore, gt_match_det)
+    dt_ignore |= (dt_match == 0) & dt_out[:, None, :]
+    out = []
+    for ci, cat in enumerate(cats):
+        ds, gs = slice(d_lo[ci], d_hi[ci]), slice(g_lo[ci], g_hi[ci])
+        D, G = d_hi[ci] - d_lo[ci], g_hi[ci] - g_lo[ci]
+        out.append(VideoCategoryEval(video_id, cat, d_scores[ds], det_index[ds], gt_ids[gs], gt_crowd[gs],
+                                     ious[iou_off[ci] : iou_off[ci + 1]].reshape(D, G), dt_match[:, :, ds],
+                                     dt_ignore[:, :, ds], gt_ignore[:, gs], gt_match_det[:, :, gs]))
+    return out
+
+
+def _evaluate_video_pycocotools(task) -> list[VideoCategoryEval]:
+    """:func:`_evaluate_video` without numba: areas and intersections by batched pycocotools calls."""
     video_id, shape, gts_by_cat, dts_by_cat = task
     cats = sorted(set(gts_by_cat) | set(dts_by_cat))
     gts, g_cat, dts, d_cat, d_scores = [], [], [], [], []
@@ -285,28 +382,11 @@ def _evaluate_video(task) -> list[VideoCategoryEval]:
         d_scores.append(scores[order])
     g_cat, d_cat = np.array(g_cat, dtype=np.int64), np.array(d_cat, dtype=np.int64)
     d_scores = np.concatenate(d_scores) if d_scores else np.zeros(0)
-    use_table = BACKEND == "numba"
-    gtub = Tubes([g["segmentations"] for g in gts], shape, areas=not use_table)
+    gtub = Tubes([g["segmentations"] for g in gts], shape)
     try:
-        dtub = Tubes([r["segmentations"] for _, r in dts], shape, areas=not use_table)
+        dtub = Tubes([r["segmentations"] for _, r in dts], shape)
     except InputError as e:
         raise InputError(f"video {video_id}: predictions: {e}") from None
-    table = None
-    if use_table:
-        n_g = int(gtub.present.sum())
-        try:
-            # intervals only for ground truth and detections of a category that has ground truth here
-            need = np.concatenate([np.ones(n_g, bool),
-                                   np.broadcast_to(np.isin(d_cat, g_cat)[:, None], dtub.present.shape)[dtub.present]])
-            table = RleTable([r["counts"] for r in gtub.rles[gtub.present]] +
-                             [r["counts"] for r in dtub.rles[dtub.present]], need)
-        except (UnicodeEncodeError, TypeError, KeyError):
-            raise InputError(f"video {video_id}: a mask's RLE counts are not a compressed RLE string") from None
-        if shape is not None and len(table.totals) and (table.totals != shape[0] * shape[1]).any():
-            raise InputError(f"video {video_id}: an RLE does not cover {shape[0]}x{shape[1]} pixels")
-        gtub.set_areas(table.areas[:n_g])
-        dtub.set_areas(table.areas[n_g:])
-        dtub.index[dtub.present] += n_g
     n_frames = (dtub.areas > 0).sum(1)  # average over non-empty frames (the official ``if a`` filter)
     dt_area = np.where(n_frames > 0, dtub.areas.sum(1) / np.maximum(n_frames, 1), 0.0)
     dt_out = _out_of(dt_area)  # (A, D)
@@ -332,11 +412,7 @@ def _evaluate_video(task) -> list[VideoCategoryEval]:
                                          no_gt_ig, no_gt_det))
             continue
         dr, gc = np.arange(d_lo[ci], d_hi[ci]), np.arange(g_lo[ci], g_hi[ci])
-        if len(dr):
-            inter = (table_intersections(table, dtub, gtub, dr, gc) if use_table
-                     else intersections(dtub, gtub, dr, gc))
-        else:
-            inter = np.zeros((len(dr), len(gc)), dtype=np.int64)
+        inter = intersections(dtub, gtub, dr, gc)
         ious = tube_iou(dtub, gtub, inter, dr, gc)
         gt_ids, gt_crowd, gt_ignore = gt_ids_all[gc], gt_crowd_all[gc], gt_ignore_all[:, gc]
         dt_match, dt_ignore, gt_match_det = greedy_match(ious, gt_ids, gt_crowd, gt_ignore, IOU_THRS)
@@ -405,6 +481,10 @@ def accumulate(entries: list[VideoCategoryEval], cat_ids: list[int], area_idx=No
     T, R, K, A, M = len(IOU_THRS), len(REC_THRS), len(cat_ids), len(AREA_RNG), len(MAX_DETS)
     precision = -np.ones((T, R, K, A, M))
     recall = -np.ones((T, K, A, M))
+    if BACKEND == "numba":
+        _accumulate_compiled(entries, cat_ids, range(A) if area_idx is None else area_idx,
+                             range(M) if maxdet_idx is None else maxdet_idx, precision, recall)
+        return precision, recall
     by_cat = defaultdict(list)
     for e in entries:
         by_cat[e.category_id].append(e)
@@ -426,6 +506,42 @@ def accumulate(entries: list[VideoCategoryEval], cat_ids: list[int], area_idx=No
                     continue
                 precision[:, :, k, a, m], recall[:, k, a, m] = _pr_curve(dtm_all[a], dt_ig_all[a], int(npig[a]))
     return precision, recall
+
+
+def _accumulate_compiled(entries, cat_ids, area_idx, maxdet_idx, precision, recall) -> None:
+    """:func:`accumulate` in one pass: the detections of all entries concatenated (entries order), sorted by
+    (category, descending score) with a stable sort, which within a category is the official order; the
+    curves by :func:`rle_kernels.accumulate_kernel`."""
+    kpos = {c: k for k, c in enumerate(cat_ids)}
+    E = [e for e in entries if e.category_id in kpos]
+    K = len(cat_ids)
+    if not E:
+        return
+    ek = np.array([kpos[e.category_id] for e in E], dtype=np.int64)
+    nd = np.array([len(e.scores) for e in E], dtype=np.int64)
+    ng = np.array([len(e.gt_ids) for e in E], dtype=np.int64)
+    scores = np.concatenate([e.scores for e in E])
+    matched = np.concatenate([e.dt_match for e in E], axis=2) != 0  # (A, T, N)
+    ignored = np.concatenate([e.dt_ignore for e in E], axis=2)
+    regular = ~np.concatenate([e.gt_ignore for e in E], axis=1)  # (A, sum G)
+    gk = np.repeat(ek, ng)
+    npig = np.stack([np.bincount(gk, weights=regular[a], minlength=K) for a in range(len(regular))], 1)
+    npig = npig.astype(np.int64)  # (K, A), counts: exact
+    has_entry = np.zeros(K, dtype=bool)
+    has_entry[ek] = True
+    det_k = np.repeat(ek, nd)
+    rank = np.arange(len(scores)) - np.repeat(np.cumsum(nd) - nd, nd)  # position within its entry
+    areas = np.asarray(list(area_idx), dtype=np.int64)
+    ks = np.arange(K)
+    for m in maxdet_idx:
+        sel = np.flatnonzero(rank < MAX_DETS[m])
+        order = sel[np.lexsort((-scores[sel], det_k[sel]))]
+        sorted_k = det_k[order]
+        lo = np.where(has_entry, np.searchsorted(sorted_k, ks, "left"), -1)
+        hi = np.searchsorted(sorted_k, ks, "right")
+        rle_kernels.accumulate_kernel(lo, hi, np.ascontiguousarray(matched[:, :, order]),
+                                      np.ascontiguousarray(ignored[:, :, order]), npig, REC_THRS, precision,
+                                      recall, m, areas)
 
 
 def _pr_curve(dtm: np.ndarray, dt_ig: np.ndarray, npig: int):
