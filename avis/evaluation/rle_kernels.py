@@ -10,6 +10,8 @@ to pycocotools (:data:`AVAILABLE`).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 try:
@@ -18,6 +20,9 @@ try:
     AVAILABLE = True
 except ImportError:  # pragma: no cover - numba comes with librosa
     AVAILABLE = False
+
+
+_U = np.uint64  # array indices known to be >= 0
 
 
 def _jit(f):
@@ -40,7 +45,8 @@ def _decode(buf, offsets, need, starts, ends, iv_offsets, areas, totals):  # pra
     unconditionally and the slot advanced only when it is kept and non-empty (no branch). Most counts of real
     masks are one-character deltas (a run length changes little from one column to the next), so after the
     first three counts, (background, foreground) pairs of one-character codes take a fast path, two pairs at a
-    time; any other code goes through the general loop, which is pycocotools' code."""
+    time; any other code goes through the general loop, which is pycocotools' code. Array indices are cast to
+    unsigned (``_U``), so that numba does not emit its negative-index wraparound on every access."""
     n_iv = 0
     M = np.int64(0xFFFFFFFF)  # pycocotools stores counts as uint32
     for k in range(len(offsets) - 1):
@@ -50,46 +56,67 @@ def _decode(buf, offsets, need, starts, ends, iv_offsets, areas, totals):  # pra
         keep = np.int64(need[k])
         while p < stop:
             if m > 2 and not (m & 1):  # at a background count, deltas from here on
-                while p + 3 < stop:
-                    c0 = np.int64(buf[p]) - 48
-                    c1 = np.int64(buf[p + 1]) - 48
-                    c2 = np.int64(buf[p + 2]) - 48
-                    c3 = np.int64(buf[p + 3]) - 48
-                    if (c0 | c1 | c2 | c3) & 0x20:
+                # one-character codes (0 <= c < 32: no continuation bit): 5 bits, sign-extended from bit 4 as
+                # (c ^ 16) - 16; masks whose intervals are not needed take a loop without the stores
+                while p + 3 < stop and not keep:
+                    c0 = np.int64(buf[_U(p)]) - 48
+                    c1 = np.int64(buf[_U(p + 1)]) - 48
+                    c2 = np.int64(buf[_U(p + 2)]) - 48
+                    c3 = np.int64(buf[_U(p + 3)]) - 48
+                    if (c0 | c1 | c2 | c3) & -32:
                         break
-                    # one-character code: 5 bits, sign-extended from bit 4
-                    bg = ((c0 & 0x1F) - ((c0 & 0x10) << 1) + prev2) & M
-                    fg = ((c1 & 0x1F) - ((c1 & 0x10) << 1) + prev1) & M
-                    bg2 = ((c2 & 0x1F) - ((c2 & 0x10) << 1) + bg) & M
-                    fg2 = ((c3 & 0x1F) - ((c3 & 0x10) << 1) + fg) & M
+                    bg = (((c0 ^ 16) - 16) + prev2) & M
+                    fg = (((c1 ^ 16) - 16) + prev1) & M
+                    bg2 = (((c2 ^ 16) - 16) + bg) & M
+                    fg2 = (((c3 ^ 16) - 16) + fg) & M
                     prev2 = bg2
                     prev1 = fg2
                     pos += bg
-                    starts[n_iv] = pos
                     pos += fg
-                    ends[n_iv] = pos
-                    n_iv += keep & (fg > 0)
                     pos += bg2
-                    starts[n_iv] = pos
                     pos += fg2
-                    ends[n_iv] = pos
-                    n_iv += keep & (fg2 > 0)
+                    area += fg + fg2
+                    p += 4
+                    m += 4
+                while p + 3 < stop and keep:
+                    c0 = np.int64(buf[_U(p)]) - 48
+                    c1 = np.int64(buf[_U(p + 1)]) - 48
+                    c2 = np.int64(buf[_U(p + 2)]) - 48
+                    c3 = np.int64(buf[_U(p + 3)]) - 48
+                    if (c0 | c1 | c2 | c3) & -32:
+                        break
+                    bg = (((c0 ^ 16) - 16) + prev2) & M
+                    fg = (((c1 ^ 16) - 16) + prev1) & M
+                    bg2 = (((c2 ^ 16) - 16) + bg) & M
+                    fg2 = (((c3 ^ 16) - 16) + fg) & M
+                    prev2 = bg2
+                    prev1 = fg2
+                    pos += bg
+                    starts[_U(n_iv)] = pos
+                    pos += fg
+                    ends[_U(n_iv)] = pos
+                    n_iv += fg > 0
+                    pos += bg2
+                    starts[_U(n_iv)] = pos
+                    pos += fg2
+                    ends[_U(n_iv)] = pos
+                    n_iv += fg2 > 0
                     area += fg + fg2
                     p += 4
                     m += 4
                 while p + 1 < stop:
-                    c0 = np.int64(buf[p]) - 48
-                    c1 = np.int64(buf[p + 1]) - 48
-                    if (c0 | c1) & 0x20:
+                    c0 = np.int64(buf[_U(p)]) - 48
+                    c1 = np.int64(buf[_U(p + 1)]) - 48
+                    if (c0 | c1) & -32:
                         break
-                    bg = ((c0 & 0x1F) - ((c0 & 0x10) << 1) + prev2) & M
-                    fg = ((c1 & 0x1F) - ((c1 & 0x10) << 1) + prev1) & M
+                    bg = (((c0 ^ 16) - 16) + prev2) & M
+                    fg = (((c1 ^ 16) - 16) + prev1) & M
                     prev2 = bg
                     prev1 = fg
                     pos += bg
-                    starts[n_iv] = pos
+                    starts[_U(n_iv)] = pos
                     pos += fg
-                    ends[n_iv] = pos
+                    ends[_U(n_iv)] = pos
                     n_iv += keep & (fg > 0)
                     area += fg
                     p += 2
@@ -97,13 +124,13 @@ def _decode(buf, offsets, need, starts, ends, iv_offsets, areas, totals):  # pra
                 if p >= stop:
                     break
             # general code: 5-bit groups, continuation bit 0x20, sign bit 0x10 of the last group
-            c = np.int64(buf[p]) - 48
+            c = np.int64(buf[_U(p)]) - 48
             p += 1
             x = c & 0x1F
             sh = 5
             if c & 0x20:
                 while p < stop:
-                    c = np.int64(buf[p]) - 48
+                    c = np.int64(buf[_U(p)]) - 48
                     p += 1
                     x |= (c & 0x1F) << sh
                     sh += 5
@@ -117,8 +144,8 @@ def _decode(buf, offsets, need, starts, ends, iv_offsets, areas, totals):  # pra
             prev1 = x
             if m & 1:
                 area += x
-                starts[n_iv] = pos
-                ends[n_iv] = pos + x
+                starts[_U(n_iv)] = pos
+                ends[_U(n_iv)] = pos + x
                 n_iv += keep & (x > 0)
             pos += x
             m += 1
@@ -147,7 +174,7 @@ def _intersection(starts, ends, iv_offsets, a, b):  # pragma: no cover - compile
     if j >= je:
         return 0
     s = 0
-    si, ei, sj, ej = starts[i], ends[i], starts[j], ends[j]
+    si, ei, sj, ej = starts[_U(i)], ends[_U(i)], starts[_U(j)], ends[_U(j)]
     while True:
         lo = si if si > sj else sj
         hi = ei if ei < ej else ej
@@ -157,12 +184,12 @@ def _intersection(starts, ends, iv_offsets, a, b):  # pragma: no cover - compile
             i += 1
             if i == ie:
                 break
-            si, ei = starts[i], ends[i]
+            si, ei = starts[_U(i)], ends[_U(i)]
         else:
             j += 1
             if j == je:
                 break
-            sj, ej = starts[j], ends[j]
+            sj, ej = starts[_U(j)], ends[_U(j)]
     return s
 
 
@@ -172,31 +199,53 @@ def _pair_intersections(starts, ends, iv_offsets, pa, pb, out):  # pragma: no co
         out[k] = _intersection(starts, ends, iv_offsets, pa[k], pb[k])
 
 
+_SCRATCH = threading.local()  # per thread: interval buffers reused by tables built with ``reuse=True``
+
+
 class RleTable:
     """Many compressed RLE ``counts`` (str or bytes) decoded at once: ``areas`` and ``totals`` (pixels
     covered, h * w for a well-formed mask) per mask, and :meth:`intersections` of mask pairs (of masks whose
-    ``need_intervals`` is true; default all)."""
+    ``need_intervals`` is true; default all).
 
-    def __init__(self, counts: list, need_intervals: np.ndarray | None = None):
+    ``reuse=True`` keeps the intervals in per-thread buffers that the next such table of the thread overwrites
+    (for a table used and dropped at once: a video's masks in the scorer), sparing the allocation and the page
+    faults of several MB per table."""
+
+    def __init__(self, counts: list, need_intervals: np.ndarray | None = None, reuse: bool = False):
         try:
             joined = "".join(counts).encode("ascii")  # one call; ASCII, so lengths are byte lengths
         except TypeError:  # some counts are bytes
             counts = [c.encode("ascii") if isinstance(c, str) else bytes(c) for c in counts]
             joined = b"".join(counts)
+        if reuse:
+            # held until the next such table: freeing a buffer of a MB right after the joined string lets the
+            # allocator hand both back to the system, and the next video pays page faults for them (~1 ms)
+            _SCRATCH.joined = joined
         n = len(counts)
-        lens = np.array(list(map(len, counts)), dtype=np.int64)
         self.offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(lens, out=self.offsets[1:])
+        np.cumsum(np.fromiter(map(len, counts), np.int64, n), out=self.offsets[1:])
         buf = np.frombuffer(joined, dtype=np.uint8) if n else np.zeros(0, np.uint8)
-        raw = counts
         need = np.ones(n, dtype=np.bool_) if need_intervals is None else np.asarray(need_intervals, np.bool_)
+        lens = np.diff(self.offsets)
+        # a kept interval takes two codes of one character at least, plus one slot for the unconditional write
         cap = int(lens[need].sum()) // 2 + n + 1
-        self.starts = np.empty(cap, dtype=np.int64)
-        self.ends = np.empty(cap, dtype=np.int64)
-        self.iv_offsets = np.empty(len(raw) + 1, dtype=np.int64)
-        self.areas = np.empty(len(raw), dtype=np.int64)
-        self.totals = np.empty(len(raw), dtype=np.int64)
-        _decode(buf, self.offsets, need, self.starts, self.ends, self.iv_offsets, self.areas, self.totals)
+        self.iv_offsets = np.empty(n + 1, dtype=np.int64)
+        self.areas = np.empty(n, dtype=np.int64)
+        self.totals = np.empty(n, dtype=np.int64)
+        # int32 positions (half the memory traffic) unless a mask covers 2^31 pixels or more: then again, int64
+        for dtype in (np.int32, np.int64):
+            if reuse:
+                key = np.dtype(dtype).name
+                starts, ends = getattr(_SCRATCH, key, (np.empty(0, dtype), np.empty(0, dtype)))
+                if len(starts) < cap:
+                    starts, ends = np.empty(cap + cap // 2, dtype), np.empty(cap + cap // 2, dtype)
+                    setattr(_SCRATCH, key, (starts, ends))
+            else:
+                starts, ends = np.empty(cap, dtype), np.empty(cap, dtype)
+            self.starts, self.ends = starts, ends
+            _decode(buf, self.offsets, need, starts, ends, self.iv_offsets, self.areas, self.totals)
+            if not n or self.totals.max() <= np.iinfo(np.int32).max:
+                break
 
     def intersections(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Foreground pixels shared by masks ``a[k]`` and ``b[k]`` (int64 per pair)."""

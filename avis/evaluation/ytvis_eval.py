@@ -23,6 +23,7 @@ import os
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from itertools import accumulate as running_sum
 from itertools import chain, repeat
 from operator import is_not, itemgetter
 
@@ -261,29 +262,24 @@ def _evaluate_video(task) -> list[VideoCategoryEval]:
 
 def _order_detections(cats, dts_by_cat):
     """Detections of the video, category by category (ascending), each category's top 100 by score (stable):
-    (list of (index, result), (D,) category, (D,) score)."""
+    list of (index, result), (D,) scores, and the number kept per category."""
+    n = [len(dts_by_cat.get(c, ())) for c in cats]
     dl = [x for cat in cats for x in dts_by_cat.get(cat, ())]
     if not dl:
-        return [], np.zeros(0, np.int64), np.zeros(0)
-    cat = np.repeat(np.array(cats, dtype=np.int64), [len(dts_by_cat.get(c, ())) for c in cats])
+        return [], np.zeros(0), n
+    cat = np.repeat(np.arange(len(cats)), n)
     scores = np.array([r["score"] for _, r in dl], dtype=np.float64)
     order = np.lexsort((-scores, cat))  # stable: per category, as np.argsort(-scores, kind="mergesort")
-    cat = cat[order]
-    first = np.searchsorted(cat, cat, "left")
-    keep = order[np.arange(len(order)) - first < MAX_DETS[-1]]
-    return [dl[i] for i in keep], cat[np.arange(len(order)) - first < MAX_DETS[-1]], scores[keep]
+    if max(n) > MAX_DETS[-1]:
+        order = order[np.arange(len(order)) - np.repeat(np.cumsum(n) - n, n) < MAX_DETS[-1]]
+        n = [min(k, MAX_DETS[-1]) for k in n]
+    return [dl[i] for i in order], scores[order], n
 
 
-def _check_sizes(masks: list, shape, video_id, what: str) -> None:
-    """Every mask ``size`` equal to the video's (height, width), else an :class:`InputError`."""
-    want = list(shape)
-    sizes = list(map(itemgetter("size"), masks))
-    if sizes.count(want) == len(sizes):
-        return
-    bad = sorted({tuple(x) for x in sizes} - {tuple(shape)})
-    if bad:
-        msg = f"a mask of size {list(bad[0])} in a video of size {want}"
-        raise InputError(msg if what == "ground truth" else f"video {video_id}: {what}: {msg}")
+def _size_error(masks: list, shape) -> str | None:
+    """The message for the first mask (in sorted order of sizes) whose ``size`` differs from the video's."""
+    bad = sorted({tuple(m["size"]) for m in masks} - {tuple(shape)})
+    return f"a mask of size {list(bad[0])} in a video of size {list(shape)}" if bad else None
 
 
 def _frame_index(seqs: list[list]):
@@ -310,25 +306,42 @@ def _evaluate_video_compiled(task) -> list[VideoCategoryEval]:
     one call for the IoU blocks and the matching of all categories; per category, the entries are views."""
     video_id, shape, gts_by_cat, dts_by_cat = task
     cats = sorted(set(gts_by_cat) | set(dts_by_cat))
+    n_gc = [len(gts_by_cat.get(c, ())) for c in cats]
     gts = [g for cat in cats for g in gts_by_cat.get(cat, ())]
-    g_cat = np.repeat(np.array(cats, dtype=np.int64), [len(gts_by_cat.get(c, ())) for c in cats])
-    dts, d_cat, d_scores = _order_detections(cats, dts_by_cat)
-    g_idx, g_len, g_masks = _frame_index([g["segmentations"] for g in gts])
-    d_idx, d_len, d_masks = _frame_index([r["segmentations"] for _, r in dts])
-    if shape is not None:
-        _check_sizes(g_masks, shape, video_id, "ground truth")
-        _check_sizes(d_masks, shape, video_id, "predictions")
-    n_g = len(g_masks)
-    # intervals only for ground truth and detections of a category that has ground truth here
-    d_need = np.isin(d_cat, g_cat)
-    need = np.concatenate([np.ones(n_g, np.bool_), np.repeat(d_need, (d_idx >= 0).sum(1))])
+    dts, d_scores, n_dc = _order_detections(cats, dts_by_cat)
+    G, D = len(gts), len(dts)
+    # ground truth then detections, category by category: slices [lo, hi) per category
+    g_hi = list(running_sum(n_gc))
+    d_hi = list(running_sum(n_dc))
+    g_lo = [h - k for h, k in zip(g_hi, n_gc)]
+    d_lo = [h - k for h, k in zip(d_hi, n_dc)]
+    index, lengths, masks = _frame_index([g["segmentations"] for g in gts] + [r["segmentations"] for _, r in dts])
+    g_idx, d_idx = index[:G], index[G:]  # rows of the decoded table: ground-truth masks first
+    n_gm = int((g_idx >= 0).sum())
+    not_rle = f"video {video_id}: a mask's RLE counts are not a compressed RLE string"
     try:
-        table = RleTable(list(map(itemgetter("counts"), chain(g_masks, d_masks))), need)
-    except (UnicodeEncodeError, TypeError, KeyError):
-        raise InputError(f"video {video_id}: a mask's RLE counts are not a compressed RLE string") from None
+        counts = list(map(itemgetter("counts"), masks))
+    except (KeyError, TypeError):
+        raise InputError(not_rle) from None
+    if shape is not None:
+        try:
+            ok = list(map(itemgetter("size"), masks)).count(list(shape)) == len(masks)
+        except (KeyError, TypeError):
+            raise InputError(f"video {video_id}: a mask has no size") from None
+        if not ok:
+            if msg := _size_error(masks[:n_gm], shape):
+                raise InputError(msg)
+            if msg := _size_error(masks[n_gm:], shape):
+                raise InputError(f"video {video_id}: predictions: {msg}")
+    # intervals only for ground truth and detections of a category that has ground truth here
+    d_need = np.repeat(np.array(n_gc) > 0, n_dc)
+    need = np.concatenate([np.ones(n_gm, np.bool_), np.repeat(d_need, (d_idx >= 0).sum(1))])
+    try:
+        table = RleTable(counts, need, reuse=True)
+    except (UnicodeEncodeError, TypeError):
+        raise InputError(not_rle) from None
     if shape is not None and len(table.totals) and (table.totals != shape[0] * shape[1]).any():
         raise InputError(f"video {video_id}: an RLE does not cover {shape[0]}x{shape[1]} pixels")
-    d_idx[d_idx >= 0] += n_g
     # average area over non-empty frames (the official ``if a`` filter)
     d_areas = np.where(d_idx >= 0, table.areas[d_idx], 0)
     n_frames = (d_areas > 0).sum(1)
@@ -339,30 +352,23 @@ def _evaluate_video_compiled(task) -> list[VideoCategoryEval]:
     gt_area = np.array([average_area(g.get("areas") or []) for g in gts], dtype=np.float64)
     gt_ignore = gt_crowd[None, :] | _out_of(gt_area)  # (A, G)
     det_index = np.array([i for i, _ in dts], dtype=np.int64)
-    # detections and ground truth are listed category by category (ascending): slices
-    d_lo, d_hi = np.searchsorted(d_cat, cats, "left"), np.searchsorted(d_cat, cats, "right")
-    g_lo, g_hi = np.searchsorted(g_cat, cats, "left"), np.searchsorted(g_cat, cats, "right")
-    sizes = (d_hi - d_lo) * (g_hi - g_lo)
-    iou_off = np.concatenate([[0], np.cumsum(sizes)])
+    iou_off = [0, *running_sum(a * b for a, b in zip(n_dc, n_gc))]
     A, T = len(AREA_RNG), len(IOU_THRS)
-    ious = np.zeros(int(iou_off[-1]))
-    dt_match = np.zeros((A, T, len(dts)))
-    dt_ignore = np.zeros((A, T, len(dts)), dtype=bool)
-    gt_match_det = np.full((A, T, len(gts)), -1, dtype=np.int64)
+    ious = np.zeros(iou_off[-1])
+    dt_match = np.zeros((A, T, D))
+    dt_ignore = np.zeros((A, T, D), dtype=bool)
+    gt_match_det = np.full((A, T, G), -1, dtype=np.int64)
     if len(ious):
-        rle_kernels.video_match_kernel(d_idx, d_len, g_idx, g_len, table.areas, table.starts, table.ends,
-                                       table.iv_offsets, d_lo, d_hi, g_lo, g_hi, iou_off, gt_ids.astype(np.float64),
-                                       gt_crowd, np.ascontiguousarray(gt_ignore), IOU_THRS, ious, dt_match,
-                                       dt_ignore, gt_match_det)
+        rle_kernels.video_match_kernel(d_idx, lengths[G:], g_idx, lengths[:G], table.areas, table.starts,
+                                       table.ends, table.iv_offsets, np.array(d_lo), np.array(d_hi),
+                                       np.array(g_lo), np.array(g_hi), np.array(iou_off),
+                                       gt_ids.astype(np.float64), gt_crowd, np.ascontiguousarray(gt_ignore),
+                                       IOU_THRS, ious, dt_match, dt_ignore, gt_match_det)
     dt_ignore |= (dt_match == 0) & dt_out[:, None, :]
-    out = []
-    for ci, cat in enumerate(cats):
-        ds, gs = slice(d_lo[ci], d_hi[ci]), slice(g_lo[ci], g_hi[ci])
-        D, G = d_hi[ci] - d_lo[ci], g_hi[ci] - g_lo[ci]
-        out.append(VideoCategoryEval(video_id, cat, d_scores[ds], det_index[ds], gt_ids[gs], gt_crowd[gs],
-                                     ious[iou_off[ci] : iou_off[ci + 1]].reshape(D, G), dt_match[:, :, ds],
-                                     dt_ignore[:, :, ds], gt_ignore[:, gs], gt_match_det[:, :, gs]))
-    return out
+    return [VideoCategoryEval(video_id, cat, d_scores[dl:dh], det_index[dl:dh], gt_ids[gl:gh], gt_crowd[gl:gh],
+                              ious[o : o + (dh - dl) * (gh - gl)].reshape(dh - dl, gh - gl), dt_match[:, :, dl:dh],
+                              dt_ignore[:, :, dl:dh], gt_ignore[:, gl:gh], gt_match_det[:, :, gl:gh])
+            for cat, dl, dh, gl, gh, o in zip(cats, d_lo, d_hi, g_lo, g_hi, iou_off)]
 
 
 def _evaluate_video_pycocotools(task) -> list[VideoCategoryEval]:
