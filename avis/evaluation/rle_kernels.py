@@ -136,7 +136,8 @@ def _decode(buf, offsets, need, starts, ends, iv_offsets, areas, totals):  # pra
                     sh += 5
                     if not (c & 0x20):
                         break
-            x -= ((c >> 4) & 1) << sh  # x | (-1 << sh) when the sign bit is set (x < 2^sh)
+            if not (c & 0x20):  # sign-extended unless the string ended inside a code (pycocotools)
+                x -= ((c >> 4) & 1) << sh  # x | (-1 << sh) when the sign bit is set (x < 2^sh)
             if m > 2:
                 x += prev2
             x &= M
