@@ -161,6 +161,18 @@ def test_bad_counts_are_input_errors():
         ye.evaluate(bad_gt, [])
 
 
+def test_videos_without_any_mask(monkeypatch):
+    gt = {"videos": [{"id": 1, "height": 4, "width": 5, "length": 2}], "categories": [{"id": 1}],
+          "annotations": [{"id": 1, "video_id": 1, "category_id": 1, "iscrowd": 0, "segmentations": [None, None],
+                           "areas": [None, None]}]}
+    results = [{"video_id": 1, "category_id": 1, "score": 0.5, "segmentations": s} for s in ([None, None], [])]
+    for backend in ("numba", "pycocotools"):
+        monkeypatch.setattr(ye, "BACKEND", backend)
+        ev = ye.evaluate(gt, results)
+        assert ev.stats["AP"] == 0.0 and ev.entries[0].ious.tolist() == [[0.0], [0.0]]
+        assert ye.evaluate(gt, []).stats["AP"] == 0.0
+
+
 # --------------------------------------------------------------------------------- matching, accumulation
 H, W = 24, 32
 

@@ -1,11 +1,13 @@
-"""Compiled (numba) kernels on COCO compressed RLE: decode every mask string once, then areas and pairwise
-intersections by merging foreground intervals.
+"""Compiled (numba) kernels of the YouTube-VIS scorer: decode every COCO compressed-RLE mask string of a video
+once (areas, foreground intervals), the video IoU blocks and greedy matching of all categories of a video in
+one call, and the precision / recall accumulation of all categories in one call.
 
 pycocotools re-decodes each string in every call and computes bounding boxes (two integer divisions per run) for
 every mask of an ``iou`` call; for the YouTube-VIS case (36 frames x 100 predictions per video) that is most of
 the scorer's time. These kernels follow pycocotools' decoding (``rleFrString``) exactly, so areas and
-intersections are the same integers. numba is already installed with librosa; without it the scorer falls back
-to pycocotools (:data:`AVAILABLE`).
+intersections are the same integers, and the official matching and accumulation arithmetic, so the floats are
+the same. numba is already installed with librosa; without it the scorer falls back to pycocotools
+(:data:`AVAILABLE`).
 """
 
 from __future__ import annotations

@@ -4,13 +4,16 @@ The official evaluator (the ``ytvos``/``ytvoseval`` fork of the COCO API) define
 reports; this module reproduces its results to the last digit (see ``../shared/specs/metrics.md`` and
 ``docs/evaluation.md``) while replacing its per-pair, per-frame Python loops:
 
-* video IoU: per frame, one pycocotools ``iou`` call over all (prediction, ground truth) pairs of a
-  (video, category); the crowd form of that call returns intersection / prediction area, from which the
-  integer intersection is recovered exactly; the union is the sum of both per-frame areas minus it.
-* matching: the greedy COCO matching runs for the 4 area ranges x 10 IoU thresholds at once (numpy lanes) and
-  only for the detections that reach the lowest threshold with some ground truth (the others match nothing).
-* accumulation: vectorised over thresholds; the same arrays and reductions as the official code so that the
-  float results are bit-identical.
+* with numba (default, :data:`BACKEND` ``"numba"``): per video, one compiled call decodes every mask string
+  (areas; foreground intervals where a same-category pair needs them) and one computes the video IoU blocks
+  (interval merges, exact integer I and U) and the greedy matching of all categories; the accumulation is one
+  compiled call over all categories (:mod:`avis.evaluation.rle_kernels`).
+* without numba (``"pycocotools"``): video IoU per (video, category) from batched pycocotools ``iou`` calls
+  (the crowd form returns intersection / prediction area, from which the integer intersection is recovered
+  exactly); the greedy COCO matching for the 4 area ranges x 10 IoU thresholds at once (numpy lanes), only for
+  the detections that reach the lowest threshold; accumulation vectorised over thresholds.
+
+Both give the same arrays and, the reductions being the official ones, bit-identical floats.
 
 Entry point: :func:`evaluate` (``gt`` as returned by :func:`avis.io.ytvis.load_annotations`, ``results`` by
 :func:`avis.io.ytvis.load_results`) -> :class:`Evaluation`.
@@ -343,7 +346,7 @@ def _evaluate_video_compiled(task) -> list[VideoCategoryEval]:
     if shape is not None and len(table.totals) and (table.totals != shape[0] * shape[1]).any():
         raise InputError(f"video {video_id}: an RLE does not cover {shape[0]}x{shape[1]} pixels")
     # average area over non-empty frames (the official ``if a`` filter)
-    d_areas = np.where(d_idx >= 0, table.areas[d_idx], 0)
+    d_areas = np.append(table.areas, 0)[d_idx]  # -1 (absent) reads the appended 0
     n_frames = (d_areas > 0).sum(1)
     dt_area = np.where(n_frames > 0, d_areas.sum(1) / np.maximum(n_frames, 1), 0.0)
     dt_out = _out_of(dt_area)  # (A, D)
