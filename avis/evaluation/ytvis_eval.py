@@ -4,13 +4,16 @@ The official evaluator (the ``ytvos``/``ytvoseval`` fork of the COCO API) define
 reports; this module reproduces its results to the last digit (see ``../shared/specs/metrics.md`` and
 ``docs/evaluation.md``) while replacing its per-pair, per-frame Python loops:
 
-* video IoU: per frame, one pycocotools ``iou`` call over all (prediction, ground truth) pairs of a
-  (video, category); the crowd form of that call returns intersection / prediction area, from which the
-  integer intersection is recovered exactly; the union is the sum of both per-frame areas minus it.
-* matching: the greedy COCO matching runs for the 4 area ranges x 10 IoU thresholds at once (numpy lanes) and
-  only for the detections that reach the lowest threshold with some ground truth (the others match nothing).
-* accumulation: vectorised over thresholds; the same arrays and reductions as the official code so that the
-  float results are bit-identical.
+* with numba (default, :data:`BACKEND` ``"numba"``): per video, one compiled call decodes every mask string
+  (areas; foreground intervals where a same-category pair needs them) and one computes the video IoU blocks
+  (interval merges, exact integer I and U) and the greedy matching of all categories; the accumulation is one
+  compiled call over all categories (:mod:`avis.evaluation.rle_kernels`).
+* without numba (``"pycocotools"``): video IoU per (video, category) from batched pycocotools ``iou`` calls
+  (the crowd form returns intersection / prediction area, from which the integer intersection is recovered
+  exactly); the greedy COCO matching for the 4 area ranges x 10 IoU thresholds at once (numpy lanes), only for
+  the detections that reach the lowest threshold; accumulation vectorised over thresholds.
+
+Both give the same arrays and, the reductions being the official ones, bit-identical floats.
 
 Entry point: :func:`evaluate` (``gt`` as returned by :func:`avis.io.ytvis.load_annotations`, ``results`` by
 :func:`avis.io.ytvis.load_results`) -> :class:`Evaluation`.
@@ -23,6 +26,9 @@ import os
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from itertools import accumulate as running_sum
+from itertools import chain, repeat
+from operator import is_not, itemgetter
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -165,19 +171,6 @@ def intersections(d: Tubes, g: Tubes, d_rows=None, g_cols=None) -> np.ndarray:
     return inter
 
 
-def table_intersections(table, d: Tubes, g: Tubes, d_rows, g_cols) -> np.ndarray:
-    """As :func:`intersections`, with the masks decoded once in ``table`` (an :class:`RleTable` holding the
-    masks that ``d.index`` / ``g.index`` point to): every same-frame pair in one compiled call."""
-    rows, cols = np.asarray(d_rows, dtype=np.int64), np.asarray(g_cols, dtype=np.int64)
-    T = min(d.rles.shape[1], g.rles.shape[1])
-    if len(rows) == 0 or len(cols) == 0 or T == 0:
-        return np.zeros((len(rows), len(cols)), dtype=np.int64)
-    i, j, t = np.nonzero(d.present[rows, None, :T] & g.present[None, cols, :T])
-    vals = table.intersections(d.index[rows[i], t], g.index[cols[j], t])
-    flat = np.bincount(i * len(cols) + j, weights=vals, minlength=len(rows) * len(cols))  # exact below 2^53
-    return flat.astype(np.int64).reshape(len(rows), len(cols))
-
-
 def tube_iou(d: Tubes, g: Tubes, inter: np.ndarray, d_rows=None, g_cols=None) -> np.ndarray:
     """IoU = I / U with U = both areas summed over the shared frames minus I (0 where U = 0), as the official
     ``iou_seq`` whose I and U are sums of exact integer areas."""
@@ -266,10 +259,123 @@ def _out_of(area: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------- per-video work
 def _evaluate_video(task) -> list[VideoCategoryEval]:
     """All categories of one video. ``task`` = (video_id, (height, width), {cat: [gt dicts]},
-    {cat: [(index in the results, result dict)]}).
+    {cat: [(index in the results, result dict)]})."""
+    return _evaluate_video_compiled(task) if BACKEND == "numba" else _evaluate_video_pycocotools(task)
 
-    Areas of every mask are computed once per video; intersections per (category, frame).
-    """
+
+def _order_detections(cats, dts_by_cat):
+    """Detections of the video, category by category (ascending), each category's top 100 by score (stable):
+    list of (index, result), (D,) scores, and the number kept per category."""
+    n = [len(dts_by_cat.get(c, ())) for c in cats]
+    dl = [x for cat in cats for x in dts_by_cat.get(cat, ())]
+    if not dl:
+        return [], np.zeros(0), n
+    cat = np.repeat(np.arange(len(cats)), n)
+    scores = np.array([r["score"] for _, r in dl], dtype=np.float64)
+    order = np.lexsort((-scores, cat))  # stable: per category, as np.argsort(-scores, kind="mergesort")
+    if max(n) > MAX_DETS[-1]:
+        order = order[np.arange(len(order)) - np.repeat(np.cumsum(n) - n, n) < MAX_DETS[-1]]
+        n = [min(k, MAX_DETS[-1]) for k in n]
+    return [dl[i] for i in order], scores[order], n
+
+
+def _size_error(masks: list, shape) -> str | None:
+    """The message for the first mask (in sorted order of sizes) whose ``size`` differs from the video's."""
+    bad = sorted({tuple(m["size"]) for m in masks} - {tuple(shape)})
+    return f"a mask of size {list(bad[0])} in a video of size {list(shape)}" if bad else None
+
+
+def _frame_index(seqs: list[list]):
+    """Per-frame masks of N sequences: (N, T) int64 index of each present mask in ``masks`` (-1 where ``None``
+    or past the sequence's end), (N,) lengths, and the present masks in row-major order."""
+    lengths = np.fromiter(map(len, seqs), np.int64, len(seqs))
+    T = int(lengths.max()) if len(seqs) else 0
+    flat = list(chain.from_iterable(seqs))
+    present = np.frombuffer(bytes(map(is_not, flat, repeat(None))), dtype=np.bool_)
+    masks = [x for x in flat if x is not None]
+    index = np.full((len(seqs), T), -1, dtype=np.int64)
+    if len(masks):
+        if len(flat) == len(seqs) * T:  # all sequences of the same length
+            index.ravel()[present] = np.arange(len(masks))
+        else:
+            row = np.repeat(np.arange(len(seqs)), lengths)
+            col = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            index[row[present], col[present]] = np.arange(len(masks))
+    return index, lengths, masks
+
+
+def _evaluate_video_compiled(task) -> list[VideoCategoryEval]:
+    """:func:`_evaluate_video` with the numba kernels: every mask string of the video decoded in one call, then
+    one call for the IoU blocks and the matching of all categories; per category, the entries are views."""
+    video_id, shape, gts_by_cat, dts_by_cat = task
+    cats = sorted(set(gts_by_cat) | set(dts_by_cat))
+    n_gc = [len(gts_by_cat.get(c, ())) for c in cats]
+    gts = [g for cat in cats for g in gts_by_cat.get(cat, ())]
+    dts, d_scores, n_dc = _order_detections(cats, dts_by_cat)
+    G, D = len(gts), len(dts)
+    # ground truth then detections, category by category: slices [lo, hi) per category
+    g_hi = list(running_sum(n_gc))
+    d_hi = list(running_sum(n_dc))
+    g_lo = [h - k for h, k in zip(g_hi, n_gc)]
+    d_lo = [h - k for h, k in zip(d_hi, n_dc)]
+    index, lengths, masks = _frame_index([g["segmentations"] for g in gts] + [r["segmentations"] for _, r in dts])
+    g_idx, d_idx = index[:G], index[G:]  # rows of the decoded table: ground-truth masks first
+    n_gm = int((g_idx >= 0).sum())
+    not_rle = f"video {video_id}: a mask's RLE counts are not a compressed RLE string"
+    try:
+        counts = list(map(itemgetter("counts"), masks))
+    except (KeyError, TypeError):
+        raise InputError(not_rle) from None
+    if shape is not None:
+        try:
+            ok = list(map(itemgetter("size"), masks)).count(list(shape)) == len(masks)
+        except (KeyError, TypeError):
+            raise InputError(f"video {video_id}: a mask has no size") from None
+        if not ok:
+            if msg := _size_error(masks[:n_gm], shape):
+                raise InputError(msg)
+            if msg := _size_error(masks[n_gm:], shape):
+                raise InputError(f"video {video_id}: predictions: {msg}")
+    # intervals only for ground truth and detections of a category that has ground truth here
+    d_need = np.repeat(np.array(n_gc) > 0, n_dc)
+    need = np.concatenate([np.ones(n_gm, np.bool_), np.repeat(d_need, (d_idx >= 0).sum(1))])
+    try:
+        table = RleTable(counts, need, reuse=True)
+    except (UnicodeEncodeError, TypeError):
+        raise InputError(not_rle) from None
+    if shape is not None and len(table.totals) and (table.totals != shape[0] * shape[1]).any():
+        raise InputError(f"video {video_id}: an RLE does not cover {shape[0]}x{shape[1]} pixels")
+    # average area over non-empty frames (the official ``if a`` filter)
+    d_areas = np.append(table.areas, 0)[d_idx]  # -1 (absent) reads the appended 0
+    n_frames = (d_areas > 0).sum(1)
+    dt_area = np.where(n_frames > 0, d_areas.sum(1) / np.maximum(n_frames, 1), 0.0)
+    dt_out = _out_of(dt_area)  # (A, D)
+    gt_ids = np.array([g["id"] for g in gts], dtype=np.int64)
+    gt_crowd = np.array([bool(g.get("iscrowd", 0)) for g in gts], dtype=bool)
+    gt_area = np.array([average_area(g.get("areas") or []) for g in gts], dtype=np.float64)
+    gt_ignore = gt_crowd[None, :] | _out_of(gt_area)  # (A, G)
+    det_index = np.array([i for i, _ in dts], dtype=np.int64)
+    iou_off = [0, *running_sum(a * b for a, b in zip(n_dc, n_gc))]
+    A, T = len(AREA_RNG), len(IOU_THRS)
+    ious = np.zeros(iou_off[-1])
+    dt_match = np.zeros((A, T, D))
+    dt_ignore = np.zeros((A, T, D), dtype=bool)
+    gt_match_det = np.full((A, T, G), -1, dtype=np.int64)
+    if len(ious):
+        rle_kernels.video_match_kernel(d_idx, lengths[G:], g_idx, lengths[:G], table.areas, table.starts,
+                                       table.ends, table.iv_offsets, np.array(d_lo), np.array(d_hi),
+                                       np.array(g_lo), np.array(g_hi), np.array(iou_off),
+                                       gt_ids.astype(np.float64), gt_crowd, np.ascontiguousarray(gt_ignore),
+                                       IOU_THRS, ious, dt_match, dt_ignore, gt_match_det)
+    dt_ignore |= (dt_match == 0) & dt_out[:, None, :]
+    return [VideoCategoryEval(video_id, cat, d_scores[dl:dh], det_index[dl:dh], gt_ids[gl:gh], gt_crowd[gl:gh],
+                              ious[o : o + (dh - dl) * (gh - gl)].reshape(dh - dl, gh - gl), dt_match[:, :, dl:dh],
+                              dt_ignore[:, :, dl:dh], gt_ignore[:, gl:gh], gt_match_det[:, :, gl:gh])
+            for cat, dl, dh, gl, gh, o in zip(cats, d_lo, d_hi, g_lo, g_hi, iou_off)]
+
+
+def _evaluate_video_pycocotools(task) -> list[VideoCategoryEval]:
+    """:func:`_evaluate_video` without numba: areas and intersections by batched pycocotools calls."""
     video_id, shape, gts_by_cat, dts_by_cat = task
     cats = sorted(set(gts_by_cat) | set(dts_by_cat))
     gts, g_cat, dts, d_cat, d_scores = [], [], [], [], []
@@ -285,28 +391,11 @@ def _evaluate_video(task) -> list[VideoCategoryEval]:
         d_scores.append(scores[order])
     g_cat, d_cat = np.array(g_cat, dtype=np.int64), np.array(d_cat, dtype=np.int64)
     d_scores = np.concatenate(d_scores) if d_scores else np.zeros(0)
-    use_table = BACKEND == "numba"
-    gtub = Tubes([g["segmentations"] for g in gts], shape, areas=not use_table)
+    gtub = Tubes([g["segmentations"] for g in gts], shape)
     try:
-        dtub = Tubes([r["segmentations"] for _, r in dts], shape, areas=not use_table)
+        dtub = Tubes([r["segmentations"] for _, r in dts], shape)
     except InputError as e:
         raise InputError(f"video {video_id}: predictions: {e}") from None
-    table = None
-    if use_table:
-        n_g = int(gtub.present.sum())
-        try:
-            # intervals only for ground truth and detections of a category that has ground truth here
-            need = np.concatenate([np.ones(n_g, bool),
-                                   np.broadcast_to(np.isin(d_cat, g_cat)[:, None], dtub.present.shape)[dtub.present]])
-            table = RleTable([r["counts"] for r in gtub.rles[gtub.present]] +
-                             [r["counts"] for r in dtub.rles[dtub.present]], need)
-        except (UnicodeEncodeError, TypeError, KeyError):
-            raise InputError(f"video {video_id}: a mask's RLE counts are not a compressed RLE string") from None
-        if shape is not None and len(table.totals) and (table.totals != shape[0] * shape[1]).any():
-            raise InputError(f"video {video_id}: an RLE does not cover {shape[0]}x{shape[1]} pixels")
-        gtub.set_areas(table.areas[:n_g])
-        dtub.set_areas(table.areas[n_g:])
-        dtub.index[dtub.present] += n_g
     n_frames = (dtub.areas > 0).sum(1)  # average over non-empty frames (the official ``if a`` filter)
     dt_area = np.where(n_frames > 0, dtub.areas.sum(1) / np.maximum(n_frames, 1), 0.0)
     dt_out = _out_of(dt_area)  # (A, D)
@@ -332,11 +421,7 @@ def _evaluate_video(task) -> list[VideoCategoryEval]:
                                          no_gt_ig, no_gt_det))
             continue
         dr, gc = np.arange(d_lo[ci], d_hi[ci]), np.arange(g_lo[ci], g_hi[ci])
-        if len(dr):
-            inter = (table_intersections(table, dtub, gtub, dr, gc) if use_table
-                     else intersections(dtub, gtub, dr, gc))
-        else:
-            inter = np.zeros((len(dr), len(gc)), dtype=np.int64)
+        inter = intersections(dtub, gtub, dr, gc)
         ious = tube_iou(dtub, gtub, inter, dr, gc)
         gt_ids, gt_crowd, gt_ignore = gt_ids_all[gc], gt_crowd_all[gc], gt_ignore_all[:, gc]
         dt_match, dt_ignore, gt_match_det = greedy_match(ious, gt_ids, gt_crowd, gt_ignore, IOU_THRS)
@@ -405,6 +490,10 @@ def accumulate(entries: list[VideoCategoryEval], cat_ids: list[int], area_idx=No
     T, R, K, A, M = len(IOU_THRS), len(REC_THRS), len(cat_ids), len(AREA_RNG), len(MAX_DETS)
     precision = -np.ones((T, R, K, A, M))
     recall = -np.ones((T, K, A, M))
+    if BACKEND == "numba":
+        _accumulate_compiled(entries, cat_ids, range(A) if area_idx is None else area_idx,
+                             range(M) if maxdet_idx is None else maxdet_idx, precision, recall)
+        return precision, recall
     by_cat = defaultdict(list)
     for e in entries:
         by_cat[e.category_id].append(e)
@@ -426,6 +515,42 @@ def accumulate(entries: list[VideoCategoryEval], cat_ids: list[int], area_idx=No
                     continue
                 precision[:, :, k, a, m], recall[:, k, a, m] = _pr_curve(dtm_all[a], dt_ig_all[a], int(npig[a]))
     return precision, recall
+
+
+def _accumulate_compiled(entries, cat_ids, area_idx, maxdet_idx, precision, recall) -> None:
+    """:func:`accumulate` in one pass: the detections of all entries concatenated (entries order), sorted by
+    (category, descending score) with a stable sort, which within a category is the official order; the
+    curves by :func:`rle_kernels.accumulate_kernel`."""
+    kpos = {c: k for k, c in enumerate(cat_ids)}
+    E = [e for e in entries if e.category_id in kpos]
+    K = len(cat_ids)
+    if not E:
+        return
+    ek = np.array([kpos[e.category_id] for e in E], dtype=np.int64)
+    nd = np.array([len(e.scores) for e in E], dtype=np.int64)
+    ng = np.array([len(e.gt_ids) for e in E], dtype=np.int64)
+    scores = np.concatenate([e.scores for e in E])
+    matched = np.concatenate([e.dt_match for e in E], axis=2) != 0  # (A, T, N)
+    ignored = np.concatenate([e.dt_ignore for e in E], axis=2)
+    regular = ~np.concatenate([e.gt_ignore for e in E], axis=1)  # (A, sum G)
+    gk = np.repeat(ek, ng)
+    npig = np.stack([np.bincount(gk, weights=regular[a], minlength=K) for a in range(len(regular))], 1)
+    npig = npig.astype(np.int64)  # (K, A), counts: exact
+    has_entry = np.zeros(K, dtype=bool)
+    has_entry[ek] = True
+    det_k = np.repeat(ek, nd)
+    rank = np.arange(len(scores)) - np.repeat(np.cumsum(nd) - nd, nd)  # position within its entry
+    areas = np.asarray(list(area_idx), dtype=np.int64)
+    ks = np.arange(K)
+    for m in maxdet_idx:
+        sel = np.flatnonzero(rank < MAX_DETS[m])
+        order = sel[np.lexsort((-scores[sel], det_k[sel]))]
+        sorted_k = det_k[order]
+        lo = np.where(has_entry, np.searchsorted(sorted_k, ks, "left"), -1)
+        hi = np.searchsorted(sorted_k, ks, "right")
+        rle_kernels.accumulate_kernel(lo, hi, np.ascontiguousarray(matched[:, :, order]),
+                                      np.ascontiguousarray(ignored[:, :, order]), npig, REC_THRS, precision,
+                                      recall, m, areas)
 
 
 def _pr_curve(dtm: np.ndarray, dt_ig: np.ndarray, npig: int):
