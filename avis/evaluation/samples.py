@@ -29,22 +29,24 @@ COLUMNS = ("video_id", "category_id", "instance_id", "iou", "score")
 _AGNOSTIC = 0  # the one category of the class-agnostic copy
 
 
-def samples_from_entries(entries: list[VideoCategoryEval], iou_threshold: float = 0.0) -> list[dict]:
-    """One row per non-crowd ground truth: ``iou`` / ``score`` of its match, NaN when unmatched."""
+def _matches(entries: list[VideoCategoryEval], iou_threshold: float):
+    """(entry, ground-truth column, its id, matched detection index or -1) for every non-crowd ground truth."""
     thr = np.array([max(float(iou_threshold), np.nextafter(0.0, 1.0))])
-    rows = []
     for e in entries:
         if len(e.gt_ids) == 0:
             continue
         _, _, gt_det = greedy_match(e.ious, e.gt_ids, e.gt_crowd, e.gt_crowd[None, :], thr)
         for j, gid in enumerate(e.gt_ids):
-            if e.gt_crowd[j]:
-                continue
-            d = int(gt_det[0, 0, j])
-            rows.append({"video_id": e.video_id, "category_id": e.category_id, "instance_id": int(gid),
-                         "iou": float(e.ious[d, j]) if d >= 0 else math.nan,
-                         "score": float(e.scores[d]) if d >= 0 else math.nan})
-    return rows
+            if not e.gt_crowd[j]:
+                yield e, j, int(gid), int(gt_det[0, 0, j])
+
+
+def samples_from_entries(entries: list[VideoCategoryEval], iou_threshold: float = 0.0) -> list[dict]:
+    """One row per non-crowd ground truth: ``iou`` / ``score`` of its match, NaN when unmatched."""
+    return [{"video_id": e.video_id, "category_id": e.category_id, "instance_id": gid,
+             "iou": float(e.ious[d, j]) if d >= 0 else math.nan,
+             "score": float(e.scores[d]) if d >= 0 else math.nan}
+            for e, j, gid, d in _matches(entries, iou_threshold)]
 
 
 def instance_samples(gt: dict, results: list[dict], iou_threshold: float = 0.0, workers: int = 1) -> list[dict]:
@@ -71,21 +73,11 @@ def top1_samples(context, iou_threshold: float) -> list[dict]:
     """One row per non-crowd ground truth from :func:`top1_context`: ``iou`` / ``score`` /
     ``pred_category_id`` of its class-agnostic match at the threshold (NaN / NaN / None when unmatched)."""
     entries, gt_category, det_category = context
-    thr = np.array([max(float(iou_threshold), np.nextafter(0.0, 1.0))])
-    rows = []
-    for e in entries:
-        if len(e.gt_ids) == 0:
-            continue
-        _, _, gt_det = greedy_match(e.ious, e.gt_ids, e.gt_crowd, e.gt_crowd[None, :], thr)
-        for j, gid in enumerate(e.gt_ids):
-            if e.gt_crowd[j]:
-                continue
-            d = int(gt_det[0, 0, j])
-            rows.append({"video_id": e.video_id, "category_id": gt_category[int(gid)], "instance_id": int(gid),
-                         "iou": float(e.ious[d, j]) if d >= 0 else math.nan,
-                         "score": float(e.scores[d]) if d >= 0 else math.nan,
-                         "pred_category_id": det_category[int(e.det_index[d])] if d >= 0 else None})
-    return rows
+    return [{"video_id": e.video_id, "category_id": gt_category[gid], "instance_id": gid,
+             "iou": float(e.ious[d, j]) if d >= 0 else math.nan,
+             "score": float(e.scores[d]) if d >= 0 else math.nan,
+             "pred_category_id": det_category[int(e.det_index[d])] if d >= 0 else None}
+            for e, j, gid, d in _matches(entries, iou_threshold)]
 
 
 def top1_scores(rows: list[dict]) -> dict[tuple, float]:
