@@ -324,6 +324,10 @@ def main(argv=None) -> int:
             off, on = f"rcf_{arch} delta={delta} audio=off", f"rcf_{arch} delta={delta} audio=on"
             if off in med and on in med:
                 print(f"{arch}: audio on / off (delta {delta}): {med[on] / med[off]:.3f}")
+            # with audio the model has two feature extractors: the floor is both of them
+            floor = (med.get(f"resnet{arch[1:]} backbone"), med.get("vggish audio features alone"))
+            if on in med and None not in floor:
+                print(f"{arch}: audio on (delta {delta}) / (backbone + VGGish alone): {med[on] / sum(floor):.3f}")
     for name, (w, _, t) in per_clip.items():
         print(f"{name}: {1000 * w:.0f} ms per clip of {t} frames; clip delay {(t - 1) / args.video_fps + w:.2f} s "
               f"at {args.video_fps:g} fps ((T - 1) / fps + clip compute)")
