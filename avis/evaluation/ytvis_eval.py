@@ -346,14 +346,8 @@ def _evaluate_video_compiled(task) -> list[VideoCategoryEval]:
     if shape is not None and len(table.totals) and (table.totals != shape[0] * shape[1]).any():
         raise InputError(f"video {video_id}: an RLE does not cover {shape[0]}x{shape[1]} pixels")
     # average area over non-empty frames (the official ``if a`` filter)
-    d_areas = np.append(table.areas, 0)[d_idx]  # -1 (absent) reads the appended 0
-    n_frames = (d_areas > 0).sum(1)
-    dt_area = np.where(n_frames > 0, d_areas.sum(1) / np.maximum(n_frames, 1), 0.0)
-    dt_out = _out_of(dt_area)  # (A, D)
-    gt_ids = np.array([g["id"] for g in gts], dtype=np.int64)
-    gt_crowd = np.array([bool(g.get("iscrowd", 0)) for g in gts], dtype=bool)
-    gt_area = np.array([average_area(g.get("areas") or []) for g in gts], dtype=np.float64)
-    gt_ignore = gt_crowd[None, :] | _out_of(gt_area)  # (A, G)
+    dt_out = _dt_out_of_range(np.append(table.areas, 0)[d_idx])  # -1 (absent) reads the appended 0
+    gt_ids, gt_crowd, gt_ignore = _gt_arrays(gts)
     det_index = np.array([i for i, _ in dts], dtype=np.int64)
     iou_off = [0, *running_sum(a * b for a, b in zip(n_dc, n_gc))]
     A, T = len(AREA_RNG), len(IOU_THRS)
@@ -372,6 +366,21 @@ def _evaluate_video_compiled(task) -> list[VideoCategoryEval]:
                               ious[o : o + (dh - dl) * (gh - gl)].reshape(dh - dl, gh - gl), dt_match[:, :, dl:dh],
                               dt_ignore[:, :, dl:dh], gt_ignore[:, gl:gh], gt_match_det[:, :, gl:gh])
             for cat, dl, dh, gl, gh, o in zip(cats, d_lo, d_hi, g_lo, g_hi, iou_off)]
+
+
+def _dt_out_of_range(areas: np.ndarray) -> np.ndarray:
+    """Per-frame areas (D, T) -> (A, D): the detection's average area over its non-empty frames (the official
+    ``if a`` filter) is outside each area range."""
+    n_frames = (areas > 0).sum(1)
+    return _out_of(np.where(n_frames > 0, areas.sum(1) / np.maximum(n_frames, 1), 0.0))
+
+
+def _gt_arrays(gts: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-> ground-truth ids (G,), crowd flags (G,), ignored per area range (A, G): crowd or outside the range."""
+    ids = np.array([g["id"] for g in gts], dtype=np.int64)
+    crowd = np.array([bool(g.get("iscrowd", 0)) for g in gts], dtype=bool)
+    area = np.array([average_area(g.get("areas") or []) for g in gts], dtype=np.float64)
+    return ids, crowd, crowd[None, :] | _out_of(area)
 
 
 def _evaluate_video_pycocotools(task) -> list[VideoCategoryEval]:
@@ -396,13 +405,8 @@ def _evaluate_video_pycocotools(task) -> list[VideoCategoryEval]:
         dtub = Tubes([r["segmentations"] for _, r in dts], shape)
     except InputError as e:
         raise InputError(f"video {video_id}: predictions: {e}") from None
-    n_frames = (dtub.areas > 0).sum(1)  # average over non-empty frames (the official ``if a`` filter)
-    dt_area = np.where(n_frames > 0, dtub.areas.sum(1) / np.maximum(n_frames, 1), 0.0)
-    dt_out = _out_of(dt_area)  # (A, D)
-    gt_ids_all = np.array([g["id"] for g in gts], dtype=np.int64)
-    gt_crowd_all = np.array([bool(g.get("iscrowd", 0)) for g in gts], dtype=bool)
-    gt_area = np.array([average_area(g.get("areas") or []) for g in gts], dtype=np.float64)
-    gt_ignore_all = gt_crowd_all[None, :] | _out_of(gt_area)  # (A, G)
+    dt_out = _dt_out_of_range(dtub.areas)
+    gt_ids_all, gt_crowd_all, gt_ignore_all = _gt_arrays(gts)
     det_index = np.array([i for i, _ in dts], dtype=np.int64)
     out = []
     # detections and ground truth were listed category by category (ascending): slices, not masks
