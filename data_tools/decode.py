@@ -344,8 +344,8 @@ def decode(path: str | os.PathLike, times=None, fps: float | None = None, max_si
                              "native_audio_rate": native_rate, "decoded_frames": n_frames})
 
 
-def _decoded_packets(container, stream):
-    """The frames of each packet of ``stream``; up to MAX_BAD_PACKETS undecodable packets are skipped (a few
+def _decoded_packets(container, stream, max_bad: int = MAX_BAD_PACKETS):
+    """The frames of each packet of ``stream``; up to ``max_bad`` undecodable packets are skipped (a few
     corrupt packets in a long file should not lose it), one more raises the FFmpeg error."""
     errors = 0
     for packet in container.demux(stream):
@@ -353,12 +353,13 @@ def _decoded_packets(container, stream):
             yield packet.decode()
         except av.FFmpegError:
             errors += 1
-            if errors > MAX_BAD_PACKETS:
+            if errors > max_bad:
                 raise
 
 
-def _decode_sound(path: str) -> tuple[list[tuple[float | None, np.ndarray]], int]:
-    """The first audio stream down-mixed to mono at its native rate -> ([(start seconds, samples)], rate)."""
+def _mono_chunks(c, path: str, what: str, max_bad: int = MAX_BAD_PACKETS):
+    """The first audio stream of the open container ``c`` down-mixed to mono at its native rate
+    -> ([(start seconds or None, float32 samples)], native rate); ``what`` names the file in errors."""
     chunks: list[tuple[float | None, np.ndarray]] = []
     resampler, native_rate = None, 0
 
@@ -368,19 +369,24 @@ def _decode_sound(path: str) -> tuple[list[tuple[float | None, np.ndarray]], int
                 chunks.append((af.time if af.pts is not None else None,
                                af.to_ndarray().reshape(-1).astype(np.float32, copy=False)))
 
-    with _open(path) as c:
-        try:
-            for decoded in _decoded_packets(c, c.streams.audio[0]):
-                if resampler is None and decoded:
-                    native_rate = decoded[0].sample_rate
-                    resampler = av.AudioResampler(format="flt", layout="mono", rate=native_rate)
-                for af in decoded:
-                    take(resampler.resample(af))
-            if resampler is not None:
-                take(resampler.resample(None))
-        except av.FFmpegError as e:
-            raise InputError(f"corrupt or truncated media ({_reason(e)})", path) from None
+    try:
+        for decoded in _decoded_packets(c, c.streams.audio[0], max_bad):
+            if resampler is None and decoded:
+                native_rate = decoded[0].sample_rate
+                resampler = av.AudioResampler(format="flt", layout="mono", rate=native_rate)
+            for af in decoded:
+                take(resampler.resample(af))
+        if resampler is not None:
+            take(resampler.resample(None))
+    except av.FFmpegError as e:
+        raise InputError(f"corrupt or truncated {what} ({_reason(e)})", path) from None
     return chunks, native_rate
+
+
+def _decode_sound(path: str) -> tuple[list[tuple[float | None, np.ndarray]], int]:
+    """A video file's sound from a handle of its own (run beside the video decoding), see :func:`_mono_chunks`."""
+    with _open(path) as c:
+        return _mono_chunks(c, path, "media")
 
 
 def _resample(x: np.ndarray, orig: int, new: int) -> np.ndarray:
@@ -427,21 +433,11 @@ def decode_audio_file(path: str | os.PathLike, sample_rate: int = AUDIO_RATE) ->
     with _open(path) as c:
         if not c.streams.audio:
             raise InputError("no audio stream", path)
-        aus = c.streams.audio[0]
-        chunks, resampler, rate = [], None, 0
-        try:
-            for frame in c.decode(aus):
-                if resampler is None:
-                    rate = frame.sample_rate
-                    resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-                chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
-            if resampler is not None:
-                chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
-        except av.FFmpegError as e:
-            raise InputError(f"corrupt or truncated audio ({_reason(e)})", path) from None
+        # no bad packet is skipped here: the samples are concatenated, so a gap would shift all that follows
+        chunks, rate = _mono_chunks(c, path, "audio", max_bad=0)
         if not chunks:
             raise InputError("the audio stream has no decodable samples", path)
-        return _resample(np.concatenate(chunks).astype(np.float32), rate, sample_rate).astype(np.float32)
+        return _resample(np.concatenate([x for _, x in chunks]), rate, sample_rate).astype(np.float32)
 
 
 def read_image(path: str | os.PathLike, max_size: int | None = None) -> np.ndarray:
