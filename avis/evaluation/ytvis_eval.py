@@ -80,7 +80,7 @@ class Tubes:
     sequence lengths (frames are paired as ``zip`` does, up to the shorter sequence), ``areas`` (N, T) int64.
     """
 
-    def __init__(self, seqs: list[list], shape: tuple[int, int] | None = None, areas: bool = True):
+    def __init__(self, seqs: list[list], shape: tuple[int, int] | None = None):
         N = len(seqs)
         self.shape = shape
         self.lengths = np.array([len(s) for s in seqs], dtype=np.int64)
@@ -94,14 +94,9 @@ class Tubes:
             if sizes != {tuple(shape)}:
                 bad = sorted(sizes - {tuple(shape)})[0]
                 raise InputError(f"a mask of size {list(bad)} in a video of size {list(shape)}")
-        self.index = np.full((N, T), -1, dtype=np.int64)  # row in an RleTable of the present masks
-        self.index[self.present] = np.arange(int(self.present.sum()))
-        self.set_areas(rle_areas(list(self.rles[self.present])) if areas and self.present.any() else None)
-
-    def set_areas(self, values) -> None:
         self.areas = np.zeros(self.rles.shape, dtype=np.int64)
-        if values is not None:
-            self.areas[self.present] = values
+        if self.present.any():
+            self.areas[self.present] = rle_areas(list(self.rles[self.present]))
         self.cum_areas = np.concatenate([np.zeros((len(self.areas), 1), np.int64), np.cumsum(self.areas, 1)], 1)
 
     def __len__(self) -> int:
