@@ -20,9 +20,9 @@ from tqdm import tqdm
 from avis.engine import checkpoint as ckpt_io
 from avis.engine import dist as D
 from avis.engine.data import ClipStream, Position, iter_eval_videos, per_rank_batch
+from avis.engine.evaluate import build_val_source, evaluate_model
 from avis.engine.logs import ScalarLog
 from avis.engine.optim import build_optimizer
-from avis.engine.predict import predict_videos, write_evaluation
 from avis.errors import ConfigError
 
 log = logging.getLogger("avis.train")
@@ -178,10 +178,9 @@ def _train(cfg: DictConfig, info: D.DistInfo) -> dict:
     def evaluate():
         if info.is_main:
             saved = ckpt_io.rng_state()  # evaluation must not shift the training random streams
-            pred = predict_videos(model, iter_eval_videos(val_source, dc.get("val_limit")),
-                                  val_source.categories, device, short=dc.get("test_size"),
-                                  max_size=dc.get("test_max_size"), eta=float(dc.eta), amp=amp, progress=False)
-            summary = write_evaluation(out_dir / "eval" / f"step_{step:08d}", pred)
+            summary = evaluate_model(model, iter_eval_videos(val_source, dc.get("val_limit")),
+                                     val_source.categories, device, dc, out_dir / "eval" / f"step_{step:08d}",
+                                     amp=amp, progress=False)
             scalars = dict(summary["metrics"] or {})
             scalars["fps"] = summary["timing"]["fps"]
             logger.log(step, scalars, kind="eval")
@@ -249,14 +248,6 @@ def _train(cfg: DictConfig, info: D.DistInfo) -> dict:
     if trace is not None:
         trace.close()
     return {"step": step, "loss": last_loss, "out_dir": str(out_dir)}
-
-
-def build_val_source(dc: DictConfig):
-    """``data.val``, or None when there is none (no node, or a node whose ``pattern`` is null)."""
-    val = dc.get("val")
-    if val is None or ("pattern" in val and val.pattern is None):
-        return None
-    return instantiate(val)
 
 
 def set_num_classes(cfg: DictConfig, n: int) -> None:
