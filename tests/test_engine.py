@@ -18,11 +18,11 @@ from avis.engine import checkpoint as ckpt_io
 from avis.engine.data import ClipStream, Position
 from avis.engine.logs import read_jsonl
 from avis.engine.optim import PolyLR, param_groups
-from avis.engine.toy import ToyVideos, ToyVIS
 from avis.io import masks as mask_io
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, TOY, run_cli
+from tests.toy import ToyVideos, ToyVIS
 
-FAST = ["trainer.progress=false", "trainer.tensorboard=false"]
+FAST = ["trainer.progress=false", "trainer.tensorboard=false", TOY]
 
 
 def _env():
@@ -258,7 +258,7 @@ def test_default_recipe_is_the_papers_and_arms_differ_only_in_audio():
     swin = _compose("experiment=rcf_av", "optim=adamw_swin")["optim"]
     assert (swin["optimizer"]["lr"], swin["optimizer"]["weight_decay"], swin["backbone_lr_mult"]) == (3e-4, 1e-2, 1.0)
     for av, vis in (("rcf_av", "rcf_visual"), ("rcf_av_tiny", "rcf_visual_tiny"), ("toy_av", "toy_visual")):
-        a, b = _compose(f"experiment={av}"), _compose(f"experiment={vis}")
+        a, b = _compose(f"experiment={av}", TOY), _compose(f"experiment={vis}", TOY)
         assert a["audio"]["enabled"] and not b["audio"]["enabled"] and b["audio"]["encoder"] is None
         a.pop("audio"), b.pop("audio")
         assert a == b, (av, vis)

@@ -47,13 +47,6 @@ def test_unknown_command_exits_2(capsys):
     assert "unknown command" in capsys.readouterr().err
 
 
-def test_unbuilt_command_says_so(monkeypatch, capsys):
-    monkeypatch.setitem(avis_cli.COMMANDS, "demo", ("avis.no_such_module", "x", 99))
-    assert avis_cli.main(["demo"]) == 2
-    err = capsys.readouterr().err
-    assert "not built yet" in err and "#99" in err
-
-
 def test_input_error_is_one_line_without_traceback(monkeypatch, capsys, tmp_path):
     import types
 

@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 from types import SimpleNamespace
 
-from avis.errors import InputError, NotBuiltError
+from avis.errors import InputError
 
 log = logging.getLogger("avis.infer")
 
@@ -37,15 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        from data_tools import decode as dec
-    except ImportError:
-        raise NotBuiltError("'avis infer' needs data_tools/decode.py (dataset building, issue #3)") from None
     from tqdm import tqdm
 
     from avis.engine.predict import predict_videos
     from avis.engine.session import load_trained
     from avis.io.ytvis import save_json
+    from data_tools import decode as dec
 
     if args.fps <= 0:
         raise InputError(f"--fps must be positive, got {args.fps}")
@@ -84,12 +81,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _overlays(results: list[dict], videos: dict, out: Path, args) -> str | None:
-    try:
-        from data_tools.exporters import overlay
-        from data_tools.exporters.common import select_tracks
-    except ImportError:
-        log.warning("the overlay exporter (data_tools.exporters, issue #9) is not available: no overlay videos")
-        return None
+def _overlays(results: list[dict], videos: dict, out: Path, args) -> str:
+    from data_tools.exporters import overlay
+    from data_tools.exporters.common import select_tracks
+
     tracks = select_tracks(results, videos, score_threshold=args.score_threshold)
     return str(overlay.write_overlay(tracks, videos, out, videos_dir="/", fps=args.fps))

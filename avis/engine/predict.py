@@ -117,15 +117,12 @@ def predict_videos(model, videos, categories: list[dict], device, *, short: int 
     return {"results": results, "gt": gt, "timing": timing}
 
 
-def score(gt: dict, results: list[dict]) -> tuple[dict | None, list[dict] | None]:
+def score(gt: dict, results: list[dict]) -> tuple[dict, list[dict]]:
     """The 12 YTVIS numbers and the per-instance IoU samples (each ground-truth instance's greedy match),
     through the scorer of :mod:`avis.evaluation`."""
-    try:
-        from avis.evaluation.samples import samples_from_entries
-        from avis.evaluation.ytvis_eval import evaluate
-    except ImportError:
-        log.warning("avis.evaluation is not available: results are written but not scored")
-        return None, None
+    from avis.evaluation.samples import samples_from_entries
+    from avis.evaluation.ytvis_eval import evaluate
+
     ev = evaluate(gt, results)
     return dict(ev.stats), samples_from_entries(ev.entries, 0.0)
 

@@ -22,10 +22,10 @@ from avis.engine import checkpoint as ckpt_io
 from avis.engine.logs import read_jsonl
 from avis.io import atomic
 from tests.avmedia import write_video
-from tests.conftest import REPO
+from tests.conftest import REPO, TOY
 from tests.hostile.conftest import call, error_line
 
-FAST = ["trainer.progress=false", "trainer.tensorboard=false"]
+FAST = ["trainer.progress=false", "trainer.tensorboard=false", TOY]
 
 
 def _env():

@@ -19,6 +19,7 @@ import torch
 from avis.engine import checkpoint as ckpt_io
 from avis.engine.data import ShardSource
 from avis.errors import InputError
+from tests.conftest import TOY
 from tests.hostile.conftest import call, error_line
 
 SHARD_CASES = {
@@ -91,7 +92,7 @@ def _bad_checkpoints(root, good) -> dict:
     m = root / "marker_config"
     state = torch.load(good, weights_only=True)
     state["config"] = state["config"].replace(
-        "_target_: avis.engine.toy.ToyVIS",
+        "_target_: tests.toy.ToyVIS",
         f"_target_: pathlib.Path.write_text\n  _args_: ['{m}', 'pwned']\n  _partial_: false")
     assert "pathlib.Path.write_text" in state["config"]
     torch.save(state, root / "config_target.pt")
@@ -140,7 +141,7 @@ def test_bad_checkpoint(command, case, bad_checkpoints, built, media, tmp_path, 
 
 def test_resume_from_a_payload_checkpoint_runs_nothing(bad_checkpoints, tmp_path, capsys):
     ckpt, marker, _ = bad_checkpoints["pickle-payload-torch-zip"]
-    rc, _, err = call(capsys, "train", "experiment=toy_av", f"hydra.run.dir={tmp_path / 'r'}", f"trainer.resume={ckpt}",
+    rc, _, err = call(capsys, "train", "experiment=toy_av", TOY, f"hydra.run.dir={tmp_path / 'r'}", f"trainer.resume={ckpt}",
                       "trainer.progress=false", "trainer.tensorboard=false")
     error_line(rc, err, "train", ckpt, PAYLOAD)
     assert not marker.exists()
@@ -191,7 +192,7 @@ def test_training_run_skips_a_corrupt_shard(built, bad_shards, tmp_path, capsys)
     for name in ("shard-000000.tar", "shard-000001.tar", "manifest.json"):
         shutil.copy(built / name, d / name)
     shutil.copy(bad_shards["truncated"], d / "shard-000002.tar")
-    common = ["train", "experiment=toy_av", "data=shards", f"data.train.pattern={d}/shard-*.tar",
+    common = ["train", "experiment=toy_av", TOY, "data=shards", f"data.train.pattern={d}/shard-*.tar",
               "data.batch_size=1", "data.num_workers=0", "data.scales=[24]", "data.shuffle_buffer=1",
               "trainer.max_steps=3", "trainer.eval_every=0", "trainer.progress=false", "trainer.tensorboard=false"]
     rc, _, err = call(capsys, *common, f"hydra.run.dir={tmp_path / 'warn'}")
