@@ -166,7 +166,7 @@ def pretrain_audio(experiment: str, train_pattern, annotations: dict, out_path: 
     by_video: dict[int, list[dict]] = {}
     for a in annotations["annotations"]:
         by_video.setdefault(int(a["video_id"]), []).append(a)
-    eta = float(cfg.audio.get("eta", 0.96))
+    eta = float(cfg.audio.eta)
     wins, targets = [], []
     for video in iter_videos(str(train_pattern)):
         audio, has = audio_16k(video)

@@ -239,13 +239,11 @@ def test_multirun_sweep_and_errors(tmp_path, capsys):
 
 
 def _compose(*overrides):
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from avis.engine.config import config_dir
+    from avis.engine.config import compose
 
-    with initialize_config_dir(str(config_dir()), version_base=None):
-        return OmegaConf.to_container(compose("train", overrides=list(overrides)))
+    return OmegaConf.to_container(compose(overrides))
 
 
 def test_default_recipe_is_the_papers_and_arms_differ_only_in_audio():
@@ -255,6 +253,10 @@ def test_default_recipe_is_the_papers_and_arms_differ_only_in_audio():
     assert o["optimizer"]["weight_decay"] == 1e-4 and o["backbone_lr_mult"] == 0.1
     assert o["scheduler"]["power"] == 0.9 and cfg["trainer"]["max_steps"] == 60000
     assert cfg["data"]["batch_size"] == 16 and len(cfg["data"]["scales"]) > 1 and cfg["trainer"]["amp"]
+    # one eta: the audio group's, which the data reads; its value is the code's default
+    from avis.models.audio.windows import DEFAULT_ETA
+
+    assert cfg["audio"]["eta"] == DEFAULT_ETA and cfg["data"]["eta"] == "${audio.eta}"
     swin = _compose("experiment=rcf_av", "optim=adamw_swin")["optim"]
     assert (swin["optimizer"]["lr"], swin["optimizer"]["weight_decay"], swin["backbone_lr_mult"]) == (3e-4, 1e-2, 1.0)
     for av, vis in (("rcf_av", "rcf_visual"), ("rcf_av_tiny", "rcf_visual_tiny"), ("toy_av", "toy_visual")):
@@ -271,3 +273,19 @@ def test_train_from_python_without_the_app(tmp_path):
     out = train(compose(["experiment=toy_visual", "trainer.max_steps=3", "trainer.eval_every=0", *FAST],
                         out_dir=tmp_path / "run"))
     assert out["step"] == 3 and (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
+def test_config_dir_override(tmp_path, monkeypatch):
+    import shutil
+
+    from avis.engine.config import compose, config_path
+    from avis.errors import ConfigError
+
+    assert config_path() == str(REPO / "configs")  # a checkout reads its own configs/
+    shutil.copytree(REPO / "configs", tmp_path / "c")
+    (tmp_path / "c" / "train.yaml").write_text((tmp_path / "c" / "train.yaml").read_text().replace("seed: 0", "seed: 7"))
+    monkeypatch.setenv("AVIS_CONFIG_DIR", str(tmp_path / "c"))
+    assert compose(["experiment=rcf_av_tiny"]).seed == 7
+    monkeypatch.setenv("AVIS_CONFIG_DIR", str(tmp_path))
+    with pytest.raises(ConfigError, match="no train.yaml"):
+        compose([])

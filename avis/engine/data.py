@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from avis.errors import ConfigError, InputError
-from avis.models.audio.windows import SAMPLE_RATE, frame_windows, window_length
+from avis.models.audio.windows import DEFAULT_ETA, SAMPLE_RATE, frame_windows, window_length
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 # ---------------------------------------------------------------- clips
 
-def sample_clip(video, categories, clip_length: int, rng: np.random.Generator, eta: float = 0.96) -> dict:
+def sample_clip(video, categories, clip_length: int, rng: np.random.Generator, eta: float = DEFAULT_ETA) -> dict:
     """One training clip: a random target frame and the ``clip_length - 1`` frames before it (the first frame
     repeated at the start of a video), with each frame's audio window and annotations (crowds left out).
 
@@ -256,7 +256,7 @@ class ClipStream:
 
     def __init__(self, source, clip_length: int, batch_size: int, *, seed: int = 0, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, clips_per_video: int = 1, shuffle_buffer: int = 16,
-                 scales: Sequence[int] | None = None, max_size: int | None = None, eta: float = 0.96,
+                 scales: Sequence[int] | None = None, max_size: int | None = None, eta: float = DEFAULT_ETA,
                  size_divisibility: int = 1):
         self.source, self.clip_length, self.batch_size = source, int(clip_length), int(batch_size)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)

@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from avis.errors import ConfigError
+from avis.models.audio.windows import DEFAULT_ETA
 
 log = logging.getLogger("avis.eval")
 
@@ -80,7 +81,7 @@ def evaluate_model(model, videos, categories: list[dict], device, data_cfg: Dict
     from avis.engine.predict import predict_videos, write_evaluation
 
     pred = predict_videos(model, videos, categories, device, short=data_cfg.get("test_size"),
-                          max_size=data_cfg.get("test_max_size"), eta=float(data_cfg.get("eta", 0.96)), amp=amp,
+                          max_size=data_cfg.get("test_max_size"), eta=float(data_cfg.get("eta", DEFAULT_ETA)), amp=amp,
                           progress=progress, with_gt=gt is None, sizes=_gt_sizes(gt))
     summary = write_evaluation(Path(out_dir), pred, gt, extra=extra)
     return {**summary, "results": pred["results"]}

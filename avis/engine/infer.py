@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from avis.errors import InputError
+from avis.models.audio.windows import DEFAULT_ETA
 
 log = logging.getLogger("avis.infer")
 
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     sizes = {e["id"]: (e["height"], e["width"], e["length"]) for e in entries}
     pred = predict_videos(trained.model, decoded, trained.categories, trained.device,
                           short=dc.get("test_size"), max_size=dc.get("test_max_size"),
-                          eta=float(dc.get("eta", 0.96)), amp=not args.no_amp, with_gt=False, sizes=sizes)
+                          eta=float(dc.get("eta", DEFAULT_ETA)), amp=not args.no_amp, with_gt=False, sizes=sizes)
     videos = {"videos": entries, "annotations": [], "categories": trained.categories}
     save_json(pred["results"], out / "results.json")
     save_json(videos, out / "videos.json")

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from avis.engine.data import _get, _mask_at, audio_16k, resize_frames, test_size, video_instances
 from avis.io import masks as mask_io
 from avis.io.ytvis import save_json
-from avis.models.audio.windows import SAMPLE_RATE, frame_windows
+from avis.models.audio.windows import DEFAULT_ETA, SAMPLE_RATE, frame_windows
 from avis.models.base import Track
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def video_ground_truth(video, categories: list[dict], next_ann_id: int) -> tuple
     return entry, anns
 
 
-def model_inputs(video, short: int | None, max_size: int | None, eta: float = 0.96):
+def model_inputs(video, short: int | None, max_size: int | None, eta: float = DEFAULT_ETA):
     """uint8 T x 3 x h x w frames at the test size and T x S audio windows (zeros without sound)."""
     frames = torch.from_numpy(np.ascontiguousarray(np.asarray(_get(video, "frames")))).permute(0, 3, 1, 2)
     h, w = frames.shape[-2:]
@@ -81,7 +81,7 @@ def _sync(device):
 
 @torch.no_grad()
 def predict_videos(model, videos, categories: list[dict], device, *, short: int | None = None,
-                   max_size: int | None = None, eta: float = 0.96, amp: bool = False, progress: bool = True,
+                   max_size: int | None = None, eta: float = DEFAULT_ETA, amp: bool = False, progress: bool = True,
                    with_gt: bool = True, sizes: dict | None = None) -> dict:
     """Run ``model.predict_video`` over ``videos``.
 

@@ -7,7 +7,7 @@ Examples::
     avis train -m experiment=rcf_av,rcf_visual seed=0,1,2          # a hydra multirun sweep
     torchrun --nproc-per-node 4 -m avis train experiment=rcf_av     # DDP, one process per GPU
 
-The config groups live in ``configs/`` (see :func:`avis.engine.config.config_dir`). From Python,
+The config groups live in ``configs/`` (see :mod:`avis.engine.config`). From Python,
 :func:`train_experiment` trains one preset into a folder (the demo and ``scripts/train_av_vs_visual.py``).
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from avis.engine.config import config_dir
+from avis.engine.config import config_path
 from avis.errors import AvisError
 
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     errors: list[BaseException] = []
     results: list[dict] = []
 
-    @hydra.main(config_path=str(config_dir()), config_name="train", version_base=None)
+    @hydra.main(config_path=config_path(), config_name="train", version_base=None)
     def _main(cfg: DictConfig) -> None:
         from avis.engine.loop import check_config, train
         try:
