@@ -155,9 +155,8 @@ def pretrain_audio(experiment: str, train_pattern, annotations: dict, out_path: 
     from hydra.utils import instantiate
     from tqdm import tqdm
 
-    from avis.data import iter_videos
+    from avis.data import audio_16k, iter_videos
     from avis.engine.config import compose
-    from avis.engine.data import audio_16k
     from avis.models.audio.windows import frame_windows
 
     cfg = compose([f"experiment={experiment}"])

@@ -161,3 +161,31 @@ def test_multi_scale_batches(shards):
                               scales=[(16, 16), (24, 32)])
     shapes = {tuple(b["frames"].shape[-2:]) for b in loader}
     assert shapes == {(16, 16), (24, 32)}
+
+
+def test_lazy_video_decodes_only_what_is_selected(shards, monkeypatch):
+    """One video type: a lazy shard video and its decoded form agree on every field; ``select`` decodes only
+    the frames asked for."""
+    from avis.data import VideoSource, lazy_video
+    from avis.data import shards as sh
+    from avis.engine.data import ShardSource
+
+    sample = next(sh.iter_samples(shards / "shard-000002.tar"))
+    lazy = lazy_video(sample)
+    full = sh.decode_sample(sample)
+    assert lazy.frames is None and lazy.num_frames == full.num_frames == 10 and lazy.video_id == full.video_id
+    np.testing.assert_array_equal(lazy.frame_times, full.frame_times)
+    decoded = []
+    orig = sh.decode_jpeg
+    monkeypatch.setattr(sh, "decode_jpeg", lambda data: decoded.append(1) or orig(data))
+    part = lazy.select([7, 3, 7])
+    assert len(decoded) == 3 and part.frames.shape == (3, 32, 48, 3)
+    same = full.select([7, 3, 7])  # a decoded video selects by slicing
+    np.testing.assert_array_equal(part.frames, same.frames)
+    np.testing.assert_array_equal(part.frame_times, full.frame_times[[7, 3, 7]])
+    for a, b in zip(part.instances, same.instances):
+        np.testing.assert_array_equal(a.masks, b.masks) and np.testing.assert_array_equal(a.present, b.present)
+    assert part.instances[1].mask(0) is not None and part.instances[1].mask(1) is None  # absent at frame 3k
+    np.testing.assert_array_equal(lazy.load().frames, full.frames)
+    assert full.load() is full
+    assert isinstance(ShardSource(str(shards)), VideoSource)

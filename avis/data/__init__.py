@@ -5,17 +5,17 @@ the format of :mod:`avis.models.base` for training (single process, DataLoader w
 """
 
 from avis.data.shards import (
-    Instance,
-    Video,
     decode_sample,
     expand_shards,
     iter_samples,
     iter_videos,
+    lazy_video,
     load_manifest,
 )
+from avis.data.video import Instance, Video, VideoSource, audio_16k
 
-__all__ = ["Instance", "Video", "decode_sample", "expand_shards", "iter_samples", "iter_videos", "load_manifest",
-           "make_clip_loader", "make_clip_pipeline"]
+__all__ = ["Instance", "Video", "VideoSource", "audio_16k", "decode_sample", "expand_shards", "iter_samples",
+           "iter_videos", "lazy_video", "load_manifest", "make_clip_loader", "make_clip_pipeline"]
 
 
 def __getattr__(name):  # the clip pipeline pulls in torch; import it only when asked for

@@ -3,7 +3,8 @@
 A shard sample is the group of tar members sharing a key: ``KEY.json`` (metadata, frame times, RLE
 instances), ``KEY.audio.flac`` (16 kHz mono on the frame timeline) and ``KEY.NNNNN.jpg`` (one per frame).
 :func:`decode_sample` turns such a group (as webdataset's ``tarfile_to_samples`` yields it, or as
-:func:`iter_samples` reads it) into a :class:`Video`, decoding only the frames asked for.
+:func:`iter_samples` reads it) into a :class:`~avis.data.video.Video`, decoding only the frames asked for;
+:func:`lazy_video` into a lazy one that decodes on ``select`` / ``load``.
 """
 
 from __future__ import annotations
@@ -14,45 +15,17 @@ import json
 import os
 import tarfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from avis.data.video import Instance, Video
 from avis.errors import InputError
 from avis.io import masks as mask_io
 
 MAX_MEMBER_BYTES = 1 << 30  # refuse absurd tar members before reading them
 AUDIO_CACHE_KEY = "__audio__"  # decoded waveform memoised in the sample dict (no tar suffix can clash)
-
-
-@dataclass
-class Instance:
-    """One annotated object of a video: its masks in the decoded frames (all-False where it is absent)."""
-
-    instance_id: int
-    category_id: int
-    masks: np.ndarray  # bool T x H x W
-    present: np.ndarray  # bool T
-    iscrowd: int = 0
-
-
-@dataclass
-class Video:
-    video_id: int | str
-    frames: np.ndarray  # uint8 T x H x W x 3 (RGB)
-    frame_times: np.ndarray  # float64 T, seconds on the frame timeline
-    audio: np.ndarray  # float32 1 x N, sample 0 = time 0 of the frame timeline
-    sample_rate: int
-    has_audio: bool
-    instances: list[Instance] = field(default_factory=list)
-    fps: float | None = None
-    key: str = ""
-    meta: dict = field(default_factory=dict)  # the sample's whole JSON record
-
-    @property
-    def num_frames(self) -> int:
-        return len(self.frame_times)
 
 
 def expand_shards(pattern: str | os.PathLike | Iterable) -> list[str]:
@@ -188,6 +161,22 @@ def decode_sample(sample: dict, frames: Iterable[int] | None = None, audio: bool
     return Video(video_id=meta["video_id"], frames=frames_arr, frame_times=times, audio=wav[None, :],
                  sample_rate=int(meta["sample_rate"]), has_audio=bool(meta["has_audio"]), instances=instances,
                  fps=meta.get("fps"), key=meta.get("key", sample.get("__key__", "")), meta=meta)
+
+
+def lazy_video(sample: dict) -> Video:
+    """A shard sample as a lazy :class:`Video`: its metadata now, frames and sound when selected or loaded."""
+    meta = sample_meta(sample)
+    try:
+        times = np.asarray(meta["frame_times"], dtype=np.float64).reshape(-1)
+        if len(times) != int(meta["num_frames"]):
+            raise ValueError(f"{len(times)} frame times for {meta['num_frames']} frames")
+        return Video(video_id=meta["video_id"], frames=None, frame_times=times, audio=None,
+                     sample_rate=int(meta["sample_rate"]), has_audio=bool(meta["has_audio"]), fps=meta.get("fps"),
+                     key=meta.get("key", sample.get("__key__", "")), meta=meta,
+                     loader=partial(decode_sample, sample))
+    except (KeyError, ValueError, TypeError) as e:
+        raise InputError(f"sample {sample.get('__key__')}: invalid metadata ({type(e).__name__}: {e})",
+                         sample.get("__url__")) from None
 
 
 def iter_videos(pattern: str | os.PathLike | Iterable) -> Iterator[Video]:

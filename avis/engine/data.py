@@ -4,9 +4,7 @@ A *source* is any object (built by hydra from ``data.train``) with
 
 * ``categories``: list of ``{"id", "name"}`` (a label is the 0-based index into it),
 * ``units()``: the names of its shards (the unit of splitting between ranks and workers),
-* ``videos(unit)``: the videos of one shard, objects with the fields of ``avis.data.iter_videos``
-  (``video_id``, ``frames`` T x H x W x 3 uint8, ``frame_times``, ``audio`` 1 x N, ``sample_rate``,
-  ``has_audio``, ``instances``).
+* ``videos(unit)``: the videos of one shard (:class:`avis.data.Video`, possibly lazy).
 
 :class:`ClipStream` turns a source into batches (the format of :mod:`avis.models.base`). Everything random is
 drawn from generators seeded by ``(seed, epoch, rank, worker)``, never from the global RNGs, so the batches of
@@ -27,74 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from avis.data.video import audio_16k, category_index, label_of
 from avis.errors import ConfigError, InputError
 from avis.models.audio.windows import DEFAULT_ETA, SAMPLE_RATE, frame_windows, window_length
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------- reading a video's fields (one place)
-
-def _get(obj, name, default=None):
-    if isinstance(obj, dict):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
-
-
-def video_instances(video, categories: Sequence[dict]) -> list[dict]:
-    """The video's instances as ``{"label": 0-based, "instance_id", "iscrowd", "masks": [T] (H x W bool | None)}``.
-
-    Accepts ``avis.data`` instances (``masks`` T x H x W with a ``present`` flag per frame) and plain dicts
-    (``masks`` a list with None where the object is absent, or RLE dicts).
-    """
-    cat_index = {int(c["id"]): i for i, c in enumerate(categories)}
-    out = []
-    for k, inst in enumerate(_get(video, "instances", None) or []):
-        label = _get(inst, "label")
-        if label is None:
-            cid = int(_get(inst, "category_id"))
-            if cid not in cat_index:
-                raise ConfigError(f"video {_get(video, 'video_id')}: category id {cid} is not in the dataset's "
-                                  f"categories {sorted(cat_index)}")
-            label = cat_index[cid]
-        iid = _get(inst, "instance_id", _get(inst, "id", k))
-        masks, present = _get(inst, "masks"), _get(inst, "present")
-        if present is not None:
-            masks = [m if p else None for m, p in zip(masks, present)]
-        out.append({"label": int(label), "instance_id": int(iid), "iscrowd": int(_get(inst, "iscrowd", 0) or 0),
-                    "masks": masks})
-    return out
-
-
-def _mask_at(masks, t: int):
-    """Frame t of an instance's masks (array T x H x W, or a list with None where absent) -> bool array | None."""
-    m = masks[t]
-    if m is None:
-        return None
-    if isinstance(m, dict):  # RLE
-        from avis.io import masks as mask_io
-        m = mask_io.decode(m)
-    return np.asarray(m).astype(bool)
-
-
-def num_frames(video) -> int:
-    n = _get(video, "num_frames")
-    return int(n) if n is not None else len(_get(video, "frames"))
-
-
-def audio_16k(video) -> tuple[torch.Tensor, bool]:
-    """The video's mono 16 kHz waveform (1-D) and whether it has sound."""
-    has_audio = bool(_get(video, "has_audio", True))
-    audio = _get(video, "audio")
-    if audio is None or not has_audio:
-        return torch.zeros(0), False
-    a = torch.as_tensor(np.asarray(audio), dtype=torch.float32)
-    a = a.mean(0) if a.ndim == 2 else a.reshape(-1)
-    sr = int(_get(video, "sample_rate", SAMPLE_RATE))
-    if sr != SAMPLE_RATE:
-        import torchaudio.functional as AF
-        a = AF.resample(a, sr, SAMPLE_RATE)
-    return a, True
 
 
 # ---------------------------------------------------------------- geometry
@@ -128,40 +63,40 @@ def sample_clip(video, categories, clip_length: int, rng: np.random.Generator, e
     """One training clip: a random target frame and the ``clip_length - 1`` frames before it (the first frame
     repeated at the start of a video), with each frame's audio window and annotations (crowds left out).
 
-    ``video`` is a decoded video, or a lazy one with ``select(indices)`` that decodes only those frames.
+    Only the clip's frames are decoded (``video.select``), however long or lazy the video.
     """
-    n = num_frames(video)
+    n = video.num_frames
     t = int(rng.integers(n))
     idx = np.clip(np.arange(t - clip_length + 1, t + 1), 0, n - 1)
-    if hasattr(video, "select"):
-        uniq = sorted(set(idx.tolist()))
-        video = video.select(uniq)
-        idx = np.searchsorted(np.asarray(uniq), idx)
-    frames = _get(video, "frames")
-    x = torch.from_numpy(np.ascontiguousarray(np.asarray(frames)[idx])).permute(0, 3, 1, 2).contiguous()
-    times = torch.as_tensor(np.asarray(_get(video, "frame_times"), dtype=np.float64)[idx])
+    uniq = sorted(set(idx.tolist()))
+    video = video.select(uniq)
+    idx = np.searchsorted(np.asarray(uniq), idx)
+    x = torch.from_numpy(np.ascontiguousarray(np.asarray(video.frames)[idx])).permute(0, 3, 1, 2).contiguous()
+    times = torch.as_tensor(np.asarray(video.frame_times, dtype=np.float64)[idx])
     wave, has_audio = audio_16k(video)
     audio = (frame_windows(wave, times, SAMPLE_RATE, eta) if has_audio
              else torch.zeros(len(idx), window_length(eta, SAMPLE_RATE)))
-    insts = [i for i in video_instances(video, categories) if not i["iscrowd"]]
+    index = category_index(categories)
+    insts = [(label_of(index, inst.category_id, video.video_id), inst) for inst in video.instances]
+    insts = [(label, inst) for label, inst in insts if not inst.iscrowd]
     h, w = x.shape[-2:]
     targets = []
     for i in idx:
         labels, masks, ids = [], [], []
-        for inst in insts:
-            m = _mask_at(inst["masks"], int(i))
+        for label, inst in insts:
+            m = inst.mask(int(i))
             if m is None or not m.any():
                 continue
-            labels.append(inst["label"])
-            ids.append(inst["instance_id"])
-            masks.append(torch.from_numpy(m))
+            labels.append(label)
+            ids.append(int(inst.instance_id))
+            masks.append(torch.from_numpy(np.asarray(m, dtype=bool)))
         targets.append({
             "labels": torch.tensor(labels, dtype=torch.int64),
             "masks": torch.stack(masks) if masks else torch.zeros(0, h, w, dtype=torch.bool),
             "instance_ids": torch.tensor(ids, dtype=torch.int64),
         })
     return {"frames": x, "frame_times": times, "audio": audio, "has_audio": has_audio, "targets": targets,
-            "video_id": _get(video, "video_id")}
+            "video_id": video.video_id}
 
 
 def collate(clips: list[dict], short: int | None, max_size: int | None, size_divisibility: int = 1) -> dict:
@@ -299,36 +234,8 @@ def per_rank_batch(global_batch: int, world_size: int) -> int:
     return global_batch // world_size
 
 
-def iter_eval_videos(source, limit: int | None = None):
-    """All videos of a source, decoded, in unit order (evaluation)."""
-    n = 0
-    for unit in source.units():
-        for v in (source.full_videos(unit) if hasattr(source, "full_videos") else source.videos(unit)):
-            yield v
-            n += 1
-            if limit is not None and n >= limit:
-                return
-
-
 def test_size(height: int, width: int, short: int | None, max_size: int | None) -> tuple[int, int]:
     return (height, width) if short is None else scaled_size(height, width, short, max_size)
-
-
-class _ShardVideo:
-    """One shard sample, decoded lazily: ``select(indices)`` decodes only the frames a clip needs."""
-
-    def __init__(self, sample: dict):
-        from avis.data.shards import sample_meta
-
-        self.sample = sample
-        meta = sample_meta(sample)
-        self.num_frames = int(meta["num_frames"])
-        self.video_id = meta.get("video_id")
-
-    def select(self, indices):
-        from avis.data.shards import decode_sample
-
-        return decode_sample(self.sample, frames=indices)
 
 
 class ShardSource:
@@ -336,10 +243,10 @@ class ShardSource:
 
     ``pattern``: what ``avis.data.expand_shards`` takes (glob, brace pattern, folder, list). Categories come
     from the ``manifest.json`` beside the shards, or ``categories`` (a YTVIS JSON path or a list of
-    ``{"id", "name"}``). ``videos(unit)`` yields lazy videos for training; ``full_videos(unit)`` decoded ones.
+    ``{"id", "name"}``). ``videos(unit)`` yields lazy videos (:class:`avis.data.VideoSource`).
     ``on_error``: what training does with a shard it cannot read (truncated, corrupt, bad metadata): ``"warn"``
     skips the rest of that shard (or the bad sample) with a warning, ``"fail"`` stops with the error.
-    Evaluation (``full_videos``) always fails: a skipped video would silently change the metrics.
+    Evaluation (``videos(unit, strict=True)``) always fails: a skipped video would silently change the metrics.
     """
 
     def __init__(self, pattern, categories=None, on_error: str = "warn"):
@@ -368,26 +275,22 @@ class ShardSource:
     def units(self) -> list[str]:
         return list(self.files)
 
-    def videos(self, unit: str):
-        from avis.data.shards import iter_samples
+    def videos(self, unit: str, strict: bool = False):
+        """The shard's videos, lazy (frames decoded on ``select`` / ``load``)."""
+        from avis.data.shards import iter_samples, lazy_video
 
         try:
             for sample in iter_samples(unit):
                 try:
-                    video = _ShardVideo(sample)
+                    video = lazy_video(sample)
                 except InputError as e:
-                    self._skip(e, "this sample")
+                    self._skip(e, "this sample", strict)
                     continue
                 yield video
         except InputError as e:  # the tar itself is damaged: what was read before it is kept
-            self._skip(e, "the rest of this shard")
+            self._skip(e, "the rest of this shard", strict)
 
-    def _skip(self, e: InputError, what: str) -> None:
-        if self.on_error == "fail":
+    def _skip(self, e: InputError, what: str, strict: bool) -> None:
+        if strict or self.on_error == "fail":
             raise e
         log.warning("skipping %s: %s (data.train.on_error=fail to stop instead)", what, e)
-
-    def full_videos(self, unit: str):
-        from avis.data import iter_videos
-
-        yield from iter_videos(unit)

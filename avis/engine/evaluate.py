@@ -54,7 +54,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
     dict or file; None: the annotations in the shards) -> ``out_dir``/results.json, metrics.json,
     samples.csv (+ gt.json). ``overrides``: ``key=value`` changes of the checkpoint's config. Returns the
     summary written to metrics.json plus ``results`` (the YTVIS results)."""
-    from avis.engine.data import ShardSource, iter_eval_videos
+    from avis.engine.data import ShardSource
     from avis.engine.session import load_trained
     from avis.io.ytvis import load_annotations
 
@@ -93,6 +93,18 @@ def build_val_source(data_cfg: DictConfig):
     if val is None or ("pattern" in val and val.pattern is None):
         return None
     return instantiate(val)
+
+
+def iter_eval_videos(source, limit: int | None = None):
+    """All videos of a source (:class:`avis.data.VideoSource`), decoded, in unit order; an unreadable video
+    stops the evaluation (strict)."""
+    n = 0
+    for unit in source.units():
+        for v in source.videos(unit, strict=True):
+            yield v.load()
+            n += 1
+            if limit is not None and n >= limit:
+                return
 
 
 def _gt_sizes(gt: dict | None) -> dict | None:

@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from types import SimpleNamespace
 
 from avis.errors import InputError
 from avis.models.audio.windows import DEFAULT_ETA
@@ -40,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from avis.data.video import Video
     from avis.engine.predict import predict_videos
     from avis.engine.session import load_trained
     from avis.io.ytvis import save_json
@@ -64,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
                         "fps": float(args.fps), "frame_times": [float(t) for t in d.frame_times],
                         "video_file": str(p.resolve()), "file_names": [f"{p.stem}/{t:05d}.jpg"
                                                                       for t in range(len(d.frame_times))]})
-        decoded.append(SimpleNamespace(video_id=vid, frames=d.frames, frame_times=d.frame_times,
-                                       audio=d.audio, sample_rate=d.sample_rate, has_audio=d.has_audio))
+        decoded.append(Video(video_id=vid, frames=d.frames, frame_times=d.frame_times,
+                             audio=None if d.audio is None else d.audio[None], sample_rate=d.sample_rate,
+                             has_audio=d.has_audio))
         if not d.has_audio and trained.model.uses_audio:
             log.warning("%s has no sound: the audio-visual model gets silence", p)
     sizes = {e["id"]: (e["height"], e["width"], e["length"]) for e in entries}

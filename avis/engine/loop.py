@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from avis.engine import checkpoint as ckpt_io
 from avis.engine import dist as D
-from avis.engine.data import ClipStream, Position, iter_eval_videos, per_rank_batch
-from avis.engine.evaluate import build_val_source, evaluate_model
+from avis.engine.data import ClipStream, Position, per_rank_batch
+from avis.engine.evaluate import build_val_source, evaluate_model, iter_eval_videos
 from avis.engine.logs import ScalarLog
 from avis.engine.optim import build_optimizer
 from avis.errors import ConfigError
