@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from avis import cli as avis_cli
+from avis.data.clips import ClipStream, Position
 from avis.engine import checkpoint as ckpt_io
-from avis.engine.data import ClipStream, Position
 from avis.engine.logs import read_jsonl
 from avis.engine.optim import PolyLR, param_groups
 from avis.io import masks as mask_io

@@ -4,7 +4,9 @@ A shard sample is the group of tar members sharing a key: ``KEY.json`` (metadata
 instances), ``KEY.audio.flac`` (16 kHz mono on the frame timeline) and ``KEY.NNNNN.jpg`` (one per frame).
 :func:`decode_sample` turns such a group (as webdataset's ``tarfile_to_samples`` yields it, or as
 :func:`iter_samples` reads it) into a :class:`~avis.data.video.Video`, decoding only the frames asked for;
-:func:`lazy_video` into a lazy one that decodes on ``select`` / ``load``.
+:func:`lazy_video` into a lazy one that decodes on ``select`` / ``load``. :class:`ShardSource` serves shard
+files to training and evaluation (a :class:`~avis.data.video.VideoSource`); its shard-reading step, shard ->
+samples, is the one method :meth:`ShardSource.samples`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import glob
 import io
 import json
+import logging
 import os
 import tarfile
 from collections.abc import Iterable, Iterator
@@ -21,8 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from avis.data.video import Instance, Video
-from avis.errors import InputError
+from avis.errors import ConfigError, InputError
 from avis.io import masks as mask_io
+
+log = logging.getLogger(__name__)
 
 MAX_MEMBER_BYTES = 1 << 30  # refuse absurd tar members before reading them
 AUDIO_CACHE_KEY = "__audio__"  # decoded waveform memoised in the sample dict (no tar suffix can clash)
@@ -184,3 +189,61 @@ def iter_videos(pattern: str | os.PathLike | Iterable) -> Iterator[Video]:
     for shard in expand_shards(pattern):
         for sample in iter_samples(shard):
             yield decode_sample(sample)
+
+
+class ShardSource:
+    """WebDataset shards written by ``avis build``: one unit per shard file.
+
+    ``pattern``: what ``avis.data.expand_shards`` takes (glob, brace pattern, folder, list). Categories come
+    from the ``manifest.json`` beside the shards, or ``categories`` (a YTVIS JSON path or a list of
+    ``{"id", "name"}``). ``videos(unit)`` yields lazy videos (:class:`avis.data.VideoSource`).
+    ``on_error``: what training does with a shard it cannot read (truncated, corrupt, bad metadata): ``"warn"``
+    skips the rest of that shard (or the bad sample) with a warning, ``"fail"`` stops with the error.
+    Evaluation (``videos(unit, strict=True)``) always fails: a skipped video would silently change the metrics.
+    """
+
+    def __init__(self, pattern, categories=None, on_error: str = "warn"):
+        if on_error not in ("warn", "fail"):
+            raise ConfigError(f"on_error must be 'warn' or 'fail', got {on_error!r}")
+        self.on_error = on_error
+
+        self.files = expand_shards(pattern if isinstance(pattern, str) else list(pattern))
+        for f in self.files:
+            if not os.path.isfile(f):
+                raise InputError("shard not found", f)
+        if categories is None:
+            manifest = load_manifest(self.files)
+            if manifest is None or manifest.get("categories") is None:
+                raise InputError("no manifest.json with 'categories' beside the shards (or give categories)",
+                                 os.path.dirname(self.files[0]) or ".")
+            categories = manifest["categories"]
+        elif isinstance(categories, str):
+            from avis.io.ytvis import load_json
+
+            categories = load_json(categories)["categories"]
+        self.categories = [{"id": int(c["id"]), "name": str(c.get("name", c["id"]))} for c in categories]
+
+    def units(self) -> list[str]:
+        return list(self.files)
+
+    def videos(self, unit: str, strict: bool = False):
+        """The shard's videos, lazy (frames decoded on ``select`` / ``load``)."""
+        try:
+            for sample in self.samples(unit):
+                try:
+                    video = lazy_video(sample)
+                except InputError as e:
+                    self._skip(e, "this sample", strict)
+                    continue
+                yield video
+        except InputError as e:  # the tar itself is damaged: what was read before it is kept
+            self._skip(e, "the rest of this shard", strict)
+
+    def samples(self, unit: str) -> Iterator[dict]:
+        """The shard-reading step: one shard -> its samples (:func:`iter_samples`)."""
+        return iter_samples(unit)
+
+    def _skip(self, e: InputError, what: str, strict: bool) -> None:
+        if strict or self.on_error == "fail":
+            raise e
+        log.warning("skipping %s: %s (data.train.on_error=fail to stop instead)", what, e)

@@ -54,7 +54,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
     dict or file; None: the annotations in the shards) -> ``out_dir``/results.json, metrics.json,
     samples.csv (+ gt.json). ``overrides``: ``key=value`` changes of the checkpoint's config. Returns the
     summary written to metrics.json plus ``results`` (the YTVIS results)."""
-    from avis.engine.data import ShardSource
+    from avis.data.shards import ShardSource
     from avis.engine.session import load_trained
     from avis.io.ytvis import load_annotations
 

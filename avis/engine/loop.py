@@ -17,9 +17,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
+from avis.data.clips import ClipStream, Position, per_rank_batch
 from avis.engine import checkpoint as ckpt_io
 from avis.engine import dist as D
-from avis.engine.data import ClipStream, Position, per_rank_batch
 from avis.engine.evaluate import build_val_source, evaluate_model, iter_eval_videos
 from avis.engine.logs import ScalarLog
 from avis.engine.optim import build_optimizer

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from avis.data.clips import resize_frames, test_size
 from avis.data.video import Video, audio_16k, category_index, label_of
-from avis.engine.data import resize_frames, test_size
 from avis.io import masks as mask_io
 from avis.io.ytvis import save_json
 from avis.models.audio.windows import DEFAULT_ETA, SAMPLE_RATE, frame_windows
