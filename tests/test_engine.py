@@ -161,8 +161,9 @@ def test_tiny_run_trains_and_evaluates(tmp_path, experiment, capsys):
 
 # ------------------------------------------------------------------ kill and resume
 
-def _train_proc(run: Path, *extra: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "avis", "train", "experiment=toy_av", f"hydra.run.dir={run}",
+def _train_proc(run: Path, *extra: str, hooks=()) -> subprocess.CompletedProcess:
+    """``avis train`` in a subprocess, with the tests' hooks (tests/engine_hooks.py)."""
+    args = [sys.executable, "-m", "tests.engine_hooks", *hooks, "experiment=toy_av", f"hydra.run.dir={run}",
             "trainer.max_steps=8", "trainer.log_every=1", "trainer.ckpt_every=3", "trainer.eval_every=2",
             "data.batch_size=2", "data.num_workers=1", *FAST, *extra]
     return _run(args)
@@ -172,7 +173,7 @@ def _train_proc(run: Path, *extra: str) -> subprocess.CompletedProcess:
 def test_kill_and_resume_gives_the_same_losses(tmp_path):
     full = _train_proc(tmp_path / "full")
     assert full.returncode == 0, full.stderr[-2000:]
-    killed = _train_proc(tmp_path / "resumed", "trainer.fault_at_step=4")
+    killed = _train_proc(tmp_path / "resumed", hooks=["--kill-at", "4"])
     assert killed.returncode == -signal.SIGKILL
     # the dead run had logged step 4 after its last checkpoint (step 3)
     assert [r["step"] for r in read_jsonl(tmp_path / "resumed" / "metrics.jsonl")] == [1, 2, 3, 4]
@@ -194,9 +195,9 @@ def test_kill_and_resume_gives_the_same_losses(tmp_path):
 def test_torchrun_two_processes_gloo(tmp_path):
     run, trace = tmp_path / "run", tmp_path / "trace"
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-            "-m", "avis", "train", "experiment=toy_visual", f"hydra.run.dir={run}", "trainer.max_steps=6",
-            "trainer.log_every=1", "trainer.ckpt_every=3", "trainer.eval_every=0", "data.batch_size=4",
-            f"trainer.trace_dir={trace}", *FAST]
+            "-m", "tests.engine_hooks", "--trace", str(trace), "experiment=toy_visual", f"hydra.run.dir={run}",
+            "trainer.max_steps=6", "trainer.log_every=1", "trainer.ckpt_every=3", "trainer.eval_every=0",
+            "data.batch_size=4", *FAST]
     p = _run(args)
     assert p.returncode == 0, p.stderr[-3000:]
     t0, t1 = (read_jsonl(trace / f"trace_rank{r}.jsonl", kind=None) for r in (0, 1))
@@ -266,13 +267,39 @@ def test_default_recipe_is_the_papers_and_arms_differ_only_in_audio():
         assert a == b, (av, vis)
 
 
-def test_train_from_python_without_the_app(tmp_path):
+def test_train_from_python_with_a_hook(tmp_path):
+    """Hooks run after the standard ones (after each step's log and checkpoint), and after_train runs even when
+    training stops with an error."""
     from avis.engine.config import compose
-    from avis.engine.loop import train
+    from avis.engine.loop import HookBase, train
 
-    out = train(compose(["experiment=toy_visual", "trainer.max_steps=3", "trainer.eval_every=0", *FAST],
-                        out_dir=tmp_path / "run"))
+    calls = []
+
+    class Record(HookBase):
+        def before_train(self):
+            calls.append(("before", self.trainer.step))
+
+        def after_step(self):
+            t = self.trainer
+            ckpt = (t.out_dir / "checkpoints" / f"step_{t.step:08d}.pt").is_file()
+            calls.append(("step", t.step, t.last.clips, len(t.last.video_ids), sorted(t.last.losses), ckpt))
+            if t.step == 3 and fail:
+                raise RuntimeError("boom")
+
+        def after_train(self):
+            calls.append(("after", self.trainer.step))
+
+    fail = False
+    cfg = ["experiment=toy_visual", "trainer.max_steps=3", "trainer.eval_every=0", "trainer.ckpt_every=2", *FAST]
+    out = train(compose(cfg, out_dir=tmp_path / "run"), hooks=[Record()])
     assert out["step"] == 3 and (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    assert calls == [("before", 0), ("step", 1, 4, 4, ["loss_ce"], False), ("step", 2, 4, 4, ["loss_ce"], True),
+                     ("step", 3, 4, 4, ["loss_ce"], True), ("after", 3)]
+    calls.clear()
+    fail = True
+    with pytest.raises(RuntimeError, match="boom"):
+        train(compose(cfg, out_dir=tmp_path / "run2"), hooks=[Record()])
+    assert calls[-1] == ("after", 3)
 
 
 def test_config_dir_override(tmp_path, monkeypatch):

@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "print the config)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, hooks=()) -> int:
+    """``avis train``; ``hooks`` (:class:`avis.engine.loop.HookBase`) run after the standard ones."""
     overrides = list(args.overrides)
     if args.multirun:
         overrides.insert(0, "--multirun")
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         from avis.engine.loop import check_config, train
         try:
             check_config(cfg)
-            results.append(train(cfg))
+            results.append(train(cfg, hooks))
         except (AvisError, OSError) as e:  # hand one-line errors (ours, a full disk) to the CLI, not hydra's report
             errors.append(e)
 
