@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str, int]] = {
     "ttest": ("avis.evaluation.ttest", "significance of the difference between two result sets", 8),
     "export": ("data_tools.export", "export predictions as YTVIS / COCO / PNG / CVAT / overlay video", 9),
     "demo": ("avis.demo", "the whole workflow on the embedded synthetic dataset", 8),
+    "view": ("avis.view", "a static HTML page to browse results with their sound (masks, IoU, attention)", 23),
 }
 
 
