@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from pathlib import Path
 
 from avis.errors import ConfigError
 
@@ -27,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--limit", type=int, help="only the first N videos")
     parser.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    parser.add_argument("--keep-attention", action="store_true",
+                        help="also write attention.npz, RCF's attention maps of every frame, for avis view")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the checkpoint's config")
 
 
@@ -47,12 +50,20 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("no shards to evaluate: give --shards (the checkpoint's config has no data.val)")
     gt = load_annotations(args.gt) if args.gt else None
     videos = iter_eval_videos(source, args.limit)
+    recorder = None
+    if args.keep_attention:  # its copies to the host count in the timing
+        from avis.view.attention import AttentionRecorder
+
+        recorder = AttentionRecorder(trained.model)
+        videos = recorder.videos(videos)
     pred = predict_videos(trained.model, videos, trained.categories, trained.device,
                           short=cfg.data.get("test_size"), max_size=cfg.data.get("test_max_size"),
                           eta=float(cfg.data.get("eta", 0.96)), amp=not args.no_amp, with_gt=gt is None,
                           sizes=_gt_sizes(gt))
     summary = write_evaluation(args.out, pred, gt,
                                extra={"checkpoint": {"path": str(args.checkpoint), "step": trained.step}})
+    if recorder is not None:
+        recorder.save(Path(args.out) / "attention.npz")
     print(json.dumps(summary))
     return 0
 
