@@ -529,3 +529,19 @@ def test_eval_keeps_attention_and_view_plays_the_shards(tmp_path):
     assert len(frames) == shard.num_frames + 1
     diff = np.abs(frames[2][:shard.frames.shape[1], :shard.frames.shape[2]].astype(int) - shard.frames[2].astype(int))
     assert diff.mean() < 8
+
+
+@pytest.mark.slow
+def test_page_without_playable_media_still_steps_through_the_masks(browser, tiny, tmp_path):
+    _, out = tiny
+    copy = tmp_path / "page"
+    shutil.copytree(out, copy)
+    (copy / "media" / "1.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not a video")
+    browser.get((copy / "index.html").as_uri())
+    _run(browser, "AVIS.select(1).then(() => AVIS.seekFrame(2)).then(() => done())")
+    assert browser.execute_script("return AVIS.state.frame") == 2
+    assert "cannot play media/1.mp4" in browser.execute_script("return document.getElementById('status').textContent")
+    c1 = browser.execute_script("return AVIS.state.v.gt[0].color")
+    img = _shot(browser, "canvas[data-layer=gt]", tmp_path / "gt_on_black.png")
+    a = round(0.45 * 255) / 255
+    assert _count(img, np.asarray(c1) * a) > 3000  # object #1 blended onto black

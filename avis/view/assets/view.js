@@ -237,9 +237,15 @@
   function seekFrame(i) {
     if (!S.v || !S.v.times.length) return Promise.resolve();
     i = Math.max(0, Math.min(S.v.times.length - 1, i));
+    const t = S.v.times[i] + Math.min(2e-3, S.step / 4);
+    if (video.error || video.readyState < 1) { // nothing to seek in: show that frame's masks anyway
+      S.mediaTime = t;
+      render();
+      return Promise.resolve();
+    }
     return new Promise((resolve) => {
       video.addEventListener("seeked", () => resolve(), { once: true });
-      video.currentTime = S.v.times[i] + Math.min(2e-3, S.step / 4);
+      video.currentTime = t;
     });
   }
 
@@ -397,6 +403,7 @@
     $("status").textContent = "loading…";
     return loadData(n).then((v) => new Promise((resolve) => {
       if (S.n !== n) { resolve(); return; }
+      if (pending) pending(); // a video selected before the previous one loaded: that one is done
       S.v = v;
       const d = v.times.slice(1).map((t, k) => t - v.times[k]).sort((a, b) => a - b);
       S.step = d.length ? d[d.length >> 1] : 1 / 6;
@@ -405,14 +412,26 @@
       setupTracks();
       setupAttention();
       filterInstances();
-      const done = (msg) => { $("status").textContent = msg; render(); resolve(); };
-      video.addEventListener("loadeddata", () => done(`${v.name} (video id ${v.id}) · ${v.times.length} annotated frames`), { once: true });
-      video.addEventListener("error", () => done(`this browser cannot play ${v.media}: masks on a black frame`), { once: true });
+      pending = resolve;
       video.src = String(v.media);
       video.load();
       render();
     })).catch((e) => { $("status").textContent = String(e.message || e); });
   }
+
+  // The media of the selected video loaded (or cannot play: the masks are then drawn on black, and the
+  // frame buttons still step through the annotated frames).
+  let pending = null;
+  function mediaReady(ok) {
+    if (!S.v) return;
+    const v = S.v;
+    $("status").textContent = ok ? `${v.name} (video id ${v.id}) · ${v.times.length} annotated frames`
+      : `this browser cannot play ${v.media}: masks on a black frame`;
+    render();
+    if (pending) { const r = pending; pending = null; r(); }
+  }
+  video.addEventListener("loadeddata", () => mediaReady(true));
+  video.addEventListener("error", () => mediaReady(false));
 
   // ------------------------------------------------------------------------------------------- summary tables
   function setupRuns() {
