@@ -70,16 +70,25 @@
     return counts;
   }
 
+  // Fills buf (row-major h x w) with the mask; returns its bounding box [x0, y0, x1, y1] (null when empty),
+  // so that drawing visits only that box.
   function decodeInto(counts, buf, h, w) {
     buf.fill(0);
     const n = h * w;
-    let pos = 0, on = 0;
+    let pos = 0, on = 0, x0 = w, y0 = h, x1 = -1, y1 = -1;
     for (let i = 0; i < counts.length && pos < n; i++) {
       const len = Math.max(0, Math.min(counts[i], n - pos)); // malformed counts cannot run past the frame
-      if (on) for (let p = pos; p < pos + len; p++) { const x = (p / h) | 0; buf[(p - x * h) * w + x] = 1; }
+      if (on && len) {
+        for (let p = pos; p < pos + len; p++) { const x = (p / h) | 0; buf[(p - x * h) * w + x] = 1; }
+        const a = (pos / h) | 0, b = ((pos + len - 1) / h) | 0; // first and last column of the run
+        x0 = Math.min(x0, a); x1 = Math.max(x1, b);
+        if (a === b) { y0 = Math.min(y0, pos - a * h); y1 = Math.max(y1, pos + len - 1 - a * h); }
+        else { y0 = 0; y1 = h - 1; }
+      }
       pos += len;
       on ^= 1;
     }
+    return x1 < 0 ? null : [x0, y0, x1, y1];
   }
 
   // ------------------------------------------------------------------------------------------- layers
@@ -115,11 +124,12 @@
     for (const it of items) {
       const s = it.segs[i];
       if (!s || !visible(layer, it)) continue;
-      decodeInto(rleCounts(String(s)), m, h, w);
+      const box = decodeInto(rleCounts(String(s)), m, h, w);
+      if (!box) continue;
       const [r, g, b] = it.color.map((x) => Number(x) | 0);
       let top = -1, left = w;
-      for (let y = 0; y < h; y++) {
-        for (let x = 0; x < w; x++) {
+      for (let y = box[1]; y <= box[3]; y++) {
+        for (let x = box[0]; x <= box[2]; x++) {
           const q = y * w + x;
           if (!m[q]) continue;
           if (top < 0) top = y;
