@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ttest": ("avis.evaluation.ttest", "significance of the difference between two result sets"),
     "export": ("data_tools.export", "export predictions as YTVIS / COCO / PNG / CVAT / overlay video"),
     "demo": ("avis.demo", "the whole workflow on the embedded synthetic dataset"),
+    "view": ("avis.view", "a static HTML page to browse results with their sound (masks, IoU, attention)"),
 }
 
 

@@ -36,12 +36,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--limit", type=int, help="only the first N videos")
     parser.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    parser.add_argument("--keep-attention", action="store_true",
+                        help="also write attention.npz, RCF's attention maps of every frame, for avis view")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the checkpoint's config")
 
 
 def run(args: argparse.Namespace) -> int:
     summary = evaluate_checkpoint(args.checkpoint, args.out, shards=args.shards, gt=args.gt, device=args.device,
-                                  limit=args.limit, amp=not args.no_amp, overrides=args.overrides)
+                                  limit=args.limit, amp=not args.no_amp, overrides=args.overrides,
+                                  keep_attention=args.keep_attention)
     summary.pop("results")
     print(json.dumps(summary))
     return 0
@@ -49,10 +52,12 @@ def run(args: argparse.Namespace) -> int:
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, shards=None,
                         gt: dict | str | os.PathLike | None = None, device: str = "auto", limit: int | None = None,
-                        amp: bool = True, overrides=(), progress: bool = True) -> dict:
+                        amp: bool = True, overrides=(), progress: bool = True,
+                        keep_attention: bool = False) -> dict:
     """A checkpoint online over ``shards`` (default: its config's ``data.val``), scored against ``gt`` (a YTVIS
     dict or file; None: the annotations in the shards) -> ``out_dir``/results.json, metrics.json,
-    samples.csv (+ gt.json). ``overrides``: ``key=value`` changes of the checkpoint's config. Returns the
+    samples.csv (+ gt.json). ``overrides``: ``key=value`` changes of the checkpoint's config.
+    ``keep_attention``: also write ``attention.npz`` (RCF's attention maps, for ``avis view``). Returns the
     summary written to metrics.json plus ``results`` (the YTVIS results)."""
     from avis.data.shards import ShardSource
     from avis.engine.session import load_trained
@@ -69,9 +74,18 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
             raise ConfigError("no shards to evaluate: give --shards (the checkpoint's config has no data.val)")
     if gt is not None and not isinstance(gt, dict):
         gt = load_annotations(gt)
-    return evaluate_model(trained.model, iter_eval_videos(source, limit), trained.categories, trained.device,
-                          cfg.data, out_dir, gt=gt, amp=amp, progress=progress,
-                          extra={"checkpoint": {"path": str(checkpoint), "step": trained.step}})
+    videos, recorder = iter_eval_videos(source, limit), None
+    if keep_attention:  # its copies to the host count in the timing
+        from avis.view.attention import AttentionRecorder
+
+        recorder = AttentionRecorder(trained.model)
+        videos = recorder.videos(videos)
+    summary = evaluate_model(trained.model, videos, trained.categories, trained.device, cfg.data, out_dir, gt=gt,
+                             amp=amp, progress=progress,
+                             extra={"checkpoint": {"path": str(checkpoint), "step": trained.step}})
+    if recorder is not None:
+        recorder.save(Path(out_dir) / "attention.npz")
+    return summary
 
 
 def evaluate_model(model, videos, categories: list[dict], device, data_cfg: DictConfig, out_dir, *,
