@@ -168,7 +168,7 @@ def test_decode_sample_decodes_audio_once_per_sample(monkeypatch):
     sf.write(buf, wave, 16000, format="FLAC", subtype="PCM_16")
     sample = {"__key__": "v", "json": json.dumps({"num_frames": 2, "height": 8, "width": 8, "video_id": 1,
                                                   "frame_times": [0.0, 0.05], "sample_rate": 16000,
-                                                  "has_audio": True, "instances": []}).encode(),
+                                                  "has_audio": True, "num_samples": 1600, "instances": []}).encode(),
               "audio.flac": buf.getvalue()}
     for i in range(2):
         jpg = io.BytesIO()
@@ -176,7 +176,7 @@ def test_decode_sample_decodes_audio_once_per_sample(monkeypatch):
         sample[f"{i:05d}.jpg"] = jpg.getvalue()
     calls = []
     orig = sh.decode_audio
-    monkeypatch.setattr(sh, "decode_audio", lambda data: calls.append(1) or orig(data))
+    monkeypatch.setattr(sh, "decode_audio", lambda *a: calls.append(1) or orig(*a))
     a = sh.decode_sample(sample, frames=[0])
     b = sh.decode_sample(sample, frames=[1])
     assert len(calls) == 1

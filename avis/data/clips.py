@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from avis.data.video import Video, VideoSource, audio_16k, category_index, label_of
-from avis.errors import ConfigError, InputError
+from avis.errors import AvisError, ConfigError, InputError
 from avis.models.audio.windows import DEFAULT_ETA, SAMPLE_RATE, frame_windows, window_length
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,16 @@ class _EpochClips(IterableDataset):
         self.s, self.epoch = stream, epoch
 
     def __iter__(self):
+        try:
+            yield from self._batches()
+        except AvisError as e:
+            if get_worker_info() is None:
+                raise
+            # from a DataLoader worker, handed over as a value: the loader would re-raise it with the worker's
+            # traceback as its message, and the CLI's one line would become a page
+            yield None, {"error": e}
+
+    def _batches(self):
         s = self.s
         wi = get_worker_info()
         wid, nw = (0, 1) if wi is None else (wi.id, wi.num_workers)
@@ -226,6 +236,8 @@ class ClipStream:
                                 multiprocessing_context="fork" if self.num_workers else None)
             i = -1
             for i, (batch, info) in enumerate(loader):
+                if batch is None:
+                    raise info["error"]
                 if i < pos.batch:  # resuming: these were consumed before the checkpoint
                     continue
                 pos.batch = i + 1

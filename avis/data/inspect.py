@@ -1,4 +1,8 @@
-"""``avis inspect SHARDS...``: one JSON line per video (reads metadata and the audio header, not the frames)."""
+"""``avis inspect SHARDS...``: one JSON line per video (reads metadata and the audio header, not the frames).
+
+Shards may be paths or URLs (``http(s)://``, ``s3://``, ``pipe:``, ...; see :mod:`avis.data.shards`); each
+sample is checked against the schema (:mod:`avis.data.schema`) as it is read.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,13 @@ from avis.errors import InputError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("shards", nargs="+", help="shard files, folders, globs or brace patterns")
+    p.add_argument("shards", nargs="+",
+                   help="shard files, folders, globs, brace patterns, manifest.json, or URLs of these (http(s)://, "
+                        "s3://, gs://, pipe:CMD; a URL ending in / reads the manifest.json there)")
 
 
 def video_record(sample: dict) -> dict:
+    """One line of ``avis inspect`` for a checked sample (``avis.data.shards.iter_samples``)."""
     import soundfile as sf
 
     from avis.data.shards import sample_meta
@@ -25,13 +32,13 @@ def video_record(sample: dict) -> dict:
         n_audio = sf.info(io.BytesIO(sample["audio.flac"])).frames
     except RuntimeError as e:
         raise InputError(f"sample {meta.get('key')}: unreadable audio ({e})", sample.get("__url__")) from None
-    n_jpg = sum(1 for k in sample if k.endswith(".jpg"))
-    if n_jpg != meta["num_frames"]:
-        raise InputError(f"sample {meta.get('key')}: {n_jpg} frames stored, metadata says {meta['num_frames']}",
-                         sample.get("__url__"))
+    if n_audio != meta["num_samples"]:
+        raise InputError(f"sample {meta.get('key')}: unreadable audio (its header declares {n_audio} samples, the "
+                         f"metadata {meta['num_samples']})", sample.get("__url__"))
+    n_jpg = meta["num_frames"]  # the reader checked that exactly these frames are stored
     fps = meta.get("fps")
-    if not fps and len(meta["frame_times"]) > 1:  # irregular frame times: report the mean rate
-        t = meta["frame_times"]
+    t = meta["frame_times"]
+    if not fps and len(t) > 1 and t[-1] > t[0]:  # irregular frame times: report the mean rate
         fps = (len(t) - 1) / (t[-1] - t[0])
     return {"video_id": meta["video_id"], "num_frames": n_jpg, "fps": fps, "height": meta["height"],
             "width": meta["width"], "has_audio": meta["has_audio"], "audio_sample_rate": meta["sample_rate"],
