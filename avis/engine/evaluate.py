@@ -69,6 +69,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
         source = ShardSource(shards if isinstance(shards, (list, tuple)) else str(shards),
                              categories=trained.categories)
     else:
+        _refuse_commands(cfg, overrides, checkpoint)
         source = build_val_source(cfg.data)
         if source is None:
             raise ConfigError("no shards to evaluate: give --shards (the checkpoint's config has no data.val)")
@@ -107,6 +108,20 @@ def build_val_source(data_cfg: DictConfig):
     if val is None or ("pattern" in val and val.pattern is None):
         return None
     return instantiate(val)
+
+
+def _refuse_commands(cfg: DictConfig, overrides, checkpoint) -> None:
+    """A ``pipe:`` shard URL runs a shell command: one in a checkpoint's stored config (a downloaded file) is
+    refused; one given on the command line (an override of ``data.val``) is the user's."""
+    from omegaconf import OmegaConf
+
+    from avis.errors import InputError
+
+    given = any(str(o).lstrip("+~").startswith("data.val") for o in overrides or ())
+    pattern = OmegaConf.select(cfg, "data.val.pattern", default=None)
+    if not given and "pipe:" in str(pattern):
+        raise InputError("the checkpoint's config reads its validation shards through a command (data.val.pattern "
+                         "is a pipe: URL); avis runs no command a checkpoint names: give --shards", checkpoint)
 
 
 def iter_eval_videos(source, limit: int | None = None):
