@@ -399,6 +399,7 @@ def _members(url: str, stream) -> Iterator[dict]:
             if problem is not None:
                 refused = True
                 yield {"fname": f"{prefix}.{ERROR_SUFFIX}", "data": problem, "__url__": url}
+                yield {}  # handed out (and refused) now: skipping the member may be what breaks the shard
                 continue
             yield {"fname": m.name, "data": data, "__url__": url}
 
