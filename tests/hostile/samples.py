@@ -10,7 +10,6 @@ wrong list lengths, ...).
 from __future__ import annotations
 
 import copy
-import io
 import json
 import struct
 import tarfile
@@ -236,7 +235,6 @@ def make_cases(built: Path, root: Path) -> dict[str, dict]:
     add("sound-missing", [(n, d) for n, d in first if not n.endswith(".flac")],
         r"'has_audio' is true but there is no audio\.flac member")
     # decoders with limits: headers that lie about the decoded size
-    flac = dict(first)[f"{key}.audio.flac"]
     add("flac-claiming-256GiB", [(n, flac_claiming(d, (1 << 36) - 1) if n.endswith(".flac") else d) for n, d in first],
         r"unreadable audio \(its header declares 68719476735 samples, the metadata \d+\)", "decode+inspect")
     add("jpeg-claiming-20000x20000", [(n, jpeg_claiming(d, 20000, 20000) if n.endswith(".jpg") else d) for n, d in first],
