@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from avis.errors import InputError, NotBuiltError
+from avis.io.files import regular_file
 
 log = logging.getLogger("avis.infer")
 
@@ -51,8 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--fps must be positive, got {args.fps}")
     paths = [Path(v) for v in args.videos]
     for p in paths:
-        if not p.is_file():
-            raise InputError("no such file", p)
+        regular_file(p)
     trained = load_trained(args.checkpoint, args.device)
     dc = trained.cfg.data
     out = Path(args.out)

@@ -27,6 +27,7 @@ from avis.errors import ConfigError, InputError
 from avis.io import masks as mask_io
 from avis.io import ytvis
 from avis.io.atomic import atomic_open
+from avis.io.files import regular_file
 
 from .common import category_names, davis_palette, tracks_by_video, video_names
 
@@ -93,8 +94,7 @@ def _mask_index(out_times: np.ndarray, ann_times: list[float]) -> np.ndarray:
 
 
 def _open(path: Path):
-    if not path.is_file():
-        raise InputError("no such file", path)
+    regular_file(path)
     try:
         return av.open(os.fspath(path), metadata_errors="ignore")
     except (av.FFmpegError, OSError, ValueError) as e:
@@ -257,8 +257,7 @@ def _jpeg_frames(v: dict, videos_dir: Path, times: list[float], fps: float):
     for k in range(n):
         i = int(idx[k])
         if cache is None or cache[0] != i:
-            if not paths[i].is_file():
-                raise InputError("no such file", paths[i])
+            regular_file(paths[i])
             try:
                 with Image.open(paths[i]) as im:
                     cache = (i, np.asarray(ImageOps.exif_transpose(im).convert("RGB")))
@@ -298,8 +297,8 @@ def write_video_overlay(v: dict, vtracks: list[dict], cats: dict[int, str], vide
             vst = out.add_stream("libx264", rate=Fraction(rate).limit_denominator(100000))
             vst.width, vst.height, vst.pix_fmt = ew, eh, "yuv420p"
             vst.options = {"crf": "20", "preset": "veryfast"}
-            if audio_src is not None and not audio_src.is_file():
-                raise InputError("no such file", audio_src)
+            if audio_src is not None:
+                regular_file(audio_src)
             ast = _audio_stream(out, audio_src) if audio_src is not None else None
             cache: dict[int, list] = {}
             for k, t, rgb in frames:
