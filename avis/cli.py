@@ -10,9 +10,9 @@ Errors a user can act on (:class:`avis.errors.AvisError`) are printed as one lin
 ``avis <command>: error: <file>: <what is wrong>``, with a non-zero exit code; ``--debug`` shows the traceback.
 
 What a command prints comes partly from untrusted files (category names, media paths, messages quoting a
-file). While a command runs, its stdout and stderr pass through :func:`printable`, the one place that
-neutralises terminal control: escape sequences, other control characters and bidirectional-text overrides are
-shown as ``\x1b``-style escapes instead of reaching the terminal raw.
+file). While a command runs, its stdout and stderr pass through :func:`avis.io.text.printable`, the one place
+that neutralises terminal control: escape sequences, other control characters and bidirectional-text
+overrides are shown as ``\x1b``-style escapes instead of reaching the terminal raw.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import argparse
 import importlib
 import importlib.util
 import logging
-import re
 import sys
 import traceback
 
 from avis import __version__
 from avis.errors import AvisError, NotBuiltError
+from avis.io.text import printable
 
 # name -> (module, one-line help, issue that builds it)
 COMMANDS: dict[str, tuple[str, str, int]] = {
@@ -41,24 +41,6 @@ COMMANDS: dict[str, tuple[str, str, int]] = {
     "export": ("data_tools.export", "export predictions as YTVIS / COCO / PNG / CVAT / overlay video", 9),
     "demo": ("avis.demo", "the whole workflow on the embedded synthetic dataset", 8),
 }
-
-
-# C0 controls but tab / newline / carriage return, DEL, C1 controls (0x9b starts an escape sequence on some
-# terminals), bidirectional overrides and isolates, lone surrogates (unprintable in UTF-8).
-_CONTROL = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff"
-_UNSAFE = re.compile(f"[{_CONTROL}]")
-_UNSAFE_LINE = re.compile(f"[{_CONTROL}\t\n\r]")
-_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
-
-
-def _escape(m: re.Match) -> str:
-    c = m.group()
-    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
-
-
-def printable(text: str, one_line: bool = False) -> str:
-    """``text`` safe for a terminal: control characters escaped (``one_line``: newlines and tabs too)."""
-    return (_UNSAFE_LINE if one_line else _UNSAFE).sub(_escape, text)
 
 
 class _PrintableStream:

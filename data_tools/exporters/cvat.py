@@ -30,6 +30,7 @@ from pycocotools import mask as coco_mask
 from avis.errors import InputError
 from avis.io import masks as mask_io
 from avis.io.atomic import atomic_open
+from avis.io.text import xml_text
 
 from .common import category_names, tracks_by_video, video_names
 
@@ -162,6 +163,7 @@ def video_xml(v: dict, vtracks: list[dict], name: str, cats: dict[int, str], sha
     """
     if shape not in SHAPES:
         raise ValueError(f"CVAT shape must be one of {SHAPES}, got {shape!r}")
+    cats = {k: xml_text(n) for k, n in cats.items()}  # a control character would make the file invalid XML
     root = ET.Element("annotations")
     _text(root, "version", "1.1")
     _meta(root, v, name, [cats[c] for c in sorted(cats)], shape)
@@ -219,7 +221,7 @@ def read_cvat(path: str | os.PathLike, gt: dict) -> list[dict]:
     try:
         vid = int(root.findtext("meta/task/id"))
         v = next(x for x in gt["videos"] if x["id"] == vid)
-        by_name = {c["name"]: c["id"] for c in gt["categories"]}
+        by_name = {xml_text(c["name"]): c["id"] for c in gt["categories"]}  # as written
         objects: dict[int, dict] = {}  # group_id (the object's track id) -> track
         for tr in root.iter("track"):
             oid = int(tr.get("group_id") or tr.get("id"))
