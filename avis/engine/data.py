@@ -299,15 +299,18 @@ def per_rank_batch(global_batch: int, world_size: int) -> int:
     return global_batch // world_size
 
 
-def iter_eval_videos(source, limit: int | None = None):
-    """All videos of a source, decoded, in unit order (evaluation)."""
+def iter_eval_videos(source, limit: int | None = None, check=None):
+    """All videos of a source (the first ``limit``), decoded, in unit order (evaluation); ``check(unit, video)``
+    sees each before it is handed out (it raises to refuse one)."""
     n = 0
     for unit in source.units():
         for v in (source.full_videos(unit) if hasattr(source, "full_videos") else source.videos(unit)):
-            yield v
-            n += 1
             if limit is not None and n >= limit:
                 return
+            if check is not None:
+                check(unit, v)
+            yield v
+            n += 1
 
 
 def test_size(height: int, width: int, short: int | None, max_size: int | None) -> tuple[int, int]:
