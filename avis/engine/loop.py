@@ -121,7 +121,7 @@ def _train(cfg: DictConfig, info: D.DistInfo) -> dict:
     step, positions, rngs = 0, None, None
     rpath = _resume_path(tc.resume, out_dir)
     if rpath is not None:
-        state = ckpt_io.load(rpath)
+        state = ckpt_io.load(rpath, require=("step", "model", "optimizer", "scheduler"))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

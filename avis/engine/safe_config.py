@@ -245,7 +245,11 @@ def checkpoint_config(text, overrides: Iterable[str] = ()) -> DictConfig:
     """A checkpoint's config text and the user's ``key=value`` overrides -> a fully resolved DictConfig with
     no interpolations left, every ``_target_`` allowed. Raises :class:`Refused` for the checkpoint's own
     problems and :class:`OverrideError` for the overrides'."""
-    data = parse(text)
+    return with_overrides(parse(text), overrides)
+
+
+def with_overrides(data: dict, overrides: Iterable[str] = ()) -> DictConfig:
+    """Checked plain ``data`` (:func:`parse`) and the user's overrides -> the resolved, checked DictConfig."""
     cfg = OmegaConf.create(data)  # no "${": nothing is interpreted
     overrides = list(overrides or [])
     if not overrides:

@@ -9,11 +9,12 @@ a billion) is refused before any memory is allocated for it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from avis.engine import checkpoint as ckpt_io
 from avis.engine import safe_config
@@ -23,6 +24,9 @@ from avis.errors import ConfigError, InputError
 MAX_EXTRA_BYTES = 1 << 30
 # Modules + parameters + buffers a model may register while it is built (at least; 20 per saved tensor).
 MAX_MODULES = 10_000
+# The checkpoint's test size (short side, pixels) and audio window (seconds); the paper tests at 360, 0.96 s.
+MAX_TEST_SIZE = 4096
+MAX_ETA = 5.0
 
 
 @dataclass
@@ -105,14 +109,52 @@ def _check_fit(model_cfg, weights: dict, path) -> None:
                          f"(limit {MAX_EXTRA_BYTES})", path)
 
 
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def data_problem(data, ranges: bool = True) -> str | None:
+    """What is wrong with the ``data`` section that eval and infer read (sizes frames are resized to, the
+    audio window ``eta`` in seconds); ``ranges``: also bound the values (the checkpoint's own config: a test
+    size of 100000 would resize every frame to gigabytes)."""
+    if not isinstance(data, dict):
+        return f"'data' must be a mapping, got {type(data).__name__}"
+    for key, top in (("test_size", MAX_TEST_SIZE), ("test_max_size", 2 * MAX_TEST_SIZE)):
+        v = data.get(key)
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return f"data.{key} must be a whole number of pixels >= 1 or null, got {str(v)[:40]!r}"
+        if ranges and v is not None and v > top:
+            return f"data.{key} {v} is beyond the {top} pixel limit"
+    val = data.get("val")
+    if val is not None and not isinstance(val, dict):
+        return f"data.val must be a mapping (the evaluation data) or null, got {type(val).__name__}"
+    pattern = (val or {}).get("pattern")
+    if not (pattern is None or isinstance(pattern, str) or
+            isinstance(pattern, list) and all(isinstance(p, str) for p in pattern)):
+        return "data.val.pattern must be a shard pattern (text or a list of texts) or null"
+    eta = data.get("eta", 0.96)
+    if not _number(eta) or eta <= 0:
+        return f"data.eta must be a number of seconds > 0, got {str(eta)[:40]!r}"
+    if ranges and eta > MAX_ETA:
+        return f"data.eta {eta} is beyond the {MAX_ETA} s limit"
+    return None
+
+
 def load_trained(path, device: str = "auto", overrides: list[str] | None = None) -> Loaded:
     state = ckpt_io.load(path, require=("step", "model", "config", "categories"))
     try:
-        cfg = safe_config.checkpoint_config(state["config"], overrides or [])
+        data = safe_config.parse(state["config"])
+        problem = data_problem(data.get("data"))
+        if problem:
+            raise safe_config.Refused(problem)
+        cfg = safe_config.with_overrides(data, overrides or [])
     except safe_config.Refused as e:
         raise InputError(f"checkpoint config {e}", path) from None
     except safe_config.OverrideError as e:
         raise ConfigError(str(e)) from None
+    problem = data_problem(OmegaConf.to_container(cfg).get("data"), ranges=False)
+    if problem:
+        raise ConfigError(f"the config with your overrides: {problem}")
     model_cfg = cfg._get_node("model")
     if not isinstance(model_cfg, DictConfig) or "_target_" not in model_cfg:
         raise InputError("checkpoint config has no 'model' to build (a mapping with a _target_)", path)

@@ -121,6 +121,11 @@ def memory_cases(good: dict) -> dict[str, tuple[str | dict, str]]:
         merges.append(f"m{i}: &m{i} {{<<: [{', '.join([f'*m{i - 1}'] * 10)}], x{i}: 0}}")
     huge_model = copy.deepcopy(good)
     huge_model["model"]["hidden_dim"] = 1_000_000_000
+
+    def data(**kw):
+        cfg = copy.deepcopy(good)
+        cfg["data"].update(kw)
+        return cfg
     return {
         "billion-laughs-lists": (text + _laughs("seq"), EXPANDS),
         "billion-laughs-mappings": (text + _laughs("map"), EXPANDS),
@@ -138,6 +143,17 @@ def memory_cases(good: dict) -> dict[str, tuple[str | dict, str]]:
         "top-level-list": ("- 1\n- 2\n", r"not a mapping"),
         "empty-config": ("", r"is empty"),
         "huge-hidden-size": (huge_model, r"weights do not fit the model of its config"),
+        # what eval / infer read from the data section: the sizes frames are resized to, the audio window
+        "test-size-1e5": (data(test_size=100_000), r"data\.test_size 100000 is beyond the 4096 pixel limit"),
+        "test-max-size-1e9": (data(test_max_size=10**9), r"data\.test_max_size 1000000000 is beyond"),
+        "eta-1e9-seconds": (data(eta=1e9), r"data\.eta 1000000000\.0 is beyond the 5\.0 s limit"),
+        "eta-a-string": (data(eta="abc"), r"data\.eta must be a number of seconds > 0"),
+        "eta-nan": (data(eta=float("nan")), r"data\.eta must be a number of seconds > 0"),
+        "test-size-a-string": (data(test_size="big"), r"data\.test_size must be a whole number"),
+        "no-data-section": ({k: v for k, v in good.items() if k != "data"}, r"'data' must be a mapping"),
+        "val-a-number": (data(val=5), r"data\.val must be a mapping"),
+        "val-pattern-a-mapping": (data(val={"_target_": "avis.engine.data.ShardSource", "pattern": {"a": 1}}),
+                                  r"data\.val\.pattern must be a shard pattern"),
     }
 
 
