@@ -9,6 +9,7 @@ a billion) is refused before any memory is allocated for it.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from avis.engine import checkpoint as ckpt_io
 from avis.engine import safe_config
 from avis.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
 
 # Memory a model may hold beyond its checkpoint's tensors (buffers not saved in the state dict).
 MAX_EXTRA_BYTES = 1 << 30
@@ -140,6 +143,26 @@ def data_problem(data, ranges: bool = True) -> str | None:
     return None
 
 
+# Builder arguments naming a local file of pretrained weights (configs/model, configs/audio, the demo). The
+# checkpoint's own weights replace whatever such a file would give, so a checkpoint's config does not get to
+# have a file of this machine read (and a checkpoint trained with weights at a path that does not exist here
+# still loads).
+WEIGHT_FILE_KEYS = frozenset({"backbone_weights", "weights_path", "weights"})
+
+
+def _drop_weight_files(node) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k in WEIGHT_FILE_KEYS and isinstance(v, str):
+                log.info("not reading %s=%s of the checkpoint's config: its own weights replace them", k, v)
+                node[k] = None
+            else:
+                _drop_weight_files(v)
+    elif isinstance(node, list):
+        for v in node:
+            _drop_weight_files(v)
+
+
 def load_trained(path, device: str = "auto", overrides: list[str] | None = None) -> Loaded:
     state = ckpt_io.load(path, require=("step", "model", "config", "categories"))
     try:
@@ -147,6 +170,7 @@ def load_trained(path, device: str = "auto", overrides: list[str] | None = None)
         problem = data_problem(data.get("data"))
         if problem:
             raise safe_config.Refused(problem)
+        _drop_weight_files(data.get("model"))
         cfg = safe_config.with_overrides(data, overrides or [])
     except safe_config.Refused as e:
         raise InputError(f"checkpoint config {e}", path) from None

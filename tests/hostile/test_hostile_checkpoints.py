@@ -227,3 +227,19 @@ def test_resume_from_a_bad_layout(layout_corpus, tmp_path, capsys):
     rc, _, err = call(capsys, "train", "experiment=toy_av", f"hydra.run.dir={tmp_path / 'r'}",
                       f"trainer.resume={ckpt}", "trainer.progress=false", "trainer.tensorboard=false")
     error_line(rc, err, "train", ckpt, what)
+
+
+def test_weight_files_named_by_the_config_are_not_read(tmp_path):
+    """A checkpoint trained with pretrained weights at some path: evaluating it reads no such file (its own
+    weights replace them), so a path missing here still loads and a FIFO there is never opened."""
+    from avis.engine.session import load_trained
+
+    state, _ = C.rcf_layer_bomb()
+    fifo = tmp_path / "weights.pth"
+    os.mkfifo(fifo)
+    for path in (fifo, "/nonexistent/resnet50.pth"):
+        cfg = yaml.safe_load(state["config"])
+        cfg["model"] = {"_target_": "avis.models.rcf.rcf_tiny", "num_classes": 2, "backbone_weights": str(path)}
+        torch.save({**state, "config": yaml.safe_dump(cfg)}, tmp_path / "c.pt")
+        loaded = load_trained(tmp_path / "c.pt", "cpu")  # a read of the FIFO would block here
+        assert loaded.cfg.model.backbone_weights is None
