@@ -90,8 +90,15 @@ def _meta_build(model_cfg, weights: dict, path) -> torch.nn.Module:
             h.remove()
 
 
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def _check_fit(model_cfg, weights: dict, path) -> None:
-    """Build the model on the meta device (no memory) and compare it with the checkpoint's tensors."""
+    """Build the model on the meta device (no memory) and compare it with the checkpoint's tensors: the same
+    entries, each parameter of the checkpoint's shape. Buffers and extra states may legitimately change shape
+    while training (CrossVIS's identity memory grows), so they are only bounded: at most
+    :data:`MAX_EXTRA_BYTES` beyond the checkpoint's own non-parameter tensors."""
     shell = _meta_build(model_cfg, weights, path)
     expected = shell.state_dict()
     missing = [k for k in expected if k not in weights]
@@ -101,14 +108,14 @@ def _check_fit(model_cfg, weights: dict, path) -> None:
                ("; " if missing and unexpected else "") + \
                (f"unexpected {', '.join(unexpected[:3])}" if unexpected else "")
         raise InputError(f"weights do not fit the model of its config ({what})", path)
-    for k, t in expected.items():
-        if tuple(t.shape) != tuple(weights[k].shape):
+    params = dict(shell.named_parameters())
+    for k, t in params.items():
+        if k in weights and tuple(t.shape) != tuple(weights[k].shape):
             raise InputError(f"weights do not fit the model of its config ({k}: the config builds "
                              f"{list(t.shape)}, the checkpoint holds {list(weights[k].shape)})", path)
-    held = sum(t.numel() * t.element_size() for t in (*shell.parameters(), *shell.buffers()))
-    extra = held - sum(t.numel() * t.element_size() for t in expected.values())  # buffers not saved
+    extra = _nbytes(shell.buffers()) - _nbytes(v for k, v in weights.items() if k not in params)
     if extra > MAX_EXTRA_BYTES:
-        raise InputError(f"checkpoint config builds a model holding {extra} bytes beyond its weights "
+        raise InputError(f"checkpoint config builds a model holding {extra} bytes of buffers beyond its weights "
                          f"(limit {MAX_EXTRA_BYTES})", path)
 
 

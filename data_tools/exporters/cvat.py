@@ -30,6 +30,7 @@ from pycocotools import mask as coco_mask
 from avis.errors import InputError
 from avis.io import masks as mask_io
 from avis.io.atomic import atomic_open
+from avis.io.files import regular_file
 from avis.io.text import xml_text
 
 from .common import category_names, tracks_by_video, video_names
@@ -213,7 +214,7 @@ def write_cvat(tracks: list[dict], gt: dict, out_dir: str | os.PathLike, shape: 
 
 def read_cvat(path: str | os.PathLike, gt: dict) -> list[dict]:
     """One CVAT for video 1.1 XML written by :func:`write_cvat` -> tracks (category by label name)."""
-    path = Path(path)
+    path = regular_file(path)
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as e:

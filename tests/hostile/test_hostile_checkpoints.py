@@ -173,8 +173,10 @@ def test_configs_exhausting_memory(good_state, built, media, tmp_path):
     cases = dict(C.memory_cases(good))
     cases["rcf-layer-bomb"] = C.rcf_layer_bomb()
     argvs, expect = [], []
+    cases["deflated-config"] = (None, C.DEFLATED)
     for name, (cfg, what) in cases.items():
-        ckpt = _write(good_state, cfg, tmp_path / f"{name}.pt")
+        ckpt = (C.deflated_checkpoint(good_state, tmp_path / f"{name}.pt") if cfg is None else
+                _write(good_state, cfg, tmp_path / f"{name}.pt"))
         for command in ("eval", "infer"):
             out = tmp_path / "out" / f"{name}-{command}"
             out.mkdir(parents=True)
@@ -201,7 +203,7 @@ def test_configs_exhausting_memory(good_state, built, media, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ class 5
 
-LAYOUT_CASES = ["categories-a-string", "categories-empty", "category-without-name", "category-id-a-string",
+LAYOUT_CASES = ["categories-a-string", "categories-a-mapping", "category-without-name", "category-id-a-string",
                 "category-id-twice", "step-a-string", "step-negative", "step-a-float", "step-a-bool", "no-step",
                 "no-config", "config-not-text", "model-a-list", "model-entry-not-a-tensor", "no-model",
                 "world-size-zero", "data-positions-wrong", "wrong-shapes"]
