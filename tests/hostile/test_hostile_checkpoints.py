@@ -245,3 +245,16 @@ def test_weight_files_named_by_the_config_are_not_read(tmp_path):
         torch.save({**state, "config": yaml.safe_dump(cfg)}, tmp_path / "c.pt")
         loaded = load_trained(tmp_path / "c.pt", "cpu")  # a read of the FIFO would block here
         assert loaded.cfg.model.backbone_weights is None
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml")))
+def test_shipped_configs_pass_the_checks(experiment):
+    """What training saves in a checkpoint (the resolved config) is accepted for every shipped experiment, and
+    its data section is within the limits."""
+    from avis.engine.config import compose
+    from avis.engine.session import data_problem
+
+    cfg = compose([f"experiment={experiment}", "data.num_classes=3"], out_dir="runs/x")
+    data = safe_config.parse(OmegaConf.to_yaml(cfg, resolve=True))
+    assert data_problem(data["data"]) is None
+    assert safe_config.with_overrides(data).model._target_ in safe_config.ALLOWED_TARGETS
