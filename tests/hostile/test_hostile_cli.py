@@ -209,3 +209,31 @@ def test_category_mismatch_names_the_files(foreign_shards, toy_checkpoint, tmp_p
     error_line(rc, err, "eval", f["gt_disjoint"], r"categories of the checkpoint .* are not in this ground truth: "
                                                   r"1 'toy0', 2 'toy1'")
     assert not any((tmp_path / d).exists() and list((tmp_path / d).iterdir()) for d in "abc")
+
+
+def test_refusals_within_a_2_gib_address_space(fifo_inputs, tmp_path):
+    """``ulimit -v 2097152`` on the commands that do not import torch (torch alone maps about 3 GiB; the
+    checkpoint commands are checked against their own footprint in test_hostile_checkpoints): each refusal is
+    the clean line, quickly, within 2 GiB of address space."""
+    import re
+    import resource
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    r = fifo_inputs["root"]
+    cases = [(["synth", "--out", tmp_path / "o", "--size", "100000x100000"], r"width and height must be at most 4096"),
+             (["synth", "--out", tmp_path / "o", "--size", "4096x4096"], r"pixels a video, beyond"),
+             (["synth", "--out", tmp_path / "o", "--fps", "1e-9"], r"beyond the 600 s limit"),
+             (["score", "--gt", fifo_inputs["gt.json"], "--results", r / "res_ok.json"], FIFO),
+             (["score", "--gt", "/dev/zero", "--results", r / "res_ok.json"], r"a character device")]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for argv, what in cases:
+        p = subprocess.run([sys.executable, "-m", "avis", *map(str, argv)], capture_output=True, text=True, env=env,
+                           preexec_fn=cap, timeout=120)
+        assert p.returncode == 2 and re.search(what, p.stderr), (argv, p.stderr[-2000:])
+        assert "internal error" not in p.stderr and "Traceback" not in p.stderr
