@@ -167,6 +167,8 @@ def parse(text) -> dict:
         raise Refused(f"is nested deeper than {MAX_CONFIG_DEPTH} levels") from None
     except ValueError as e:  # e.g. an integer of more digits than Python converts
         raise Refused(f"has a value Python cannot read ({str(e)[:120]})") from None
+    except Exception as e:  # noqa: BLE001 - whatever else the constructor meets is the text's fault
+        raise Refused(f"could not be read ({type(e).__name__}: {str(e)[:120]})") from None
     finally:
         loader.dispose()
     if not isinstance(data, dict):
