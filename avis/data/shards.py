@@ -26,6 +26,7 @@ import numpy as np
 from avis.data.video import Instance, Video
 from avis.errors import ConfigError, InputError
 from avis.io import masks as mask_io
+from avis.io.files import open_regular, regular_file
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ def expand_shards(pattern: str | os.PathLike | Iterable) -> list[str]:
                 out.append(url)
     if not out:
         raise InputError("no shards match", str(pattern))
+    for url in out:  # a FIFO would block the reader forever: refuse anything but files (missing ones later)
+        if os.path.exists(url):
+            regular_file(url)
     return out
 
 
@@ -73,7 +77,8 @@ def iter_samples(path: str | os.PathLike) -> Iterator[dict]:
     path = os.fspath(path)
     sample: dict | None = None
     try:
-        with tarfile.open(path, mode="r|") as tar:
+        with open_regular(path, missing="unreadable shard (no such file)") as f, \
+                tarfile.open(fileobj=f, mode="r|") as tar:
             for m in tar:
                 if not m.isfile():
                     continue
