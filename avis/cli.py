@@ -8,6 +8,11 @@ and light commands stay fast. A subcommand module provides::
 
 Errors a user can act on (:class:`avis.errors.AvisError`) are printed as one line,
 ``avis <command>: error: <file>: <what is wrong>``, with a non-zero exit code; ``--debug`` shows the traceback.
+
+What a command prints comes partly from untrusted files (category names, media paths, messages quoting a
+file). While a command runs, its stdout and stderr pass through :func:`avis.io.text.printable`, the one place
+that neutralises terminal control: escape sequences, other control characters and bidirectional-text
+overrides are shown as ``\x1b``-style escapes instead of reaching the terminal raw.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import traceback
 
 from avis import __version__
 from avis.errors import AvisError
+from avis.io.text import printable
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -35,6 +41,24 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("avis.demo", "the whole workflow on the embedded synthetic dataset"),
     "view": ("avis.view", "a static HTML page to browse results with their sound (masks, IoU, attention)"),
 }
+
+
+class _PrintableStream:
+    """A text stream whose writes go through :func:`printable` (everything else is the wrapped stream's)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(printable(text))
+        return len(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def _top_help() -> str:
@@ -67,6 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"avis: error: unknown command '{name}' (choose from {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _PrintableStream(sys.stdout), _PrintableStream(sys.stderr)
+    try:
+        return _run(name, rest)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _run(name: str, rest: list[str]) -> int:
     debug = "--debug" in rest
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -79,13 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     except AvisError as e:
         if debug:
             traceback.print_exc()
-        print(f"avis {name}: error: {e}", file=sys.stderr)
+        print(f"avis {name}: error: {printable(str(e), one_line=True)}", file=sys.stderr)
         return e.exit_code
     except OSError as e:  # the machine, not our code: a full disk, a read-only folder, a missing permission
         if debug:
             traceback.print_exc()
         where = f"{e.filename}: " if e.filename else ""
-        print(f"avis {name}: error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"avis {name}: error: {printable(f'{where}{e.strerror or e}', one_line=True)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"avis {name}: interrupted", file=sys.stderr)
@@ -93,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - last resort: one line, the traceback only on request
         if debug:
             traceback.print_exc()
-        print(f"avis {name}: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        print(f"avis {name}: internal error: {printable(f'{type(e).__name__}: {e}', one_line=True)} (rerun with "
+              "--debug for the traceback)", file=sys.stderr)
         return 1
 
 

@@ -139,7 +139,9 @@ def pretrained_audio_tokens(weights: str | None = None, freeze: bool = True, **k
 
     enc = audio_tokens_tiny(freeze=freeze, **kwargs)
     if weights:
-        enc.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        from avis.io.files import regular_file
+
+        enc.load_state_dict(torch.load(regular_file(weights), map_location="cpu", weights_only=True))
     return enc
 
 

@@ -35,6 +35,7 @@ import av
 import numpy as np
 
 from avis.errors import InputError
+from avis.io.files import regular_file
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +88,7 @@ def _reason(e: BaseException) -> str:
 
 
 def _open(path: str | os.PathLike):
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise InputError("no such file", path)
+    path = os.fspath(regular_file(path))
     try:
         return av.open(path, metadata_errors="ignore")
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
@@ -444,9 +443,7 @@ def read_image(path: str | os.PathLike, max_size: int | None = None) -> np.ndarr
     """A still image (JPEG/PNG frame of a YTVIS folder) -> uint8 H x W x 3 RGB, EXIF orientation applied."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise InputError("no such file", path)
+    path = os.fspath(regular_file(path))
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im).convert("RGB")
@@ -462,7 +459,7 @@ def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(width, height) of a still image as displayed (EXIF orientation applied), from its header."""
     from PIL import Image, UnidentifiedImageError
 
-    path = os.fspath(path)
+    path = os.fspath(regular_file(path))
     try:
         with Image.open(path) as im:
             w, h = im.size

@@ -72,6 +72,16 @@ ENTER_LEAVE = 0.4  # share of paths that start or end fully outside the frame
 DISTRACTOR_COLORS = ((150, 150, 150), (125, 100, 80), (95, 145, 140), (175, 165, 120), (110, 110, 140))
 
 
+# Bounds of what the generator is asked to make: a video is rendered in memory (about 45 bytes per pixel of
+# every frame at its peak: 640 x 480 x 30 frames takes 0.5 GB), so its pixels are capped; the sound lasts as
+# long as the video.
+MAX_SIDE = 4096
+MAX_FRAMES = 10_000
+MAX_VIDEO_PIXELS = 1 << 25  # width x height x frames (e.g. 1280 x 720 x 36)
+MAX_SECONDS = 600.0
+MAX_VIDEOS = 100_000
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     width: int = 160
@@ -103,10 +113,22 @@ class SynthConfig:
         if self.width < 16 or self.height < 16 or self.width % 2 or self.height % 2:
             raise ConfigError(f"--size {self.width}x{self.height}: width and height must be even and >= 16 "
                               "(H.264 yuv420p)")
+        if self.width > MAX_SIDE or self.height > MAX_SIDE:
+            raise ConfigError(f"--size {self.width}x{self.height}: width and height must be at most {MAX_SIDE}")
         if self.frames < 1:
             raise ConfigError(f"--frames {self.frames}: need at least 1 frame")
+        if self.frames > MAX_FRAMES:
+            raise ConfigError(f"--frames {self.frames}: at most {MAX_FRAMES}")
+        if self.width * self.height * self.frames > MAX_VIDEO_PIXELS:
+            raise ConfigError(f"--size {self.width}x{self.height} with --frames {self.frames} is "
+                              f"{self.width * self.height * self.frames} pixels a video, beyond the generator's "
+                              f"{MAX_VIDEO_PIXELS} (it renders a video in memory: about 45 bytes a pixel); "
+                              "use fewer frames or a smaller size")
         if not 0 < self.fps <= 240:
             raise ConfigError(f"--fps {self.fps}: must be in (0, 240]")
+        if self.duration > MAX_SECONDS:
+            raise ConfigError(f"--frames {self.frames} at --fps {self.fps:g} last {self.duration:g} s, beyond the "
+                              f"{MAX_SECONDS:g} s limit")
         if self.sample_rate not in (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000):
             raise ConfigError(f"--sample-rate {self.sample_rate}: not an AAC sample rate")
 
@@ -387,6 +409,10 @@ def generate(out_dir: str | Path, num_videos: int = 16, seed: int = 0, audio_dep
         raise ConfigError(f"--audio-dependence {audio_dependence}: must be in [0, 1]")
     if num_videos < 1:
         raise ConfigError(f"--videos {num_videos}: need at least 1 video")
+    if num_videos > MAX_VIDEOS:
+        raise ConfigError(f"--videos {num_videos}: at most {MAX_VIDEOS}")
+    if seed < 0:
+        raise ConfigError(f"--seed {seed}: must be >= 0")
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"--val-fraction {val_fraction}: must be in [0, 1)")
     cfg = SynthConfig(width=int(size[0]), height=int(size[1]), frames=int(frames), fps=float(fps),

@@ -17,12 +17,15 @@ TOY = f"hydra.searchpath=[file://{REPO / 'tests' / 'configs'}]"
 
 @pytest.fixture(autouse=True, scope="session")
 def _trust_the_toy_method():
-    """Checkpoints of the toy method name ``tests.toy.ToyVIS``, which ``avis eval`` / ``avis infer`` refuse to
-    build from a file unless it is trusted: trusted here, in the test process only."""
-    from avis.engine import session
+    """Checkpoints of the toy method name ``tests.toy.ToyVIS`` (and its data ``tests.toy.ToyVideos``), which
+    ``avis eval`` / ``avis infer`` refuse to build from a file unless trusted: trusted here, by exact name through
+    ``AVIS_TRUSTED_TARGETS``, in the test session only (and the avis processes its tests start)."""
+    from avis.engine import safe_config
 
+    env = safe_config.TRUSTED_TARGETS_ENV
+    names = [os.environ.get(env, ""), "tests.toy.ToyVIS", "tests.toy.ToyVideos"]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(session, "TRUSTED_TARGETS", (*session.TRUSTED_TARGETS, "tests.toy."))
+        mp.setenv(env, ",".join(n for n in names if n))
         yield
 
 

@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import re
-import stat
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
@@ -57,6 +56,7 @@ from avis.data.schema import (
 from avis.data.video import Instance, Video
 from avis.errors import ConfigError, InputError
 from avis.io import masks as mask_io
+from avis.io.files import open_regular, regular_file
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,9 @@ def expand_shards(pattern: str | os.PathLike | Iterable) -> list[str]:
                 out.append(url)
     if not out:
         raise InputError("no shards match", str(pattern))
+    for url in out:  # a FIFO would block the reader forever: refuse anything but files (missing ones later)
+        if os.path.exists(url):
+            regular_file(url)
     return out
 
 
@@ -266,22 +269,8 @@ def load_categories(categories, shards: list[str]) -> list[dict]:
 # ------------------------------------------------------------------------------------------------ streams
 
 def _open_local(path: str):
-    """A local shard, opened only if it is a regular file (a FIFO would block the reader, a device never
-    end); opened without blocking, then checked."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise InputError("shard not found", path) from None
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror}", path) from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise InputError("not a regular file (a FIFO, device or folder)", path)
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+    """A local shard, opened only if it is a regular file (a FIFO would block the reader, a device never end)."""
+    return open_regular(path, missing="unreadable shard (no such file)")
 
 
 def open_shard(url: str):
@@ -622,7 +611,9 @@ class ShardSource:
         try:
             for sample in self.samples(unit, handler):
                 meta = sample["json"]
-                unknown = sorted({i["category_id"] for i in meta.get("instances", [])} - self._ids)
+                # training: a label outside the categories would stop the run; evaluation checks the
+                # categories against its checkpoint or ground truth itself (avis.engine.evaluate)
+                unknown = [] if strict else sorted({i["category_id"] for i in meta.get("instances", [])} - self._ids)
                 if unknown:
                     e = InputError(f"sample {sample['__key__']}: category_id {unknown[0]} is not one of the "
                                    f"dataset's categories {sorted(self._ids)}", unit)

@@ -22,7 +22,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from avis.errors import ConfigError
+from avis.errors import ConfigError, InputError
 from avis.models.audio.windows import DEFAULT_ETA
 
 log = logging.getLogger("avis.eval")
@@ -58,11 +58,17 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
     dict or file; None: the annotations in the shards) -> ``out_dir``/results.json, metrics.json,
     samples.csv (+ gt.json). ``overrides``: ``key=value`` changes of the checkpoint's config.
     ``keep_attention``: also write ``attention.npz`` (RCF's attention maps, for ``avis view``). Returns the
-    summary written to metrics.json plus ``results`` (the YTVIS results)."""
+    summary written to metrics.json plus ``results`` (the YTVIS results).
+
+    Refused before anything is written: a ``limit`` below 1 (:class:`~avis.errors.ConfigError`), and
+    categories that do not match the checkpoint's (a ground truth lacking one of them, shards whose manifest or
+    samples use a category it does not have: an :class:`~avis.errors.InputError` naming the file)."""
     from avis.data.shards import ShardSource
     from avis.engine.session import load_trained
     from avis.io.ytvis import load_annotations
 
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be a number of videos >= 1, got {limit}")
     trained = load_trained(checkpoint, device, list(overrides))
     cfg = trained.cfg
     if shards:
@@ -73,9 +79,16 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
         source = build_val_source(cfg.data)
         if source is None:
             raise ConfigError("no shards to evaluate: give --shards (the checkpoint's config has no data.val)")
-    if gt is not None and not isinstance(gt, dict):
-        gt = load_annotations(gt)
-    videos, recorder = iter_eval_videos(source, limit), None
+    gt_path = None if gt is None or isinstance(gt, dict) else gt
+    if gt_path is not None:
+        gt = load_annotations(gt_path)
+    check = None
+    if gt is not None:
+        _check_gt_categories(gt, trained.categories, gt_path, checkpoint)
+    else:  # the ground truth comes from the shards: their categories must be the checkpoint's
+        _check_manifest_categories(source, trained.categories, checkpoint)
+        check = _video_categories_check(trained.categories, checkpoint)
+    videos, recorder = iter_eval_videos(source, limit, check), None
     if keep_attention:  # its copies to the host count in the timing
         from avis.view.attention import AttentionRecorder
 
@@ -115,8 +128,6 @@ def _refuse_commands(cfg: DictConfig, overrides, checkpoint) -> None:
     refused; one given on the command line (an override of ``data.val``) is the user's."""
     from omegaconf import OmegaConf
 
-    from avis.errors import InputError
-
     given = any(str(o).lstrip("+~").startswith("data.val") for o in overrides or ())
     pattern = OmegaConf.select(cfg, "data.val.pattern", default=None)
     if not given and "pipe:" in str(pattern):
@@ -124,16 +135,69 @@ def _refuse_commands(cfg: DictConfig, overrides, checkpoint) -> None:
                          "is a pipe: URL); avis runs no command a checkpoint names: give --shards", checkpoint)
 
 
-def iter_eval_videos(source, limit: int | None = None):
-    """All videos of a source (:class:`avis.data.VideoSource`), decoded, in unit order; an unreadable video
-    stops the evaluation (strict)."""
+def iter_eval_videos(source, limit: int | None = None, check=None):
+    """All videos of a source (:class:`avis.data.VideoSource`), decoded, in unit order (the first ``limit``);
+    an unreadable video stops the evaluation (strict). ``check(unit, video)`` sees each decoded video before it
+    is handed out (it raises to refuse one)."""
+    if limit is not None and limit < 1:
+        return
     n = 0
     for unit in source.units():
         for v in source.videos(unit, strict=True):
-            yield v.load()
+            video = v.load()
+            if check is not None:
+                check(unit, video)
+            yield video
             n += 1
-            if limit is not None and n >= limit:
+            if limit is not None and n >= limit:  # before the next is read: it may be one that fails
                 return
+
+
+def _names(cats, ids) -> str:
+    by_id = {c["id"]: c.get("name", "") for c in cats}
+    shown = ", ".join(f"{i} {by_id.get(i, '')!r}" for i in sorted(ids)[:5])
+    return shown + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+
+
+def _check_gt_categories(gt: dict, cats: list[dict], gt_path, ckpt) -> None:
+    """The model can only predict the checkpoint's categories: each must be in the ground truth (else its
+    results could not be scored); categories only the ground truth has score 0 (a warning)."""
+    mine, theirs = {c["id"] for c in cats}, {c["id"] for c in gt["categories"]}
+    if mine - theirs:
+        raise InputError(f"categories of the checkpoint {ckpt} are not in this ground truth: "
+                         f"{_names(cats, mine - theirs)}", gt_path)
+    if theirs - mine:
+        log.warning("%s: categories the checkpoint %s cannot predict (they score 0): %s",
+                    gt_path or "ground truth", ckpt, _names(gt["categories"], theirs - mine))
+
+
+def _check_manifest_categories(source, cats: list[dict], ckpt) -> None:
+    from avis.data.shards import load_manifest
+
+    files = getattr(source, "files", None)
+    manifest = load_manifest(files) if files else None
+    if not manifest or not isinstance(manifest.get("categories"), list):
+        return
+    mine = {c["id"] for c in cats}
+    extra = {c.get("id") for c in manifest["categories"] if isinstance(c, dict)} - mine
+    if extra:
+        raise InputError(f"the shards' categories {_names(manifest['categories'], extra)} are not among the "
+                         f"categories of the checkpoint {ckpt} ({_names(cats, mine)})",
+                         Path(files[0]).parent / "manifest.json")
+
+
+def _video_categories_check(cats: list[dict], ckpt):
+    mine = {c["id"] for c in cats}
+
+    def check(unit, video) -> None:
+        for inst in getattr(video, "instances", None) or []:
+            cid = getattr(inst, "category_id", None)
+            if cid is not None and cid not in mine:
+                raise InputError(f"sample {getattr(video, 'key', '')} (video {video.video_id}): category id {cid} "
+                                 f"is not among the categories of the checkpoint {ckpt} ({_names(cats, mine)})",
+                                 unit if isinstance(unit, str) else None)
+
+    return check
 
 
 def _gt_sizes(gt: dict | None) -> dict | None:

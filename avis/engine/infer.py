@@ -8,6 +8,10 @@ the same frames and audio windows as in training. Writes::
     DIR/videos.json      the videos as a YTVIS annotation file without annotations (ids, sizes, frame times,
                          video_file): with results.json it is the input of ``avis export``
     DIR/overlay/*.mp4    masks, track ids and classes drawn on the source, with the source's sound
+
+Everything is written to a staging folder inside ``DIR`` first and moved into place only when the whole run
+succeeded (``results.json`` last): a run that fails (a bad video, an overlay that cannot be encoded) leaves
+the outputs of an earlier run as they were.
 """
 
 from __future__ import annotations
@@ -15,9 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from avis.errors import InputError
+from avis.io.files import regular_file
 from avis.models.audio.windows import DEFAULT_ETA
 
 log = logging.getLogger("avis.infer")
@@ -49,8 +57,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--fps must be positive, got {args.fps}")
     paths = [Path(v) for v in args.videos]
     for p in paths:
-        if not p.is_file():
-            raise InputError("no such file", p)
+        regular_file(p)
     trained = load_trained(args.checkpoint, args.device)
     dc = trained.cfg.data
     out = Path(args.out)
@@ -74,13 +81,28 @@ def run(args: argparse.Namespace) -> int:
                           short=dc.get("test_size"), max_size=dc.get("test_max_size"),
                           eta=float(dc.get("eta", DEFAULT_ETA)), amp=not args.no_amp, with_gt=False, sizes=sizes)
     videos = {"videos": entries, "annotations": [], "categories": trained.categories}
-    save_json(pred["results"], out / "results.json")
-    save_json(videos, out / "videos.json")
     summary = {"videos": len(entries), "results": len(pred["results"]), "timing": pred["timing"]}
-    if not args.no_overlay:
-        summary["overlay"] = _overlays(pred["results"], videos, out, args)
+    stage = Path(tempfile.mkdtemp(prefix=".avis-infer-", dir=out))
+    try:
+        save_json(pred["results"], stage / "results.json")
+        save_json(videos, stage / "videos.json")
+        if not args.no_overlay:
+            _overlays(pred["results"], videos, stage, args)
+            summary["overlay"] = str(out / "overlay")
+        _move_into_place(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     print(json.dumps(summary))
     return 0
+
+
+def _move_into_place(stage: Path, out: Path) -> None:
+    """Each staged file replaces its namesake in ``out`` (a rename: atomic per file), ``results.json`` last."""
+    files = sorted((p for p in stage.rglob("*") if p.is_file()), key=lambda p: p.name == "results.json")
+    for p in files:
+        dst = out / p.relative_to(stage)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(p, dst)
 
 
 def _overlays(results: list[dict], videos: dict, out: Path, args) -> str:

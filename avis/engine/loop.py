@@ -117,7 +117,7 @@ class Trainer:
         self.last_eval: dict | None = None  # the last periodic evaluation's scalars (avis.engine.hooks.PeriodicEval)
 
     def _load(self, path: Path):
-        state = ckpt_io.load(path)
+        state = ckpt_io.load(path, require=("step", "model", "optimizer", "scheduler"))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

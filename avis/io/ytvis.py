@@ -51,8 +51,10 @@ def load_json(path: str | os.PathLike):
     if size > limit:
         raise InputError(f"file is {size} bytes, larger than the {limit} byte limit for JSON (set "
                          "AVIS_MAX_JSON_BYTES to raise it)", path)
+    from avis.io.files import open_regular
+
     try:
-        with open(path, encoding="utf-8") as f:
+        with open_regular(path, "r", encoding="utf-8") as f:
             return json.load(f)
     except UnicodeDecodeError:
         raise InputError("not UTF-8 text", path) from None

@@ -21,6 +21,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FrozenBatchNorm2d
 
 from avis.errors import ConfigError, InputError
+from avis.io.files import regular_file
 
 _RESNETS = {
     "resnet18": (torchvision.models.resnet18, [64, 128, 256, 512]),
@@ -39,6 +40,7 @@ _HEAD_PREFIXES = ("fc.", "head.", "norm.")
 
 def load_local_weights(model: nn.Module, path: str) -> None:
     """Load a torchvision classification state dict from a local file into ``model`` (head keys ignored)."""
+    regular_file(path, missing="weights file not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as e:

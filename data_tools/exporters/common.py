@@ -8,6 +8,7 @@ A *track* here is one YTVIS result with a ``track_id`` that is unique within its
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections import defaultdict
@@ -63,14 +64,44 @@ def tracks_by_video(tracks: list[dict]) -> dict[int, list[dict]]:
     return out
 
 
-def _safe(name: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
-    return name or "video"
+MAX_NAME = 100  # characters of a file or folder name taken from an input (file systems allow 255 bytes)
+# Names Windows reserves whatever the extension: exported folders are often copied there.
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
+
+
+def _safe(name: str, fallback: str = "video") -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:MAX_NAME].rstrip("._")
+    if name.lower() in _RESERVED:
+        name = f"{name}_"
+    return name or fallback
+
+
+def _suffix(vid) -> str:
+    text = _safe(str(vid), "x")
+    return text if len(text) <= 20 else hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def unique_names(base: dict, max_rounds: int = 8) -> dict:
+    """key -> a name unique among all, compared case-insensitively (macOS and Windows file systems): a name
+    shared by several keys gets ``_<key>`` appended on each of them, again if that collides with another
+    name. The result depends only on the set of (key, base name) pairs, not on their order."""
+    names = dict(base)
+    for _ in range(max_rounds):
+        groups: dict[str, list] = defaultdict(list)
+        for k, n in names.items():
+            groups[n.casefold()].append(k)
+        clash = {k for ks in groups.values() if len(ks) > 1 for k in ks}
+        if not clash:
+            return names
+        names = {k: (f"{n}_{_suffix(k)}" if k in clash else n) for k, n in names.items()}
+    raise AssertionError("names still collide")  # unreachable: keys are distinct, so suffixes separate them
 
 
 def video_names(gt: dict) -> dict[int, str]:
-    """video id -> a file-system-safe, unique name: the stem of ``video_file``, else the folder of the
-    first ``file_names`` entry (YTVIS: ``<name>/00000.jpg``), else ``video_<id>``."""
+    """video id -> a file-system-safe name, unique (case-insensitively) and stable (the same input gives the
+    same names, in any order): the stem of ``video_file``, else the folder of the first ``file_names`` entry
+    (YTVIS: ``<name>/00000.jpg``), else ``video_<id>``; names that collide (``x/a.mp4`` and ``y/a.mp4``, or
+    ``A.mp4`` and ``a.mp4``) all get ``_<id>`` appended, so no export overwrites another video's files."""
     names: dict[int, str] = {}
     for v in gt["videos"]:
         if v.get("video_file"):
@@ -80,18 +111,16 @@ def video_names(gt: dict) -> dict[int, str]:
         else:
             n = f"video_{v['id']}"
         names[v["id"]] = _safe(n)
-    counts: dict[str, int] = defaultdict(int)
-    for n in names.values():
-        counts[n] += 1
-    return {vid: (n if counts[n] == 1 else f"{n}_{vid}") for vid, n in names.items()}
+    return unique_names(names)
 
 
 def frame_stems(video: dict) -> list[str]:
-    """One file stem per annotated frame: the ``file_names`` stems when they are unique, else 00000, 00001..."""
+    """One file stem per annotated frame: the ``file_names`` stems when they are unique (case-insensitively),
+    else 00000, 00001..."""
     n = video["length"]
     fn = video.get("file_names") or []
-    stems = [_safe(PurePosixPath(f.replace("\\", "/")).stem) for f in fn]
-    if len(stems) == n and len(set(stems)) == n:
+    stems = [_safe(PurePosixPath(f.replace("\\", "/")).stem, "") for f in fn]
+    if len(stems) == n and all(stems) and len({st.casefold() for st in stems}) == n:
         return stems
     return [f"{t:05d}" for t in range(n)]
 

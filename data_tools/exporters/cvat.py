@@ -30,6 +30,8 @@ from pycocotools import mask as coco_mask
 from avis.errors import InputError
 from avis.io import masks as mask_io
 from avis.io.atomic import atomic_open
+from avis.io.files import regular_file
+from avis.io.text import xml_text
 
 from .common import category_names, tracks_by_video, video_names
 
@@ -162,6 +164,7 @@ def video_xml(v: dict, vtracks: list[dict], name: str, cats: dict[int, str], sha
     """
     if shape not in SHAPES:
         raise ValueError(f"CVAT shape must be one of {SHAPES}, got {shape!r}")
+    cats = {k: xml_text(n) for k, n in cats.items()}  # a control character would make the file invalid XML
     root = ET.Element("annotations")
     _text(root, "version", "1.1")
     _meta(root, v, name, [cats[c] for c in sorted(cats)], shape)
@@ -211,7 +214,7 @@ def write_cvat(tracks: list[dict], gt: dict, out_dir: str | os.PathLike, shape: 
 
 def read_cvat(path: str | os.PathLike, gt: dict) -> list[dict]:
     """One CVAT for video 1.1 XML written by :func:`write_cvat` -> tracks (category by label name)."""
-    path = Path(path)
+    path = regular_file(path)
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as e:
@@ -219,7 +222,7 @@ def read_cvat(path: str | os.PathLike, gt: dict) -> list[dict]:
     try:
         vid = int(root.findtext("meta/task/id"))
         v = next(x for x in gt["videos"] if x["id"] == vid)
-        by_name = {c["name"]: c["id"] for c in gt["categories"]}
+        by_name = {xml_text(c["name"]): c["id"] for c in gt["categories"]}  # as written
         objects: dict[int, dict] = {}  # group_id (the object's track id) -> track
         for tr in root.iter("track"):
             oid = int(tr.get("group_id") or tr.get("id"))

@@ -27,6 +27,8 @@ from avis.errors import ConfigError, InputError
 from avis.io import masks as mask_io
 from avis.io import ytvis
 from avis.io.atomic import atomic_open
+from avis.io.files import regular_file
+from avis.io.text import printable
 
 from .common import category_names, davis_palette, tracks_by_video, video_names
 
@@ -93,8 +95,7 @@ def _mask_index(out_times: np.ndarray, ann_times: list[float]) -> np.ndarray:
 
 
 def _open(path: Path):
-    if not path.is_file():
-        raise InputError("no such file", path)
+    regular_file(path)
     try:
         return av.open(os.fspath(path), metadata_errors="ignore")
     except (av.FFmpegError, OSError, ValueError) as e:
@@ -166,15 +167,27 @@ def _video_t0(path: Path) -> float:
     return 0.0
 
 
+def aac_rate(rate: int) -> int:
+    """The sample rate to encode a ``rate`` Hz source with AAC: its own when AAC has it, else the lowest AAC
+    rate above it (nothing is lost), else AAC's highest (a 192 kHz source becomes 96 kHz)."""
+    rates = sorted(av.Codec("aac", "w").audio_rates or (8000, 11025, 16000, 22050, 32000, 44100, 48000, 96000))
+    if rate in rates:
+        return rate
+    return next((r for r in rates if r > rate), rates[-1])
+
+
 def _audio_stream(out: av.container.OutputContainer, src: Path):
-    """Add the AAC stream for ``src``'s first audio stream (before anything is muxed); None without sound."""
+    """Add the AAC stream for ``src``'s first audio stream (before anything is muxed); None without sound.
+    The sound is resampled (:func:`aac_rate`) when AAC cannot encode the source's rate (1 kHz, 192 kHz)."""
     with _open(src) as c:
         if not c.streams.audio:
             return None
         cc = c.streams.audio[0].codec_context
         layout = cc.layout.name if cc.layout else "mono"
         layout = layout if layout in ("mono", "stereo") else "stereo"  # AAC-LC: downmix anything wider
-        ost = out.add_stream("aac", rate=cc.sample_rate)
+        if not cc.sample_rate or cc.sample_rate <= 0:
+            raise InputError("the sound stream has no sample rate", src)
+        ost = out.add_stream("aac", rate=aac_rate(cc.sample_rate))
         ost.codec_context.layout = layout
         ost.codec_context.format = "fltp"
         return ost
@@ -216,7 +229,7 @@ def _encode_audio(out: av.container.OutputContainer, ost, src: Path, offset: flo
 
         try:
             if pad:
-                emit(res.resample(_silence(pad, layout, rate)))
+                emit([_silence(pad, layout, rate)])  # already in the output format: not through the resampler
             for frame in c.decode(ins):
                 frame.pts = None  # the resampler re-times; we keep our own sample count
                 emit(res.resample(frame))
@@ -257,8 +270,7 @@ def _jpeg_frames(v: dict, videos_dir: Path, times: list[float], fps: float):
     for k in range(n):
         i = int(idx[k])
         if cache is None or cache[0] != i:
-            if not paths[i].is_file():
-                raise InputError("no such file", paths[i])
+            regular_file(paths[i])
             try:
                 with Image.open(paths[i]) as im:
                     cache = (i, np.asarray(ImageOps.exif_transpose(im).convert("RGB")))
@@ -279,7 +291,8 @@ def write_video_overlay(v: dict, vtracks: list[dict], cats: dict[int, str], vide
     H, W = v["height"], v["width"]
     font = ImageFont.load_default(size=max(10, H // 28))
     order = sorted(vtracks, key=lambda t: t["score"])  # the best drawn last, on top
-    labels = [f"{t['track_id']} {cats.get(t['category_id'], t['category_id'])} {t['score']:.2f}" for t in order]
+    labels = [printable(f"{t['track_id']} {cats.get(t['category_id'], t['category_id'])} {t['score']:.2f}",
+                        one_line=True) for t in order]
     if v.get("video_file"):
         src = videos_dir / v["video_file"]
         frames = iter_frames(src, rate)
@@ -298,8 +311,8 @@ def write_video_overlay(v: dict, vtracks: list[dict], cats: dict[int, str], vide
             vst = out.add_stream("libx264", rate=Fraction(rate).limit_denominator(100000))
             vst.width, vst.height, vst.pix_fmt = ew, eh, "yuv420p"
             vst.options = {"crf": "20", "preset": "veryfast"}
-            if audio_src is not None and not audio_src.is_file():
-                raise InputError("no such file", audio_src)
+            if audio_src is not None:
+                regular_file(audio_src)
             ast = _audio_stream(out, audio_src) if audio_src is not None else None
             cache: dict[int, list] = {}
             for k, t, rgb in frames:

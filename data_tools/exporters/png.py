@@ -20,6 +20,7 @@ from avis.errors import InputError
 from avis.io import masks as mask_io
 from avis.io import ytvis
 from avis.io.atomic import atomic_open
+from avis.io.files import regular_file
 
 from .common import category_names, davis_palette, frame_stems, tracks_by_video, video_names
 
@@ -81,7 +82,7 @@ def read_png(root: str | os.PathLike, gt: dict) -> list[dict]:
         for name in meta["frames"]:
             if "/" in name or "\\" in name or name.startswith("."):
                 raise InputError(f"frame name {name!r} is not a plain file name", meta_path)
-            with Image.open(meta_path.parent / name) as im:
+            with Image.open(regular_file(meta_path.parent / name)) as im:
                 frames.append(np.asarray(im))
         maps = np.stack(frames)
         for inst in meta["instances"]:

@@ -13,6 +13,7 @@ from avis.errors import InputError
 from avis.io import masks as mask_io
 from avis.io import ytvis
 from avis.io.atomic import atomic_open
+from avis.io.files import regular_file
 
 
 def _result(t: dict) -> dict:
@@ -67,6 +68,7 @@ def read_results(path: str | os.PathLike, gt: dict) -> list[dict]:
     """Read ``results.json``, ``results.zip`` or ``ytvis_annotations.json`` back as tracks."""
     path = Path(path)
     if path.suffix == ".zip":
+        regular_file(path)
         if not zipfile.is_zipfile(path):
             raise InputError("not a zip file", path)
         with zipfile.ZipFile(path) as z:

@@ -147,6 +147,37 @@ def _patch_sps(sps: bytes, width: int, height: int) -> bytes:
     return bytes(int(new[b:b + 8], 2) for b in range(0, len(new), 8))
 
 
+def odd_rate(path: Path, rate: int, codec: str = "pcm_s16le", num_frames: int = 12, fps: int = 15) -> Path:
+    """H.264 + sound at a sample rate AAC cannot encode (1 kHz, 192 kHz), in Matroska: a 440 Hz tone (or
+    100 Hz below 1 kHz) for the length of the video."""
+    w, h = 64, 48
+    with av.open(str(path), "w", format="matroska") as c:
+        vs = c.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        vs.options = {"preset": "ultrafast"}
+        aus = c.add_stream(codec, rate=rate)
+        aus.layout = "mono"
+        for i in range(num_frames):
+            f = av.VideoFrame.from_ndarray(np.full((h, w, 3), 16 + 7 * i, np.uint8), format="rgb24")
+            f.pts = i
+            for p in vs.encode(f):
+                c.mux(p)
+        for p in vs.encode():
+            c.mux(p)
+        n = int(rate * num_frames / fps)
+        tone = 100.0 if rate < 2000 else 440.0
+        x = (0.3 * np.sin(2 * np.pi * tone * np.arange(n) / rate) * 32767).astype(np.int16)[None]
+        step = max(1, rate // 10)
+        for s in range(0, n, step):
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(x[:, s:s + step]), format="s16", layout="mono")
+            af.sample_rate, af.pts, af.time_base = rate, s, Fraction(1, rate)
+            for p in aus.encode(af):
+                c.mux(p)
+        for p in aus.encode():
+            c.mux(p)
+    return path
+
+
 def make_media(root: Path) -> dict[str, Path]:
     """name -> file of every hostile media case (and ``good``)."""
     root.mkdir(parents=True, exist_ok=True)

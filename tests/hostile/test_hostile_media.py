@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 
+import numpy as np
 import pytest
 
 from tests.hostile import jsons
@@ -184,3 +185,100 @@ def test_media_paths_must_stay_inside_the_videos_folder(key, value, build_inputs
                       "--videos", videos, "--out", tmp_path / "exp")
     error_line(rc, err, "export", bad, rf"'{key}' '{re.escape(value)}' must be a path relative")
     assert not (tmp_path / "exp").exists()
+
+
+# ------------------------------------------------------------------------------------------------ class 4
+# sound AAC cannot encode, and a run that fails after its predictions
+
+# name -> (sample rate of the source's sound, its tone in Hz)
+ODD_RATES = {"1-kHz": (1000, 100.0), "5-kHz": (5000, 440.0), "50-kHz": (50000, 440.0), "192-kHz": (192000, 440.0),
+             "384-kHz": (384000, 440.0)}
+
+
+@pytest.fixture(scope="module")
+def odd_media(tmp_path_factory) -> dict:
+    from tests.hostile.media import odd_rate
+
+    root = tmp_path_factory.mktemp("odd_rates")
+    return {name: odd_rate(root / f"{name}.mkv", rate) for name, (rate, _) in ODD_RATES.items()}
+
+
+def _overlay_sound(path) -> tuple[int, np.ndarray]:
+    import av
+
+    with av.open(str(path)) as c:
+        rate = c.streams.audio[0].codec_context.sample_rate
+        x = np.concatenate([f.to_ndarray().mean(axis=0) for f in c.decode(audio=0)])
+    return rate, x
+
+
+@pytest.mark.parametrize("case", list(ODD_RATES))
+def test_overlay_resamples_sound_aac_cannot_encode(case, odd_media, toy_checkpoint, tmp_path, capsys):
+    """``avis infer`` (and the overlay export it shares): the sound is resampled to a rate AAC has and keeps
+    its tone and length."""
+    from data_tools.exporters.overlay import aac_rate
+
+    rate, tone = ODD_RATES[case]
+    rc, _, err = call(capsys, "infer", odd_media[case], "--checkpoint", toy_checkpoint, "--out", tmp_path, "--fps", 5)
+    assert rc == 0, err
+    got_rate, x = _overlay_sound(tmp_path / "overlay" / f"{case}.mp4")
+    assert got_rate == aac_rate(rate) and got_rate in av_aac_rates()
+    assert abs(len(x) / got_rate - 0.8) < 0.1  # 12 frames at 15 fps
+    spectrum = np.abs(np.fft.rfft(x[: int(0.7 * got_rate)]))
+    peak = np.fft.rfftfreq(int(0.7 * got_rate), 1 / got_rate)[int(np.argmax(spectrum))]
+    assert abs(peak - tone) < 0.05 * tone, peak
+
+
+def av_aac_rates() -> list[int]:
+    import av
+
+    return list(av.Codec("aac", "w").audio_rates)
+
+
+def test_aac_rate_choice():
+    from data_tools.exporters.overlay import aac_rate
+
+    assert [aac_rate(r) for r in (1000, 7350, 8000, 12345, 44100, 50000, 88200, 96000, 176400, 192000)] == \
+        [7350, 7350, 8000, 16000, 44100, 64000, 88200, 96000, 96000, 96000]
+
+
+def test_export_overlay_of_odd_rate_sound(odd_media, tmp_path, capsys):
+    shutil.copy(odd_media["1-kHz"], tmp_path / "a.mp4")
+    shutil.copy(odd_media["192-kHz"], tmp_path / "b.mp4")
+    gt = jsons.valid_gt(media=True)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "res.json").write_text(json.dumps(jsons.valid_results(gt)))
+    rc, _, err = call(capsys, "export", "--gt", tmp_path / "gt.json", "--results", tmp_path / "res.json",
+                      "--format", "overlay", "--videos", tmp_path, "--out", tmp_path / "out", "--score-threshold", "0")
+    assert rc == 0, err
+    assert [_overlay_sound(tmp_path / "out" / "overlay" / f"{n}.mp4")[0] for n in "ab"] == [7350, 96000]
+
+
+def test_failed_infer_leaves_earlier_outputs(media, toy_checkpoint, tmp_path, capsys, monkeypatch):
+    """The overlay of the second video fails after the predictions are made: results.json, videos.json and
+    the earlier overlays stay byte-identical, and nothing of the failed run is left."""
+    from avis.errors import InputError
+    from data_tools.exporters import overlay
+
+    shutil.copy(media["good"], tmp_path / "a.mp4")
+    shutil.copy(media["good"], tmp_path / "b.mp4")
+    out = tmp_path / "out"
+    rc, _, err = call(capsys, "infer", tmp_path / "a.mp4", tmp_path / "b.mp4", "--checkpoint", toy_checkpoint,
+                      "--out", out)
+    assert rc == 0, err
+    (out / "results.json").write_text("earlier results\n")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert sorted(map(str, before)) == ["overlay/a.mp4", "overlay/b.mp4", "results.json", "videos.json"]
+    real = overlay.write_video_overlay
+
+    def failing(v, *a, **kw):
+        if v["id"] == 2:
+            raise InputError("cannot encode this one", v["video_file"])
+        return real(v, *a, **kw)
+
+    monkeypatch.setattr(overlay, "write_video_overlay", failing)
+    rc, _, err = call(capsys, "infer", tmp_path / "a.mp4", tmp_path / "b.mp4", "--checkpoint", toy_checkpoint,
+                      "--out", out, "--fps", 3)
+    error_line(rc, err, "infer", None, "cannot encode this one")
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in out.iterdir()) == ["overlay", "results.json", "videos.json"]

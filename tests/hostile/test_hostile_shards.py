@@ -97,8 +97,8 @@ def _bad_checkpoints(root, good) -> dict:
     assert "pathlib.Path.write_text" in state["config"]
     torch.save(state, root / "config_target.pt")
     cases["config-target-injection"] = (root / "config_target.pt", m,
-                                        r"checkpoint config names code outside avis/torch to run "
-                                        r"\(pathlib\.Path\.write_text\)")
+                                        r"checkpoint config model\._target_ 'pathlib\.Path\.write_text' is not "
+                                        r"one of the builders avis registers")
     (root / "zero.pt").write_bytes(b"")
     cases["zero-byte"] = (root / "zero.pt", None, r"not a loadable checkpoint")
     data = good.read_bytes()

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from avis.errors import InputError
+from avis.io.files import regular_file
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,7 @@ def load_vggish_state_dict(model: VGGish, path: str | os.PathLike) -> None:
     The loaded tensors (cast to float32) replace the module's parameters (``assign=True``), so ``model`` may
     live on the meta device.
     """
-    if not os.path.isfile(path):
-        raise InputError("VGGish weights file not found", path)
+    regular_file(path, missing="VGGish weights file not found")
     try:
         state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling refused or corrupt file: one clear line, not a traceback
