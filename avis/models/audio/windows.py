@@ -19,7 +19,7 @@ def window_length(eta: float = DEFAULT_ETA, sample_rate: int = SAMPLE_RATE) -> i
 
 def frame_windows(waveform: torch.Tensor, frame_times, sample_rate: int = SAMPLE_RATE,
                   eta: float = DEFAULT_ETA) -> torch.Tensor:
-    """Cut the windows of all frames of a clip in one gather.
+    """Cut the windows of all frames of a clip at once.
 
     waveform: (..., N) mono samples; frame_times: (T,) seconds -> (..., T, S) with S = round(eta * sr).
     """
@@ -27,10 +27,16 @@ def frame_windows(waveform: torch.Tensor, frame_times, sample_rate: int = SAMPLE
     times = torch.as_tensor(frame_times, dtype=torch.float64)
     ends = torch.round(times * sample_rate).to(torch.long)  # exclusive end sample of each window
     n = waveform.shape[-1]
-    # Pad once on both sides so that every index below is valid, then gather (T, S) indices.
-    pad_left = max(0, s - int(ends.min()) if ends.numel() else 0)
-    pad_right = max(0, int(ends.max()) - n if ends.numel() else 0)
-    padded = torch.nn.functional.pad(waveform, (pad_left, pad_right))
-    idx = (ends[:, None] - s + pad_left) + torch.arange(s)[None, :]  # (T, S)
-    idx = idx.to(waveform.device)
-    return padded[..., idx]
+    if not ends.numel():
+        return waveform.new_zeros(*waveform.shape[:-1], 0, s)
+    # Only the span the windows cover, [lo, hi), padded where it reaches outside the audio; the windows are
+    # views of it (unfold), copied once: the cost follows the clip, not the length of the video's sound.
+    lo, hi = int(ends.min()) - s, int(ends.max())
+    a, b = min(max(lo, 0), n), min(max(hi, 0), n)
+    b = max(a, b)
+    pad_left = a - lo
+    if b > a:
+        span = torch.nn.functional.pad(waveform[..., a:b], (pad_left, hi - lo - pad_left - (b - a)))
+    else:  # every window outside the audio (pad cannot grow an empty tensor)
+        span = waveform.new_zeros(*waveform.shape[:-1], hi - lo)
+    return span.unfold(-1, s, 1)[..., (ends - s - lo).to(waveform.device), :]
