@@ -9,8 +9,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import shutil
 import threading
+import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -75,6 +77,7 @@ class _Handler(SimpleHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(data[: len(data) // 2])
             self.wfile.flush()
+            time.sleep(self.server.drop_delay)  # the client reads what came before the break
             self.close_connection = True
             return
         super().do_GET()
@@ -83,7 +86,7 @@ class _Handler(SimpleHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def server(dataset):
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(dataset)))
-    httpd.drops, httpd.requests, httpd.lock = {}, [], threading.Lock()
+    httpd.drops, httpd.requests, httpd.lock, httpd.drop_delay = {}, [], threading.Lock(), 0.0
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -96,6 +99,17 @@ def server(dataset):
 def _reset(server):
     server.drops.clear()
     server.requests.clear()
+    server.drop_delay = 0.0
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """``avis.cli.main`` sets up logging on the (captured, later closed) stderr of the test that first calls it."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def _call(capsys, *args):
@@ -208,7 +222,7 @@ def test_a_broken_transfer_continues_after_the_samples_handed_out(dataset, serve
                     for m in t.getmembers():
                         out.addfile(m, t.extractfile(m))
     local = [(v.video_id, v.frames.tobytes()) for v in iter_videos(all_tar)]
-    server.drops["all.tar"] = 1
+    server.drops["all.tar"], server.drop_delay = 1, 1.0
     src = ShardSource(f"{server.url}/all.tar", categories=CATS)
     with caplog.at_level(logging.WARNING, logger="avis.data.shards"):
         got = [(v.video_id, v.load().frames.tobytes()) for v in src.videos(src.units()[0])]
@@ -244,6 +258,28 @@ def test_a_server_that_always_breaks_off(dataset, server, monkeypatch, capsys, t
     assert lines == [f"avis train: error: {url}: unreadable shard (curl exited with status 18: the transfer "
                      "stopped early)"], err
     assert "Traceback" not in err
+
+
+def test_unreachable_shards_are_one_line(server, capsys):
+    """A missing file on the server, a port nobody listens on, an fsspec protocol without its backend, a scheme
+    nobody reads: one line each, naming the URL."""
+    import importlib.util
+    import socket
+
+    with socket.socket() as s:  # a free port, closed again
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/shard-000000.tar"
+    cases = [(f"{server.url}/shards/shard-000009.tar", r"unreadable shard \(curl exited with status 22: the server "
+                                                       r"answered with an HTTP error\)"),
+             (closed, r"unreadable shard \(curl exited with status 7: could not connect\)"),
+             ("s5://bucket/shard-000000.tar", r"no reader for 's5:' URLs")]
+    if importlib.util.find_spec("fsspec") and not importlib.util.find_spec("s3fs"):
+        cases.append(("s3://bucket/shard-000000.tar", r"unreadable shard \(Install s3fs to access S3\)"))
+    for url, what in cases:
+        rc, _, err = _call(capsys, "inspect", url)
+        lines = [ln for ln in err.splitlines() if "avis inspect: error: " in ln]
+        assert rc == 2 and len(lines) == 1 and lines[0].startswith(f"avis inspect: error: {url}: "), err
+        assert re.search(what, lines[0]), lines[0]
 
 
 def test_a_manifest_from_a_server_names_no_command(dataset, server, tmp_path):
