@@ -219,6 +219,16 @@ def expand_shards(pattern: str | os.PathLike | Iterable) -> list[str]:
     return out
 
 
+def manifest_location(shards: list[str]) -> str | None:
+    """Where the ``manifest.json`` beside the first shard is (a path or URL); None for a ``pipe:`` shard."""
+    first = shards[0]
+    if first.startswith("pipe:"):
+        return None
+    if not _is_remote(first):
+        return str(Path(_local_path(first)).parent / MANIFEST)
+    return _base(first) + MANIFEST
+
+
 def load_manifest(shards: list[str]) -> dict | None:
     """The ``manifest.json`` beside the first shard (a path or URL), or None where there is none (a ``pipe:``
     shard has no place beside it)."""
@@ -241,7 +251,7 @@ def load_categories(categories, shards: list[str]) -> list[dict]:
     where = None
     if categories is None:
         first = shards[0]
-        where = None if first.startswith("pipe:") else (_base(first) or "./") + MANIFEST
+        where = manifest_location(shards)
         why = "a pipe: shard has no place beside it"
         manifest = None
         if where is not None:

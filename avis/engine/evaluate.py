@@ -172,7 +172,7 @@ def _check_gt_categories(gt: dict, cats: list[dict], gt_path, ckpt) -> None:
 
 
 def _check_manifest_categories(source, cats: list[dict], ckpt) -> None:
-    from avis.data.shards import load_manifest
+    from avis.data.shards import load_manifest, manifest_location
 
     files = getattr(source, "files", None)
     manifest = load_manifest(files) if files else None
@@ -183,7 +183,7 @@ def _check_manifest_categories(source, cats: list[dict], ckpt) -> None:
     if extra:
         raise InputError(f"the shards' categories {_names(manifest['categories'], extra)} are not among the "
                          f"categories of the checkpoint {ckpt} ({_names(cats, mine)})",
-                         Path(files[0]).parent / "manifest.json")
+                         manifest_location(files))
 
 
 def _video_categories_check(cats: list[dict], ckpt):
