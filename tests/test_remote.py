@@ -166,7 +166,7 @@ def _train(monkeypatch, capsys, run_dir: Path, pattern: str, *extra) -> tuple[in
     monkeypatch.setattr(train_mod, "run", functools.partial(train_mod.run, hooks=[Trace(run_dir / "trace")]))
     rc, out, err = _call(capsys, "train", "experiment=toy_av", TOY, "data=shards", f"data.train.pattern={pattern}",
                          "data.batch_size=2", "data.num_workers=0", "data.scales=[24]", "data.shuffle_buffer=4",
-                         "data.clips_per_video=2", "trainer.max_steps=8", "trainer.eval_every=0",
+                         "data.clips_per_video=2", "trainer.max_steps=8", "trainer.ckpt_every=4", "trainer.eval_every=0",
                          "trainer.progress=false", "trainer.tensorboard=false", f"hydra.run.dir={run_dir}", *extra)
     trace = run_dir / "trace" / "trace_rank0.jsonl"
     steps = [json.loads(ln) for ln in trace.read_text().splitlines()] if trace.exists() else []
@@ -194,6 +194,13 @@ def test_train_and_eval_by_url_equal_the_disk(dataset, server, monkeypatch, caps
         assert (a["video_ids"], a["loss"], a["params"]) == (b["video_ids"], b["loss"], b["params"])
     wa, wb = _weights(tmp_path / "disk"), _weights(tmp_path / "web")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # resumed from the web run's step-4 checkpoint, by URL: steps 5-8 are the uninterrupted run's
+    rc, err, resumed = _train(monkeypatch, capsys, tmp_path / "resumed", f"{server.url}/shards/",
+                              f"trainer.resume={tmp_path / 'web' / 'checkpoints' / 'step_00000004.pt'}")
+    assert rc == 0, err
+    assert [s["step"] for s in resumed] == [5, 6, 7, 8]
+    for a, b in zip(disk[4:], resumed):
+        assert (a["video_ids"], a["loss"], a["params"]) == (b["video_ids"], b["loss"], b["params"])
 
     # avis eval by URL: the same results and metrics as from the disk
     ckpt = tmp_path / "disk" / "checkpoints" / "last.pt"
@@ -207,6 +214,32 @@ def test_train_and_eval_by_url_equal_the_disk(dataset, server, monkeypatch, caps
         outs.append([(tmp_path / name / f).read_text() for f in ("results.json", "gt.json")] + [metrics])
     assert outs[0] == outs[1]
     assert len(json.loads(outs[0][1])["annotations"]) == 4  # the ground truth carried in the shards
+
+
+def test_workers_read_urls_and_resume_inside_an_epoch(dataset, server):
+    """2 DataLoader workers (each running curl) split the URLs; every video once an epoch, the same batches as
+    from the disk, and a stream resumed at batch 2 gives exactly the rest of the epoch."""
+    from avis.data.clips import ClipStream, Position
+
+    def epoch(pattern, start=0):
+        stream = ClipStream(ShardSource(pattern), clip_length=2, batch_size=1, seed=5, num_workers=2,
+                            clips_per_video=1, shuffle_buffer=2, scales=[24])
+        out = []
+        batches = stream.batches(Position(0, start))
+        for batch, info in batches:
+            if info["epoch"] != 0:
+                break
+            out.append((batch["video_ids"], batch["frames"], info["position"]))
+        batches.close()
+        return out
+
+    web, disk = epoch(f"{server.url}/shards/"), epoch(str(dataset / "shards"))
+    assert sorted(v for ids, _, _ in web for v in ids) == [1, 2, 3, 4]
+    assert [(i, p) for i, _, p in web] == [(i, p) for i, _, p in disk]
+    assert all(torch.equal(a, b) for (_, a, _), (_, b, _) in zip(web, disk))
+    rest = epoch(f"{server.url}/shards/", start=2)
+    assert [(i, p) for i, _, p in rest] == [(i, p) for i, _, p in web[2:]]
+    assert all(torch.equal(a, b) for (_, a, _), (_, b, _) in zip(rest, web[2:]))
 
 
 def test_a_broken_transfer_continues_after_the_samples_handed_out(dataset, server, caplog):
