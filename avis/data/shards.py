@@ -214,8 +214,8 @@ def expand_shards(pattern: str | os.PathLike | Iterable) -> list[str]:
     if not out:
         raise InputError("no shards match", str(pattern))
     for url in out:  # a FIFO would block the reader forever: refuse anything but files (missing ones later)
-        if os.path.exists(url):
-            regular_file(url)
+        if not _is_remote(url) and os.path.exists(_local_path(url)):
+            regular_file(_local_path(url))
     return out
 
 
