@@ -14,8 +14,8 @@ from torch import nn
 from avis.errors import InputError
 from avis.models import backbones as bb
 from avis.models import rcf
-from avis.models.rcf.criterion import HungarianMatcher, SetCriterion, dice_similarity
-from avis.tracking import mask_iou
+from avis.models.losses import dice_similarity, mask_iou
+from avis.models.rcf.criterion import HungarianMatcher, SetCriterion
 from tests.baseline_utils import single_thread
 
 H = W = 64
@@ -72,9 +72,10 @@ def outputs(model, batch):
     last = feats[-1].unflatten(0, (b, t))
     f_ref = last[:, :-1].flatten(1, 2) if model.delta else None
     low = [f.unflatten(0, (b, t))[:, -1] for f in feats[:-1]]
-    audio = batch["audio"] if model.uses_audio else None
-    fused = model.fusion(last[:, -1], f_ref, audio, batch["has_audio"] if model.uses_audio else None)
-    logits, masks = model.predict(last[:, -1], f_ref, low, audio, batch["has_audio"] if model.uses_audio else None)
+    audio = model.fusion.audio_tokens(batch["audio"]) if model.uses_audio else None
+    valid = batch["has_audio"] if model.uses_audio else None
+    fused = model.fusion(last[:, -1], f_ref, audio, valid)
+    logits, masks = model.predict(last[:, -1], f_ref, low, audio, valid)
     return logits, masks, fused.memory.shape[1]
 
 

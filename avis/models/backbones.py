@@ -149,7 +149,7 @@ class _TinyBlock(nn.Module):
 
 
 class TinyBackbone(nn.Module):
-    """A very narrow ResNet-like net for CPU tests: strides 4, 8, 16, channels ``width * (1, 2, 4)``."""
+    """A very narrow ResNet-like net (GroupNorm) for CPU tests: strides 4, 8, 16, channels ``width * (1, 2, 4)``."""
 
     def __init__(self, width: int = 16, weights: str | None = None):
         super().__init__()
@@ -166,15 +166,42 @@ class TinyBackbone(nn.Module):
         return stage_outputs(self.stem, self.stages, x)
 
 
+def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class TinyBackbone32(nn.Module):
+    """A narrow BatchNorm conv net for CPU tests of the FPN detectors (CrossVIS, STMask): C3, C4, C5 at
+    strides 8, 16, 32, channels ``width * (2, 4, 4)`` (:class:`TinyBackbone` stops at stride 16)."""
+
+    def __init__(self, width: int = 16, weights: str | None = None):
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(_conv_bn(3, w, 2), _conv_bn(w, w, 2), _conv_bn(w, w, 1))
+        self.stages = nn.ModuleList(nn.Sequential(_conv_bn(a, b, 2), _conv_bn(b, b, 1))
+                                    for a, b in [(w, 2 * w), (2 * w, 4 * w), (4 * w, 4 * w)])
+        self.channels = [2 * w, 4 * w, 4 * w]
+        self.strides = [8, 16, 32]
+        if weights:
+            load_local_weights(self, weights)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x: B x 3 x H x W -> [B x 2w x H/8 x W/8, B x 4w x H/16 x W/16, B x 4w x H/32 x W/32]."""
+        return stage_outputs(self.stem, self.stages, x)
+
+
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     **{n: (lambda n=n, **kw: ResNetBackbone(n, **kw)) for n in _RESNETS},
     **{n: (lambda n=n, **kw: SwinBackbone(n, **kw)) for n in _SWINS},
     "tiny": TinyBackbone,
+    "tiny32": TinyBackbone32,
 }
 
 
 def build_backbone(name: str, weights: str | None = None, **kwargs) -> nn.Module:
-    """Backbone by torchvision name (resnet18/34/50/101, swin_t/s/b) or ``tiny``."""
+    """The one way every builder makes its backbone: by torchvision name (resnet18/34/50/101 with
+    ``frozen_bn`` and ``levels``, swin_t/s/b), or ``tiny`` / ``tiny32`` (CPU nets, with ``width``).
+    ``weights``: a local state-dict file (nothing is downloaded); None starts from random initialisation."""
     if name not in BACKBONES:
         raise ConfigError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
     return BACKBONES[name](weights=weights, **kwargs)

@@ -8,11 +8,13 @@ from torch import nn
 from torchvision.ops import batched_nms, generalized_box_iou_loss, sigmoid_focal_loss
 
 from ..base import Track, VISMethod
-from ..frame_pairs import normalise_and_pad, pair_targets, register_pixel_stats
+from ..frame_pairs import pair_targets
+from ..losses import squared_dice_loss, zero_loss
+from ..preprocess import normalize_and_pad, register_pixel_stats
 from .association import TrackState, update_tracks
 from .crossover import crossover_pairs
 from .head import CrossVISHead
-from .losses import GlobalEmbeddingLoss, IdentityMap, dice_loss, pairwise_embedding_loss
+from .losses import GlobalEmbeddingLoss, IdentityMap, pairwise_embedding_loss
 from .mask import DynamicMaskHead, MaskBranch, mask_logits
 from .targets import centerness, fcos_targets, level_locations
 
@@ -72,7 +74,7 @@ class CrossVIS(VISMethod):
     # -- shared ---------------------------------------------------------------------------------------
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 N x 3 x H x W -> normalised float N x 3 x Hp x Wp, zero-padded right/bottom to the divisibility."""
-        return normalise_and_pad(frames, self.pixel_mean, self.pixel_std, self.size_divisibility)
+        return normalize_and_pad(frames, self.pixel_mean, self.pixel_std, self.size_divisibility)
 
     def _features(self, images: torch.Tensor):
         feats = self.backbone(images)
@@ -123,7 +125,7 @@ class CrossVIS(VISMethod):
         s_img, s_loc, s_gt = pos_img[sample], pos_loc[sample], pos_gt[sample]
         s_params = params[s_img, s_loc]
         logits = mask_logits(self.dynamic_head, mask_feats[s_img], s_params, locations[s_loc], soi[s_loc])
-        losses["loss_mask"] = dice_loss(logits.sigmoid(), self._gt_masks(targets, s_img, s_gt, logits))
+        losses["loss_mask"] = squared_dice_loss(logits.sigmoid(), self._gt_masks(targets, s_img, s_gt, logits))
 
         if self.crossover:
             losses["loss_cross"] = self.crossover_loss(mask_feats, s_params, s_img, s_gt, pos_img, pos_loc,
@@ -154,7 +156,8 @@ class CrossVIS(VISMethod):
                                                         [t["ids"] for t in targets], partner=lambda n: n ^ 1)
         logits = mask_logits(self.dynamic_head, mask_feats[dst_img], s_params[src], locations[dst_loc],
                              soi[dst_loc])
-        return dice_loss(logits.sigmoid(), self._gt_masks(targets, dst_img, dst_gt, logits)) + s_params.sum() * 0
+        return (squared_dice_loss(logits.sigmoid(), self._gt_masks(targets, dst_img, dst_gt, logits))
+                + zero_loss(s_params))
 
     def _pairwise_loss(self, emb, pos_img, pos_loc, pos_gt, targets) -> torch.Tensor:
         """CondInst-VIS: key = target frame (odd image), references = mean embedding of each instance's
@@ -171,7 +174,7 @@ class CrossVIS(VISMethod):
             ref_ids = targets[ref]["ids"][ref_gts]
             key_ids = targets[key]["ids"][pos_gt[in_key]]
             losses.append(pairwise_embedding_loss(emb[key, pos_loc[in_key]], key_ids, ref_emb, ref_ids))
-        return torch.stack(losses).mean() if losses else emb.sum() * 0
+        return torch.stack(losses).mean() if losses else zero_loss(emb)
 
     # -- online inference -----------------------------------------------------------------------------
     @torch.no_grad()

@@ -30,9 +30,7 @@ from torch.nn import functional as F
 from avis.models.base import Track, VISMethod
 from avis.models.efficientvis.criterion import TrackletCriterion, TrackletMatcher, Tracklets, build_tracklets
 from avis.models.efficientvis.stage import Stage
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from avis.models.preprocess import normalize, register_pixel_stats
 
 
 class BaseFeature(nn.Module):
@@ -105,13 +103,13 @@ class EfficientVIS(VISMethod):
         self.matcher = TrackletMatcher(cost_class, cost_l1, cost_giou, cost_mask)
         self.criterion = TrackletCriterion(num_classes, class_weight, l1_weight, giou_weight, dice_weight,
                                            bce_weight, empty_weight)
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255, persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255, persistent=False)
+        register_pixel_stats(self)
         #: assignments of the last training step, per clip (list over B of (query idx, instance ids))
         self.last_assignments: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
 
     def normalize(self, frames: torch.Tensor) -> torch.Tensor:
-        return (frames.to(self.pixel_mean.device, torch.float32) - self.pixel_mean) / self.pixel_std
+        """uint8 ... x 3 x H x W (0..255) -> float, ImageNet-normalised."""
+        return normalize(frames, self.pixel_mean, self.pixel_std)
 
     def initial_queries(self, b: int, t: int) -> torch.Tensor:
         """Learned initial query repeated over time -> B x N x T x D."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from avis.models.backbones import ResNetBackbone, SwinBackbone, TinyBackbone
+from avis.models.backbones import build_backbone
 from avis.models.rcf.model import RCF
 
 
@@ -22,7 +22,7 @@ def rcf_tiny(num_classes: int, delta: int = 1, audio_encoder: nn.Module | None =
              hidden_dim: int = 32, num_queries: int = 10, enc_layers: int = 2, dec_layers: int = 2,
              dim_feedforward: int = 64, backbone_weights: str | None = None, **kwargs) -> RCF:
     """CPU-sized RCF for tests and demos: narrow ResNet-like backbone (strides 4/8/16), C' = 32."""
-    return RCF(TinyBackbone(width, weights=backbone_weights), num_classes, delta, hidden_dim=hidden_dim,
+    return RCF(build_backbone("tiny", weights=backbone_weights, width=width), num_classes, delta, hidden_dim=hidden_dim,
                num_queries=num_queries, enc_layers=enc_layers, dec_layers=dec_layers,
                dim_feedforward=dim_feedforward, audio_encoder=audio_encoder, **kwargs)
 
@@ -34,13 +34,14 @@ _LARGE = {"fpn_dim": 128, "mask_dim": 128}
 
 def _resnet(name: str, num_classes, delta, audio_encoder, backbone_weights, frozen_bn, kwargs) -> RCF:
     kwargs = {**_LARGE, **kwargs}
-    return RCF(ResNetBackbone(name, backbone_weights, frozen_bn), num_classes, delta,
+    return RCF(build_backbone(name, weights=backbone_weights, frozen_bn=frozen_bn), num_classes, delta,
                audio_encoder=audio_encoder, **kwargs)
 
 
 def _swin(name: str, num_classes, delta, audio_encoder, backbone_weights, kwargs) -> RCF:
     kwargs = {**_LARGE, **kwargs}
-    return RCF(SwinBackbone(name, backbone_weights), num_classes, delta, audio_encoder=audio_encoder, **kwargs)
+    return RCF(build_backbone(name, weights=backbone_weights), num_classes, delta, audio_encoder=audio_encoder,
+               **kwargs)
 
 
 def rcf_r18(num_classes: int, delta: int = 1, audio_encoder: nn.Module | None = None,

@@ -70,7 +70,7 @@ class AudioTokens(nn.Module):
         return self.proj(self.encoder.tokens(features) if self.splits else self.encoder(features))
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        """audio: B x T x S -> tokens B x T x C'."""
+        """audio: windows B x T x S -> tokens B x T x C' (what :class:`RobustContextFusion` takes)."""
         return self.proj(self.encoder(audio))
 
 
@@ -118,12 +118,11 @@ class RobustContextFusion(nn.Module):
         self.layers[-1].keep_attention = bool(value)
 
     def forward(self, f_t: torch.Tensor, f_ref: torch.Tensor | None = None, audio: torch.Tensor | None = None,
-                audio_valid: torch.Tensor | None = None, audio_features: torch.Tensor | None = None,
-                audio_tokens: torch.Tensor | None = None) -> Fused:
-        """f_t: B x C x H x W; f_ref: B x delta*C x H x W (None iff delta = 0); audio: B x (1+delta) x S
-        windows, or audio_features: B x (1+delta) x C_a (see :class:`AudioTokens`), or audio_tokens: the
-        ready tokens B x (1+delta) x C' (online fast path), or none (then the audio tokens, if the model has
-        them, are masked out); audio_valid: B bool (None: all valid)."""
+                audio_valid: torch.Tensor | None = None) -> Fused:
+        """f_t: B x C x H x W; f_ref: B x delta*C x H x W (None iff delta = 0); audio: the audio tokens
+        B x (1+delta) x C' made by :attr:`audio_tokens` (from windows or per-frame features), or None: then
+        the audio tokens, if the model has them, are masked out; audio_valid: bool B (one flag per clip) or
+        B x (1+delta) (per token), False where there is no sound; None: all valid."""
         b, _, h, w = f_t.shape
         tgt = self.target_tokens(f_t)
         dtype, device = tgt.dtype, tgt.device
@@ -142,22 +141,16 @@ class RobustContextFusion(nn.Module):
         if self.audio_tokens is not None:
             n_aud = 1 + self.delta
             valid = None  # None: every clip has audio, no padding mask needed
-            if audio is None and audio_features is None and audio_tokens is None:
+            if audio is None:
                 aud = torch.zeros(b, n_aud, self.dim, dtype=dtype, device=device)
                 valid = torch.zeros(b, dtype=torch.bool, device=device)
             else:
-                if audio_tokens is not None:
-                    aud = audio_tokens
-                elif audio_features is not None:
-                    aud = self.audio_tokens.from_features(audio_features)
-                else:
-                    aud = self.audio_tokens(audio)
-                aud = aud.to(dtype)
+                aud = audio.to(dtype)
                 valid = None if audio_valid is None else audio_valid.to(device)
             tokens.append(aud)
             pos.append(self.audio_tokens.time_embed.to(dtype).expand(b, -1, -1))
             if valid is not None:
-                masks.append((~valid)[:, None].expand(b, n_aud))
+                masks.append((~valid)[:, None].expand(b, n_aud) if valid.dim() == 1 else ~valid)
         x = torch.cat(tokens, 1)
         p = torch.cat(pos, 1)
         # Only audio tokens can be padding; with all audio present (or none in the model) no mask is needed,

@@ -20,14 +20,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from avis.models.base import Track, VISMethod
+from avis.models.preprocess import normalize, register_pixel_stats
 from avis.models.rcf.criterion import SetCriterion
 from avis.models.rcf.decoder import InstanceHeads, MaskDecoder
 from avis.models.rcf.fusion import RobustContextFusion
 from avis.models.rcf.transformer import InstanceDecoder
 from avis.tracking import SlotTracker
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -85,8 +83,7 @@ class RCF(VISMethod):
                                                 dropout)
         self.heads = InstanceHeads(hidden_dim, num_classes, mask_dim)
         self.criterion = SetCriterion(num_classes, no_object_weight, class_weight, dice_weight)
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255, persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255, persistent=False)
+        register_pixel_stats(self)
         # Online fast path (see :meth:`optimize_online`); fast_online = False runs the reference step.
         self.fast_online = True
         self.channels_last = False
@@ -117,7 +114,7 @@ class RCF(VISMethod):
     # -- shared pieces ---------------------------------------------------------------------------------
     def normalize(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 ... x 3 x H x W (0..255) -> float, ImageNet-normalised."""
-        return (frames.to(self.pixel_mean.device, torch.float32) - self.pixel_mean) / self.pixel_std
+        return normalize(frames, self.pixel_mean, self.pixel_std)
 
     @property
     def keep_attention(self) -> bool:
@@ -132,12 +129,12 @@ class RCF(VISMethod):
         """Attention of the last forward/step: reference-to-target, audio-to-target, ... (see fusion)."""
         return self.fusion.attention_maps()
 
-    def predict(self, f_t, f_ref, low, audio=None, audio_valid=None, all_layers: bool = False,
-                audio_features=None, audio_tokens=None):
+    def predict(self, f_t, f_ref, low, audio=None, audio_valid=None, all_layers: bool = False):
         """Everything after the backbone. f_t: B x C x h x w; f_ref: B x delta*C x h x w or None; low: finer
-        levels of the target frame; audio windows B x T x S or audio_features B x T x C_a -> logits
-        L x B x N x (K+1), mask logits L x B x N x H/4 x W/4 with L = dec_layers if all_layers else 1."""
-        fused = self.fusion(f_t, f_ref, audio, audio_valid, audio_features, audio_tokens)
+        levels of the target frame; audio: tokens B x T x C' (``fusion.audio_tokens``) or None; audio_valid:
+        see :class:`RobustContextFusion` -> logits L x B x N x (K+1), mask logits L x B x N x H/4 x W/4 with
+        L = dec_layers if all_layers else 1."""
+        fused = self.fusion(f_t, f_ref, audio, audio_valid)
         seg = self._compiled.get("mask_decoder", self.mask_decoder)(fused.target, low)
         codes = self.instance_decoder(fused.memory, fused.pos, fused.padding_mask)
         if not all_layers:
@@ -158,18 +155,16 @@ class RCF(VISMethod):
         f_t = last[:, -1]
         f_ref = last[:, :-1].flatten(1, 2) if self.delta else None
         low = [f.unflatten(0, (b, t))[:, -1] for f in feats[:-1]]
-        audio = valid = features = None
+        audio = valid = None
         if self.uses_audio:
             # Precomputed per-frame audio features (frozen audio backbone) replace the windows when given.
             features = batch.get("audio_features")
-            if features is not None:
-                features = features.to(f_t.device)
-            else:
-                audio = batch["audio"].to(f_t.device)
+            encode = self.fusion.audio_tokens
+            audio = (encode.from_features(features.to(f_t.device)) if features is not None
+                     else encode(batch["audio"].to(f_t.device)))
             valid = batch.get("has_audio")
             valid = None if valid is None else torch.as_tensor(valid, device=f_t.device)
-        logits, masks = self.predict(f_t, f_ref, low, audio, valid, all_layers=self.aux_loss,
-                                     audio_features=features)
+        logits, masks = self.predict(f_t, f_ref, low, audio, valid, all_layers=self.aux_loss)
         targets = [self._target(clip[-1], masks.shape[-2:], masks.device) for clip in batch["targets"]]
         losses = self.criterion(logits[-1], masks[-1], targets)
         for i in range(logits.shape[0] - 1):
@@ -208,10 +203,10 @@ class RCF(VISMethod):
             f_t = feats[-1]
             state.size = tuple(frame.shape[-2:])
             f_ref = self._cached_references(state, f_t)
-            aud = feat = features = None
+            aud = feat = None
             if self.uses_audio and audio is not None:
-                feat, aud, features = self._online_audio(state, audio.to(device, non_blocking=True).float())
-            logits, masks = self.predict(f_t, f_ref, feats[:-1], audio_features=features, audio_tokens=aud)
+                feat, aud = self._online_audio(state, audio.to(device, non_blocking=True).float())
+            logits, masks = self.predict(f_t, f_ref, feats[:-1], aud)
         state.probs.append(logits[-1, 0].float().softmax(-1))
         state.masks.append(masks[-1, 0])
         if self.delta:
@@ -230,7 +225,7 @@ class RCF(VISMethod):
         return torch.cat(list(state.features), 1)
 
     def _online_audio(self, state: RCFState, window: torch.Tensor):
-        """This frame's cached audio entry and the audio input of the fusion (tokens or features).
+        """This frame's cached audio entry and the audio tokens of the fusion.
 
         With a split encoder that can project (:class:`avis.models.audio.AudioTokenEncoder`) the cache holds
         each frame's first-layer LSTM gate inputs, so a frame costs one audio backbone call, one input
@@ -252,8 +247,8 @@ class RCF(VISMethod):
             state.silence = entry(torch.zeros_like(window))
         seq = torch.stack([state.silence if a is None else a for a in state.audio] + [feat])[None]
         if project:
-            return feat, tokens.proj(encoder.tokens_from_projected(seq)), None
-        return feat, None, seq
+            return feat, tokens.proj(encoder.tokens_from_projected(seq))
+        return feat, tokens.from_features(seq)
 
     @torch.no_grad()
     def _reference_step(self, state: RCFState, frame: torch.Tensor, audio: torch.Tensor | None = None) -> None:
@@ -272,8 +267,8 @@ class RCF(VISMethod):
             # A window missing from an earlier frame reads as silence (as the data pipeline zero-pads).
             past = [tokens.frame_features(torch.zeros_like(audio, dtype=torch.float32, device=f_t.device)[None])[0]
                     if a is None else a for a in state.audio]
-            aud = torch.stack(past + [a_t])[None]
-        logits, masks = self.predict(f_t, f_ref, feats[:-1], audio_features=aud)
+            aud = tokens.from_features(torch.stack(past + [a_t])[None])
+        logits, masks = self.predict(f_t, f_ref, feats[:-1], aud)
         state.probs.append(logits[-1, 0].softmax(-1))
         state.masks.append(masks[-1, 0])
         if self.delta:
