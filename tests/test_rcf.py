@@ -421,3 +421,45 @@ def test_hydra_instantiates_builders():
     assert isinstance(model, rcf.RCF) and model.clip_length == 3 and model.uses_audio
     assert model.heads.cls.out_features == 5 and model.instance_decoder.query_pos.num_embeddings == 6
     assert isinstance(model.fusion.audio_tokens.proj, nn.Identity)  # C_a = C' = 32: no projection
+
+
+def test_soundless_video_is_masked_in_inference_as_in_training():
+    """A video without sound: the engine feeds no windows, so each step masks the audio tokens exactly as
+    training does with has_audio = False (zero windows would be encoded as real silence)."""
+    import numpy as np
+
+    from avis.engine.predict import model_inputs, predict_videos
+
+    model = rcf.rcf_tiny(3, delta=1, audio_encoder=audio_encoder()).eval()
+    g = np.random.default_rng(0)
+    video = {"video_id": 1, "frames": g.integers(0, 256, (3, H, W, 3), dtype=np.uint8),
+             "frame_times": [0.0, 0.04, 0.08], "audio": None, "sample_rate": 16000, "has_audio": False,
+             "instances": []}
+    frames, audio, _ = model_inputs(video, None, None)
+    assert audio is None
+    seen = []
+    predict = model.predict
+    model.predict = lambda *a, **k: seen.append(predict(*a, **k)[0][-1, 0].softmax(-1)) or predict(*a, **k)
+    predict_videos(model, [video], [{"id": 1}, {"id": 2}, {"id": 3}], torch.device("cpu"), progress=False,
+                   with_gt=False)
+    model.predict = predict
+    assert len(seen) == 3
+    for t in range(3):
+        idx = [max(0, t - 1), t]
+        batch = {"frames": frames[idx][None], "audio": torch.randn(1, 2, 1600),
+                 "has_audio": torch.tensor([False])}
+        with torch.no_grad():
+            logits, _, _ = outputs(model, batch)
+        torch.testing.assert_close(seen[t], logits[-1, 0].softmax(-1), atol=1e-5, rtol=1e-5)
+
+
+def test_backbone_lr_multiplier_selects_the_visual_backbone_only():
+    """The paper's 0.1 multiplier is for the visual backbone, not the audio network's own ``backbone``."""
+    from avis.engine.optim import param_groups
+
+    model = rcf.rcf_tiny(3, audio_encoder=audio_encoder())
+    groups = {g["name"]: g for g in param_groups(model, 1e-3, 0.0, backbone_lr_mult=0.1)}
+    assert {id(p) for p in groups["backbone"]["params"]} == {id(p) for p in model.backbone.parameters()}
+    audio_net = model.fusion.audio_tokens.encoder.extractor.backbone
+    assert {id(p) for p in audio_net.parameters()} <= {id(p) for p in groups["head"]["params"]}
+    assert groups["backbone"]["lr"] == pytest.approx(1e-4) and groups["head"]["lr"] == 1e-3

@@ -64,13 +64,15 @@ def video_ground_truth(video, categories: list[dict], next_ann_id: int) -> tuple
 
 
 def model_inputs(video, short: int | None, max_size: int | None, eta: float = 0.96):
-    """uint8 T x 3 x h x w frames at the test size and T x S audio windows (zeros without sound)."""
+    """uint8 T x 3 x h x w frames at the test size and T x S audio windows, or None for a video without
+    sound: the model then masks its audio tokens out, as training does for ``has_audio = False`` (zero
+    windows would read as real silence)."""
     frames = torch.from_numpy(np.ascontiguousarray(np.asarray(_get(video, "frames")))).permute(0, 3, 1, 2)
     h, w = frames.shape[-2:]
     frames = resize_frames(frames, test_size(h, w, short, max_size))
     times = torch.as_tensor(np.asarray(_get(video, "frame_times"), dtype=np.float64))
     wave, has_audio = audio_16k(video)
-    audio = frame_windows(wave if has_audio else torch.zeros(0), times, SAMPLE_RATE, eta)
+    audio = frame_windows(wave, times, SAMPLE_RATE, eta) if has_audio else None
     return frames, audio, (int(h), int(w))
 
 
@@ -94,7 +96,8 @@ def predict_videos(model, videos, categories: list[dict], device, *, short: int 
     frames_total, seconds, n_videos = 0, 0.0, 0
     for video in tqdm(videos, desc="predict", unit="video", disable=not progress, leave=False):
         frames, audio, (h, w) = model_inputs(video, short, max_size, eta)
-        frames, audio = frames.to(device), audio.to(device)
+        frames = frames.to(device)
+        audio = None if audio is None else audio.to(device)
         _sync(device)
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
