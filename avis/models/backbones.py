@@ -66,13 +66,15 @@ def _warn_random(name: str) -> None:
 
 
 class ResNetBackbone(nn.Module):
-    """torchvision ResNet body -> features of layer1..layer4 (strides 4, 8, 16, 32).
+    """torchvision ResNet body -> features of the last ``levels`` of layer1..layer4 (strides 4, 8, 16, 32).
 
-    ``frozen_bn`` (default) replaces BatchNorm with FrozenBatchNorm2d, as detection models do when
-    fine-tuning with small per-GPU batches.
+    ``frozen_bn=True`` replaces BatchNorm with FrozenBatchNorm2d, as detection models do when fine-tuning
+    pretrained weights with small per-GPU batches. The default (None) freezes only when ``weights`` are given:
+    the frozen statistics of a random initialisation are the identity, which would leave a from-scratch
+    ResNet with no normalisation and nothing to learn in its 53 norm layers.
     """
 
-    def __init__(self, name: str = "resnet50", weights: str | None = None, frozen_bn: bool = True,
+    def __init__(self, name: str = "resnet50", weights: str | None = None, frozen_bn: bool | None = None,
                  levels: int = 4):
         super().__init__()
         if name not in _RESNETS:
@@ -80,6 +82,9 @@ class ResNetBackbone(nn.Module):
         if not 1 <= levels <= 4:
             raise ConfigError(f"levels must be in 1..4, got {levels}")
         factory, channels = _RESNETS[name]
+        if frozen_bn is None:
+            frozen_bn = bool(weights)
+        self.frozen_bn = frozen_bn
         model = factory(weights=None, norm_layer=FrozenBatchNorm2d if frozen_bn else None)
         if weights:
             load_local_weights(model, weights)

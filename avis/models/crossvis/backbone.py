@@ -43,9 +43,7 @@ def tiny_fpn(out_channels: int = 32, width: int = 16, backbone_weights: str | No
 
 def resnet_fpn(name: str = "resnet50", out_channels: int = 256, backbone_weights: str | None = None,
                frozen_bn: bool | None = None) -> FPNBackbone:
-    """torchvision ResNet (random init, or a local torchvision state dict; nothing is downloaded) + FPN.
-
-    ``frozen_bn=None`` freezes BatchNorm only when weights are given: frozen statistics of a random
-    initialisation would leave a from-scratch ResNet without normalisation (our choice)."""
-    frozen = bool(backbone_weights) if frozen_bn is None else frozen_bn
-    return FPNBackbone(build_backbone(name, weights=backbone_weights, frozen_bn=frozen, levels=3), out_channels)
+    """torchvision ResNet (random init, or a local torchvision state dict; nothing is downloaded) + FPN;
+    ``frozen_bn=None``: BatchNorm frozen only when weights are given (see ``ResNetBackbone``)."""
+    return FPNBackbone(build_backbone(name, weights=backbone_weights, frozen_bn=frozen_bn, levels=3),
+                       out_channels)

@@ -5,8 +5,9 @@
       num_classes: 40
       clip_length: 36        # T frames per clip; training batches hold 2T (two clips)
 
-Any other keyword (num_queries, num_stages, hidden_dim, pool_size, loss weights, ...) goes to
-:class:`EfficientVIS`.
+``backbone_weights``: a local state dict (nothing is downloaded); ResNet builders take ``frozen_bn`` (None:
+BatchNorm frozen only when weights are given). Any other keyword (num_queries, num_stages, hidden_dim,
+pool_size, loss weights, ...) goes to :class:`EfficientVIS`.
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ def _resnet(name, num_classes, clip_length, backbone_weights, frozen_bn, kwargs)
 
 
 def efficientvis_r50(num_classes: int, clip_length: int = 36, backbone_weights: str | None = None,
-                     frozen_bn: bool = True, **kwargs) -> EfficientVIS:
+                     frozen_bn: bool | None = None, **kwargs) -> EfficientVIS:
     """The paper's model: ResNet-50, N = 10, M = 6 stages, D = 256, T = 36."""
     return _resnet("resnet50", num_classes, clip_length, backbone_weights, frozen_bn, kwargs)
 
 
 def efficientvis_r101(num_classes: int, clip_length: int = 36, backbone_weights: str | None = None,
-                      frozen_bn: bool = True, **kwargs) -> EfficientVIS:
+                      frozen_bn: bool | None = None, **kwargs) -> EfficientVIS:
     return _resnet("resnet101", num_classes, clip_length, backbone_weights, frozen_bn, kwargs)

@@ -11,7 +11,7 @@ Deviations from the paper / the Sparse R-CNN + CondInst settings it inherits (ea
 repeated in ``configs/model/inspro*.yaml``):
 
 1. No COCO pre-training (nothing may be downloaded): the backbone starts from random init or from a local
-   torchvision state dict (``backbone_weights``).
+   torchvision state dict (``backbone_weights``); BatchNorm is frozen only with weights (``frozen_bn``).
 2. FPN on the backbone's levels only (R-50: P2-P5, as Sparse R-CNN's RoI pooler uses; tiny: P2-P4); the
    mask branch takes the stride >= 8 levels (P3-P5). No P6/P7 (the method has no dense head that needs them).
 3. Boxes are derived from the masks (the batch format carries masks only).
@@ -58,12 +58,12 @@ def inspro_tiny(num_classes: int, width: int = 16, backbone_weights: str | None 
     return InsPro(num_classes, build_backbone("tiny", weights=backbone_weights, width=width), **{**TINY, **kwargs})
 
 
-def inspro_r50(num_classes: int, backbone_weights: str | None = None, frozen_bn: bool = True, **kwargs) -> InsPro:
+def inspro_r50(num_classes: int, backbone_weights: str | None = None, frozen_bn: bool | None = None, **kwargs) -> InsPro:
     """The paper's setting: ResNet-50 + FPN 256, 100 queries, 6 stages, dynamic conv 256 -> 64 -> 256."""
     return InsPro(num_classes, build_backbone("resnet50", weights=backbone_weights, frozen_bn=frozen_bn), **kwargs)
 
 
-def inspro_r101(num_classes: int, backbone_weights: str | None = None, frozen_bn: bool = True,
+def inspro_r101(num_classes: int, backbone_weights: str | None = None, frozen_bn: bool | None = None,
                 **kwargs) -> InsPro:
     """As :func:`inspro_r50` with a ResNet-101."""
     return InsPro(num_classes, build_backbone("resnet101", weights=backbone_weights, frozen_bn=frozen_bn), **kwargs)

@@ -7,6 +7,7 @@
       backbone_weights: /data/weights/resnet50.pth   # optional local file, never downloaded
       audio_encoder: {_target_: avis.models.audio.audio_tokens_tiny, out_channels: 256}   # or null
 
+ResNet builders also take ``frozen_bn`` (None: BatchNorm frozen only when ``backbone_weights`` are given).
 Any other keyword (hidden_dim, num_queries, pool_size, enc_layers, ...) goes to :class:`RCF`.
 """
 
@@ -45,22 +46,22 @@ def _swin(name: str, num_classes, delta, audio_encoder, backbone_weights, kwargs
 
 
 def rcf_r18(num_classes: int, delta: int = 1, audio_encoder: nn.Module | None = None,
-            backbone_weights: str | None = None, frozen_bn: bool = True, **kwargs) -> RCF:
+            backbone_weights: str | None = None, frozen_bn: bool | None = None, **kwargs) -> RCF:
     return _resnet("resnet18", num_classes, delta, audio_encoder, backbone_weights, frozen_bn, kwargs)
 
 
 def rcf_r34(num_classes: int, delta: int = 1, audio_encoder: nn.Module | None = None,
-            backbone_weights: str | None = None, frozen_bn: bool = True, **kwargs) -> RCF:
+            backbone_weights: str | None = None, frozen_bn: bool | None = None, **kwargs) -> RCF:
     return _resnet("resnet34", num_classes, delta, audio_encoder, backbone_weights, frozen_bn, kwargs)
 
 
 def rcf_r50(num_classes: int, delta: int = 1, audio_encoder: nn.Module | None = None,
-            backbone_weights: str | None = None, frozen_bn: bool = True, **kwargs) -> RCF:
+            backbone_weights: str | None = None, frozen_bn: bool | None = None, **kwargs) -> RCF:
     return _resnet("resnet50", num_classes, delta, audio_encoder, backbone_weights, frozen_bn, kwargs)
 
 
 def rcf_r101(num_classes: int, delta: int = 1, audio_encoder: nn.Module | None = None,
-             backbone_weights: str | None = None, frozen_bn: bool = True, **kwargs) -> RCF:
+             backbone_weights: str | None = None, frozen_bn: bool | None = None, **kwargs) -> RCF:
     return _resnet("resnet101", num_classes, delta, audio_encoder, backbone_weights, frozen_bn, kwargs)
 
 
