@@ -337,14 +337,14 @@ def test_finish_video_level_output_and_gap_split(tiny):
     records = {3: [(0, s([0.1, 0.9, 0.0]), m), (1, s([0.5, 0.3, 0.0]), m), (6, s([0.6, 0.0, 0.0]), m),
                    (7, s([0.7, 0.0, 0.3]), m)],
                5: [(2, s([0.0, 0.0, 0.2]), m)]}
-    state = {"records": records}
+    state = {"records": records, "runs": {3: [0], 5: [1]}}  # runs: the track ids step gave each slot's runs
     tracks = tiny.finish(state)
-    assert [(t.label, sorted(t.masks)) for t in tracks] == [(0, [0, 1, 6, 7]), (2, [2])]
+    assert [(t.label, sorted(t.masks), t.track_id) for t in tracks] == [(0, [0, 1, 6, 7], 0), (2, [2], 1)]
     assert tracks[0].score == pytest.approx((0.1 + 0.5 + 0.6 + 0.7) / 4)  # mean class-0 score, not the max
     tiny.split_gap = 3
     try:
-        tracks = tiny.finish(state)
+        tracks = tiny.finish(dict(state, runs={3: [0, 2], 5: [1]}))
     finally:
         tiny.split_gap = None
-    assert [(t.label, sorted(t.masks)) for t in tracks] == [(1, [0, 1]), (0, [6, 7]), (2, [2])]
+    assert [(t.label, sorted(t.masks), t.track_id) for t in tracks] == [(1, [0, 1], 0), (0, [6, 7], 2), (2, [2], 1)]
     assert tracks[0].score == pytest.approx(0.6) and tracks[1].score == pytest.approx(0.65)

@@ -96,3 +96,74 @@ def test_zero_loss_reaches_every_tensor_with_zero_gradient():
     assert all(p.grad is not None and not p.grad.any() for p in [*lin.parameters(), x])
     empty = losses.squared_dice_loss(torch.zeros(0, 2, 2, requires_grad=True), torch.zeros(0, 2, 2))
     assert empty.item() == 0 and empty.requires_grad
+
+
+# -- the per-frame contract of the online methods ----------------------------------------------------------------
+
+def _online_builders():
+    from avis.models import crossvis, inspro, rcf, stmask
+    from avis.models.audio import audio_tokens_tiny
+
+    # thresholds low enough that random weights detect something in every frame
+    return {"rcf_tiny": lambda: rcf.rcf_tiny(3, delta=2, audio_encoder=audio_tokens_tiny(), class_threshold=0.2),
+            "crossvis_tiny": lambda: crossvis.crossvis_tiny(3, score_threshold=0.0, max_detections=6),
+            "stmask_tiny": lambda: stmask.stmask_tiny(3, score_threshold=0.0, max_detections=6),
+            "inspro_tiny": lambda: inspro.inspro_tiny(3, score_threshold=0.0, split_gap=1)}
+
+
+def _video(n=5, size=(48, 64)):
+    g = torch.Generator().manual_seed(3)
+    return (torch.randint(0, 256, (n, 3, *size), dtype=torch.uint8, generator=g),
+            torch.randn(n, 1600, generator=g))
+
+
+@pytest.mark.parametrize("name", list(_online_builders()))
+def test_step_returns_the_frames_tracked_instances_that_make_the_tracks(name):
+    """step(t) returns frame t's instances at once (copied as returned); finish adds nothing to any frame:
+    each track's masks are exactly what its id had in the per-frame results, and the tracks are those of
+    predict_video."""
+    from avis.models.base import FrameResult
+
+    model = _online_builders()[name]().eval()
+    frames, audio = _video()
+    state = model.init_state()
+    by_id: dict[int, dict[int, torch.Tensor]] = {}
+    n_inst = 0
+    for t in range(len(frames)):
+        res = model.step(state, frames[t], audio[t])
+        assert isinstance(res, FrameResult) and res.frame == t
+        ids = [i.track_id for i in res.instances]
+        assert ids == sorted(set(ids))  # one instance per track, ordered by id
+        for inst in res.instances:
+            assert inst.mask.dtype == torch.bool and inst.mask.shape == frames.shape[-2:]
+            assert inst.mask.device.type == "cpu" and 0 <= inst.score <= 1 and 0 <= inst.label < 3
+            by_id.setdefault(inst.track_id, {})[t] = inst.mask.clone()
+        n_inst += len(res.instances)
+    tracks = model.finish(state)
+    assert n_inst > 0 and len(tracks) == len(by_id)
+    assert {tr.track_id for tr in tracks} == set(by_id)
+    for tr in tracks:
+        assert sorted(tr.masks) == sorted(by_id[tr.track_id])
+        assert all(torch.equal(tr.masks[t], by_id[tr.track_id][t]) for t in tr.masks)
+    again = model.predict_video(frames, audio)
+    assert [(t.track_id, t.label, t.score, sorted(t.masks)) for t in again] == \
+        [(t.track_id, t.label, t.score, sorted(t.masks)) for t in tracks]
+
+
+def test_frame_record_is_one_json_line_at_the_video_size():
+    import json
+
+    from avis.engine.predict import frame_record
+    from avis.io import masks as mask_io
+    from avis.models.base import FrameResult, TrackedInstance
+
+    m = torch.zeros(4, 6, dtype=torch.bool)
+    m[1:3, 2:6] = True
+    res = FrameResult(7, [TrackedInstance(2, 1, 0.75, m)])
+    rec = json.loads(json.dumps(frame_record(res, 11, [{"id": 5}, {"id": 9}], 8, 12)))
+    assert (rec["video_id"], rec["frame"]) == (11, 7)
+    (inst,) = rec["instances"]
+    assert (inst["track_id"], inst["category_id"], inst["score"]) == (2, 9, 0.75)
+    big = torch.from_numpy(mask_io.decode(inst["segmentation"]))
+    assert big.shape == (8, 12) and torch.equal(big[::2, ::2], m)  # twice the size, bilinear > 0.5
+    assert frame_record(FrameResult(0), 1, [], 8, 12)["instances"] == []

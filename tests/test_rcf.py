@@ -277,15 +277,18 @@ def test_online_step_equals_clip_computation(encoder):
     frames = torch.randint(0, 256, (5, 3, H, W), dtype=torch.uint8, generator=g)
     audio = torch.randn(5, 1600, generator=g)
     state = model.init_state()
+    probs, mask_logits = [], []
     for t in range(5):
         model.step(state, frames[t], audio[t])
+        probs.append(state.last_probs)
+        mask_logits.append(state.last_masks)
     for t in (0, 1, 4):
         idx = [max(0, t - d) for d in range(delta, -1, -1)]
         batch = {"frames": frames[idx][None], "audio": audio[idx][None], "has_audio": torch.tensor([True])}
         with torch.no_grad():
             logits, masks, _ = outputs(model, batch)
-        torch.testing.assert_close(state.probs[t], logits[-1, 0].softmax(-1), atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(state.masks[t], masks[-1, 0], atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(probs[t], logits[-1, 0].softmax(-1), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(mask_logits[t], masks[-1, 0], atol=1e-3, rtol=1e-3)
 
 
 def test_attention_maps():
@@ -391,7 +394,7 @@ def test_audio_model_without_audio_equals_silent_clip():
     batch = {"frames": frames[None], "audio": torch.randn(1, 2, 1600), "has_audio": torch.tensor([False])}
     with torch.no_grad():
         logits, masks, _ = outputs(model, batch)
-    torch.testing.assert_close(state.probs[1], logits[-1, 0].softmax(-1), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(state.last_probs, logits[-1, 0].softmax(-1), atol=1e-4, rtol=1e-4)
 
 
 def test_bench_variants_are_pluggable(monkeypatch, capsys):
@@ -463,3 +466,45 @@ def test_backbone_lr_multiplier_selects_the_visual_backbone_only():
     audio_net = model.fusion.audio_tokens.encoder.extractor.backbone
     assert {id(p) for p in audio_net.parameters()} <= {id(p) for p in groups["head"]["params"]}
     assert groups["backbone"]["lr"] == pytest.approx(1e-4) and groups["head"]["lr"] == 1e-3
+
+
+def _finish_of_before(model, outs, size):
+    """RCF.finish before the per-frame contract: every frame's outputs kept to the end of the video, then one
+    batched upsampling of the candidate slots and the slot tracker over all frames."""
+    from torch.nn import functional as F
+
+    from avis.tracking import SlotTracker
+
+    tracker = SlotTracker(model.class_threshold, model.iou_threshold)
+    logit_threshold = torch.logit(torch.tensor(model.mask_threshold)).item()
+    probs = torch.stack([p for p, _ in outs]).float().cpu()
+    frame_idx, slot_idx = torch.nonzero(probs[..., :-1].max(-1).values >= model.class_threshold, as_tuple=True)
+    stacked = torch.stack([m for _, m in outs])
+    picked = stacked[frame_idx, slot_idx]
+    binary = torch.cat([(F.interpolate(c[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+                         > logit_threshold) for c in picked.split(64)])
+    for i in range(len(outs)):
+        masks = torch.zeros((stacked.shape[1], *size), dtype=torch.bool)
+        sel = frame_idx == i
+        masks[slot_idx[sel]] = binary[sel]
+        tracker.update(i, probs[i], masks)
+    return tracker.tracks()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_per_frame_tracking_gives_the_same_tracks_as_the_video_level_finish(fast):
+    model = rcf.rcf_tiny(3, delta=2, audio_encoder=audio_encoder(), class_threshold=0.2).eval()
+    model.fast_online = fast
+    g = torch.Generator().manual_seed(4)
+    frames = torch.randint(0, 256, (8, 3, 40, 56), dtype=torch.uint8, generator=g)
+    audio = torch.randn(8, 1600, generator=g)
+    state = model.init_state()
+    outs = []
+    for t in range(8):
+        model.step(state, frames[t], audio[t])
+        outs.append((state.last_probs, state.last_masks))
+    tracks, before = model.finish(state), _finish_of_before(model, outs, (40, 56))
+    assert len(tracks) == len(before) > 1
+    for a, b in zip(tracks, before):
+        assert (a.label, a.score, sorted(a.masks)) == (b.label, b.score, sorted(b.masks))
+        assert all(torch.equal(a.masks[t], b.masks[t]) for t in a.masks)

@@ -16,9 +16,17 @@ from avis.engine.data import _get, _mask_at, audio_16k, resize_frames, test_size
 from avis.io import masks as mask_io
 from avis.io.ytvis import save_json
 from avis.models.audio.windows import SAMPLE_RATE, frame_windows
-from avis.models.base import Track
+from avis.models.base import FrameResult, Track
 
 log = logging.getLogger(__name__)
+
+
+def _rles_at(masks: list, height: int, width: int) -> list[dict]:
+    """bool masks at the model's size -> RLEs at height x width (bilinear, > 0.5)."""
+    m = torch.stack([torch.as_tensor(x) for x in masks]).float()
+    if tuple(m.shape[-2:]) != (height, width):
+        m = F.interpolate(m[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+    return mask_io.encode_many((m > 0.5).cpu().numpy())
 
 
 def tracks_to_results(tracks: list[Track], video_id: int, num_frames: int, categories: list[dict],
@@ -29,15 +37,26 @@ def tracks_to_results(tracks: list[Track], video_id: int, num_frames: int, categ
         segs: list = [None] * num_frames
         present = sorted(t for t in tr.masks if 0 <= t < num_frames)
         if present:
-            m = torch.stack([torch.as_tensor(tr.masks[t]) for t in present]).float()
-            if tuple(m.shape[-2:]) != (height, width):
-                m = F.interpolate(m[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-            rles = mask_io.encode_many((m > 0.5).cpu().numpy())
-            for t, r in zip(present, rles):
+            for t, r in zip(present, _rles_at([tr.masks[t] for t in present], height, width)):
                 segs[t] = r
         out.append({"video_id": int(video_id), "category_id": int(categories[tr.label]["id"]),
                     "score": float(tr.score), "segmentations": segs})
     return out
+
+
+def frame_record(result: FrameResult, video_id: int, categories: list[dict], height: int, width: int) -> dict:
+    """One online step's output -> a JSON-ready dict (one line of a per-frame stream)::
+
+        {"video_id": 3, "frame": 17, "instances": [{"track_id": 0, "category_id": 5, "score": 0.91,
+                                                     "segmentation": {"size": [h, w], "counts": "..."}}, ...]}
+
+    labels become category ids (``categories[label]["id"]``), masks RLEs at ``height`` x ``width`` (the
+    video's size), with the same resizing as :func:`tracks_to_results`."""
+    insts = result.instances
+    rles = _rles_at([i.mask for i in insts], height, width) if insts else []
+    return {"video_id": int(video_id), "frame": int(result.frame),
+            "instances": [{"track_id": int(i.track_id), "category_id": int(categories[i.label]["id"]),
+                           "score": float(i.score), "segmentation": r} for i, r in zip(insts, rles)]}
 
 
 def video_ground_truth(video, categories: list[dict], next_ann_id: int) -> tuple[dict, list[dict]]:

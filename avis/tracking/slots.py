@@ -75,10 +75,10 @@ class SlotTracker:
 
     def tracks(self) -> list[Track]:
         out = []
-        for rec in self._records:
+        for tid, rec in enumerate(self._records):
             probs = torch.stack(list(rec.probs.values()))  # F x K
             best, cls = probs.max(-1)
             votes = torch.zeros(probs.shape[1], dtype=probs.dtype).index_add_(0, cls, best)
             label = int(votes.argmax())
-            out.append(Track(label=label, score=float(probs[:, label].mean()), masks=dict(rec.masks)))
+            out.append(Track(label=label, score=float(probs[:, label].mean()), masks=dict(rec.masks), track_id=tid))
         return out

@@ -7,11 +7,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms, generalized_box_iou_loss, sigmoid_focal_loss
 
-from ..base import Track, VISMethod
+from ..base import FrameResult, Track, TrackedInstance, VISMethod
 from ..frame_pairs import pair_targets
 from ..losses import squared_dice_loss, zero_loss
 from ..preprocess import normalize_and_pad, register_pixel_stats
-from .association import TrackState, update_tracks
+from .association import DROPPED, TrackState, update_tracks
 from .crossover import crossover_pairs
 from .head import CrossVISHead
 from .losses import GlobalEmbeddingLoss, IdentityMap, pairwise_embedding_loss
@@ -212,13 +212,20 @@ class CrossVIS(VISMethod):
         return {"frame": 0, "tracks": []}
 
     @torch.no_grad()
-    def step(self, state: dict, frame: torch.Tensor, audio: torch.Tensor | None = None) -> None:
+    def step(self, state: dict, frame: torch.Tensor, audio: torch.Tensor | None = None) -> FrameResult:
+        """One frame: detect, associate -> the detections that joined or started a track (track id = index of
+        the track, its class, this detection's score and mask)."""
         d = self.detect(frame)
-        update_tracks(state["tracks"], state["frame"], d["emb"], d["boxes"], d["labels"], d["scores"], d["masks"],
-                      self.match_threshold)
+        t = state["frame"]
+        joined = update_tracks(state["tracks"], t, d["emb"], d["boxes"], d["labels"], d["scores"], d["masks"],
+                               self.match_threshold)
+        masks = d["masks"].cpu()
         state["frame"] += 1
+        return FrameResult(t, sorted((TrackedInstance(j, int(d["labels"][i]), float(d["scores"][i]), masks[i])
+                                      for i, j in enumerate(joined) if j != DROPPED), key=lambda x: x.track_id))
 
     def finish(self, state: dict) -> list[Track]:
+        """Per track: score = mean of its frame scores, class = its first detection's (association keeps it)."""
         tracks: list[TrackState] = state["tracks"]
-        return [Track(label=t.label, score=sum(t.scores) / len(t.scores), masks={k: m.cpu() for k, m in t.masks.items()})
-                for t in tracks]
+        return [Track(label=t.label, score=sum(t.scores) / len(t.scores), masks={k: m.cpu() for k, m in t.masks.items()},
+                      track_id=j) for j, t in enumerate(tracks)]

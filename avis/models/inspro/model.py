@@ -16,7 +16,7 @@ from torchvision.ops import (
     sigmoid_focal_loss,
 )
 
-from avis.models.base import Track, VISMethod
+from avis.models.base import FrameResult, Track, TrackedInstance, VISMethod
 from avis.models.crossvis.mask import DynamicMaskHead, MaskBranch, mask_logits
 from avis.models.losses import squared_dice_loss, zero_loss
 from avis.models.preprocess import normalize_and_pad, register_pixel_stats
@@ -256,11 +256,14 @@ class InsPro(VISMethod):
     # ------------------------------------------------------------------ online inference
 
     def init_state(self) -> dict:
-        return {"t": 0, "queries": None, "boxes": None, "bank": [], "records": {}, "last": None}
+        return {"t": 0, "queries": None, "boxes": None, "bank": [], "records": {}, "runs": {}, "next_id": 0,
+                "last": None}
 
     @torch.no_grad()
-    def step(self, state: dict, frame: torch.Tensor, audio: torch.Tensor | None = None) -> None:
-        """One frame (uint8 3 x H x W): run the stages from the propagated pairs, record active slots.
+    def step(self, state: dict, frame: torch.Tensor, audio: torch.Tensor | None = None) -> FrameResult:
+        """One frame (uint8 3 x H x W): run the stages from the propagated pairs, record active slots -> one
+        instance per active slot (its track: the slot's current run, see ``split_gap``; class = argmax of this
+        frame's scores, score = their max).
 
         ``state["last"]`` holds this frame's ``scores`` N x K, ``boxes`` N x 4 and ``active`` slots."""
         H, W = frame.shape[-2:]
@@ -272,23 +275,33 @@ class InsPro(VISMethod):
         last = self.frame_forward(feats, state["queries"], state["boxes"], padded)[-1]
         scores = last["logits"][0].sigmoid()
         active = (scores.amax(1) > self.score_threshold).nonzero().flatten()
+        instances = []
         if active.numel():
             logit_m = self.instance_masks(mask_feats[0], last["params"][0][active], last["boxes"][0][active])
             full = F.interpolate(logit_m[:, None], scale_factor=4, mode="bilinear", align_corners=False)[:, 0]
             masks = (full[:, :H, :W].sigmoid() > self.mask_threshold).cpu()  # crop the padding
             for j, slot in enumerate(active.tolist()):
-                state["records"].setdefault(slot, []).append((state["t"], scores[slot].cpu(), masks[j]))
+                records = state["records"].setdefault(slot, [])
+                if not records or (self.split_gap and state["t"] - records[-1][0] > self.split_gap):
+                    state["runs"].setdefault(slot, []).append(state["next_id"])  # a new track (see _split)
+                    state["next_id"] += 1
+                records.append((state["t"], scores[slot].cpu(), masks[j]))
+                score, label = records[-1][1].max(0)
+                instances.append(TrackedInstance(state["runs"][slot][-1], int(label), float(score), masks[j]))
         state["queries"], state["boxes"], state["bank"] = self.propagate(last, state["bank"], (H, W))
         state["last"] = {"scores": scores, "boxes": last["boxes"][0], "active": active}
         state["t"] += 1
+        return FrameResult(state["t"] - 1, sorted(instances, key=lambda x: x.track_id))
 
     def finish(self, state: dict) -> list[Track]:
+        """Per slot and run: class = argmax of the mean scores over its frames, score = that mean."""
         tracks = []
         for slot in sorted(state["records"]):
-            for run in self._split(state["records"][slot]):
+            for run, tid in zip(self._split(state["records"][slot]), state["runs"][slot], strict=True):
                 mean = torch.stack([s for _, s, _ in run]).mean(0)
                 label = int(mean.argmax())
-                tracks.append(Track(label=label, score=float(mean[label]), masks={t: m for t, _, m in run}))
+                tracks.append(Track(label=label, score=float(mean[label]), masks={t: m for t, _, m in run},
+                                    track_id=tid))
         return tracks
 
     def _split(self, records: list) -> list[list]:

@@ -13,13 +13,13 @@ Shapes (B clips, T = 1 + delta frames, target last; backbone levels fine to coar
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from avis.models.base import Track, VISMethod
+from avis.models.base import FrameResult, Track, TrackedInstance, VISMethod
 from avis.models.preprocess import normalize, register_pixel_stats
 from avis.models.rcf.criterion import SetCriterion
 from avis.models.rcf.decoder import InstanceHeads, MaskDecoder
@@ -30,15 +30,17 @@ from avis.tracking import SlotTracker
 
 @dataclass
 class RCFState:
-    """Online state of one video: the cache of the last delta frames' features (and audio windows), and
-    every processed frame's slot outputs, kept on the device until :meth:`RCF.finish`."""
+    """Online state of one video: the cache of the last delta frames' features (and audio entries), the
+    slot tracker, and the last frame's raw outputs (for inspection)."""
 
     features: deque
     audio: deque
+    tracker: SlotTracker
+    frame: int = 0  # frames processed so far
     size: tuple[int, int] | None = None
     silence: torch.Tensor | None = None  # cached audio entry of a missing window (fast path)
-    probs: list[torch.Tensor] = field(default_factory=list)  # per frame N x (K+1)
-    masks: list[torch.Tensor] = field(default_factory=list)  # per frame N x H/4 x W/4 mask logits
+    last_probs: torch.Tensor | None = None  # last frame's N x (K+1) class probabilities (device)
+    last_masks: torch.Tensor | None = None  # last frame's N x H/4 x W/4 mask logits (device)
 
 
 class RCF(VISMethod):
@@ -184,13 +186,22 @@ class RCF(VISMethod):
 
     # -- online inference ------------------------------------------------------------------------------
     def init_state(self) -> RCFState:
-        return RCFState(features=deque(maxlen=self.delta), audio=deque(maxlen=self.delta))
+        return RCFState(features=deque(maxlen=self.delta), audio=deque(maxlen=self.delta),
+                        tracker=SlotTracker(self.class_threshold, self.iou_threshold))
 
     @torch.no_grad()
-    def step(self, state: RCFState, frame: torch.Tensor, audio: torch.Tensor | None = None) -> None:
-        """frame: uint8 3 x H x W; audio: float32 S (this frame's window) or None. The backbone runs once
-        on this frame; references come from the cache (the first frame repeated at the video's start).
-        Nothing here waits for the device: outputs stay on it until :meth:`finish`."""
+    def step(self, state: RCFState, frame: torch.Tensor, audio: torch.Tensor | None = None) -> FrameResult:
+        """frame: uint8 3 x H x W; audio: float32 S (this frame's window) or None (no sound: the audio tokens
+        are masked out) -> this frame's tracked instances (:meth:`forward_frame`, then :meth:`track_frame`)."""
+        probs, masks = self.forward_frame(state, frame, audio)
+        return self.track_frame(state, probs, masks)
+
+    @torch.no_grad()
+    def forward_frame(self, state: RCFState, frame: torch.Tensor,
+                      audio: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network on one frame -> class probabilities N x (K+1) (float32) and mask logits N x H/4 x W/4,
+        left on the device. The backbone runs once on this frame; references come from the cache (the first
+        frame repeated at the video's start). Nothing here waits for the device."""
         if not self.fast_online:
             return self._reference_step(state, frame, audio)
         device = self.pixel_mean.device
@@ -207,11 +218,10 @@ class RCF(VISMethod):
             if self.uses_audio and audio is not None:
                 feat, aud = self._online_audio(state, audio.to(device, non_blocking=True).float())
             logits, masks = self.predict(f_t, f_ref, feats[:-1], aud)
-        state.probs.append(logits[-1, 0].float().softmax(-1))
-        state.masks.append(masks[-1, 0])
         if self.delta:
             state.features.append(f_t)
             state.audio.append(feat)
+        return logits[-1, 0].float().softmax(-1), masks[-1, 0]
 
     def _cached_references(self, state: RCFState, f_t: torch.Tensor) -> torch.Tensor | None:
         """The delta cached reference features, concatenated: 1 x delta*C x h x w (None when delta is 0).
@@ -251,7 +261,7 @@ class RCF(VISMethod):
         return feat, tokens.from_features(seq)
 
     @torch.no_grad()
-    def _reference_step(self, state: RCFState, frame: torch.Tensor, audio: torch.Tensor | None = None) -> None:
+    def _reference_step(self, state: RCFState, frame: torch.Tensor, audio: torch.Tensor | None = None):
         """The straightforward step (float32, per-frame audio features through the full LSTM): the fast
         path's reference in tests."""
         feats = self.backbone(self.normalize(frame[None]))
@@ -269,40 +279,41 @@ class RCF(VISMethod):
                     if a is None else a for a in state.audio]
             aud = tokens.from_features(torch.stack(past + [a_t])[None])
         logits, masks = self.predict(f_t, f_ref, feats[:-1], aud)
-        state.probs.append(logits[-1, 0].softmax(-1))
-        state.masks.append(masks[-1, 0])
         if self.delta:
             state.features.append(f_t)
             state.audio.append(a_t)
+        return logits[-1, 0].softmax(-1), masks[-1, 0]
 
     @torch.no_grad()
-    def finish(self, state: RCFState) -> list[Track]:
-        """Binarise (mask threshold), keep fired slots, assign identities -> tracks with masks at the input
-        size (bool H x W per frame where the track appears).
+    def track_frame(self, state: RCFState, probs: torch.Tensor, masks: torch.Tensor) -> FrameResult:
+        """One frame's slot outputs -> its tracked instances: binarise (mask threshold), keep fired slots,
+        assign identities (:class:`avis.tracking.SlotTracker`: slot identity, IoU > 0.5 rescue against the
+        previous frame). Masks at the input size (bool H x W, CPU).
 
-        All host transfers happen here, once per video: class probabilities first, then only the slots that
-        can fire (best real-class probability >= class_threshold) are upsampled and thresholded on the
-        device; the others cannot fire, so the tracker gets empty masks for them.
+        The one host transfer of the step: class probabilities first, then only the slots that can fire (best
+        real-class probability >= class_threshold) are upsampled and thresholded on the device; the others
+        cannot fire, so the tracker gets empty masks for them.
         """
-        tracker = SlotTracker(self.class_threshold, self.iou_threshold)
-        logit_threshold = torch.logit(torch.tensor(self.mask_threshold)).item()
-        if not state.probs:
-            return tracker.tracks()
-        probs = torch.stack(state.probs).float().cpu()  # F x N x (K+1)
-        candidates = probs[..., :-1].max(-1).values >= self.class_threshold  # F x N
-        frame_idx, slot_idx = torch.nonzero(candidates, as_tuple=True)
-        stacked = torch.stack(state.masks)  # F x N x h x w, on the device
-        device = stacked.device
-        picked = stacked[frame_idx.to(device), slot_idx.to(device)]  # M x h x w
-        # Upsample in chunks (bounded memory at full resolution), one host transfer per chunk.
-        binary = torch.cat([(F.interpolate(c[None].float(), size=state.size, mode="bilinear",
-                                           align_corners=False)[0] > logit_threshold).cpu()
-                            for c in picked.split(64)]) if len(picked) else None
-        n = stacked.shape[1]
-        for i in range(len(state.probs)):
-            masks = torch.zeros((n, *state.size), dtype=torch.bool)
-            sel = frame_idx == i
-            if binary is not None and sel.any():
-                masks[slot_idx[sel]] = binary[sel]
-            tracker.update(i, probs[i], masks)
-        return tracker.tracks()
+        state.last_probs, state.last_masks = probs, masks
+        probs = probs.float().cpu()
+        binary = torch.zeros((probs.shape[0], *state.size), dtype=torch.bool)
+        candidates = torch.nonzero(probs[:, :-1].max(-1).values >= self.class_threshold).flatten()
+        if len(candidates):
+            logit_threshold = torch.logit(torch.tensor(self.mask_threshold)).item()
+            picked = masks[candidates.to(masks.device)]
+            # in chunks: bounded memory at full resolution, one host transfer per chunk
+            binary[candidates] = torch.cat([(F.interpolate(c[None].float(), size=state.size, mode="bilinear",
+                                                           align_corners=False)[0] > logit_threshold).cpu()
+                                            for c in picked.split(64)])
+        assigned = state.tracker.update(state.frame, probs, binary)
+        real = probs[:, :-1]
+        result = FrameResult(state.frame, sorted(
+            (TrackedInstance(tid, int(real[slot].argmax()), float(real[slot].max()), binary[slot])
+             for slot, tid in assigned.items()), key=lambda inst: inst.track_id))
+        state.frame += 1
+        return result
+
+    def finish(self, state: RCFState) -> list[Track]:
+        """The video-level tracks (class = score-weighted majority of the per-frame classes, score = mean of
+        that class's probability over the track's frames; see :class:`avis.tracking.SlotTracker`)."""
+        return state.tracker.tracks()

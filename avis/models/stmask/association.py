@@ -31,6 +31,7 @@ class STTrack:
     scores: list[float] = field(default_factory=list)
     masks: dict[int, torch.Tensor] = field(default_factory=dict)
     missed: int = 0
+    track_id: int = -1  # set by the caller when the track is created (stable over the video)
 
     @property
     def label(self) -> int:

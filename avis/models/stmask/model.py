@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_iou, distance_box_iou_loss, nms
 
-from ..base import Track, VISMethod
+from ..base import FrameResult, Track, TrackedInstance, VISMethod
 from ..frame_pairs import pair_targets
 from ..losses import zero_loss
 from ..preprocess import normalize_and_pad, register_pixel_stats
@@ -257,10 +257,13 @@ class STMask(VISMethod):
         return det, feats[1], protos[0]
 
     def init_state(self) -> dict:
-        return {"frame": 0, "tracks": [], "ended": [], "p4": None}
+        return {"frame": 0, "tracks": [], "ended": [], "p4": None, "next_id": 0}
 
     @torch.no_grad()
-    def step(self, state: dict, frame: torch.Tensor, audio: torch.Tensor | None = None) -> None:
+    def step(self, state: dict, frame: torch.Tensor, audio: torch.Tensor | None = None) -> FrameResult:
+        """One frame: detect, propagate the live tracks with the temporal fusion module, associate -> every live
+        track with a mask in this frame: matched or new (this detection's class and score) or unmatched and
+        propagated (its majority class and decayed score)."""
         h, w = frame.shape[-2:]
         det, p4, protos = self.detect(frame)
         tracks: list[STTrack] = state["tracks"]
@@ -273,11 +276,21 @@ class STMask(VISMethod):
             pm = self.masks_at(protos, pc, pb, h, w)
         else:
             pb = pc = pm = None
-        update_tracks(tracks, state["ended"], state["frame"], det, pb, pc, pm, self.new_track_threshold,
+        t = state["frame"]
+        update_tracks(tracks, state["ended"], t, det, pb, pc, pm, self.new_track_threshold,
                       self.track_memory, self.track_decay)
+        instances = []
+        for tr in tracks:
+            if tr.track_id < 0:  # created in this frame
+                tr.track_id, state["next_id"] = state["next_id"], state["next_id"] + 1
+            if t in tr.masks:
+                label = tr.labels[-1] if tr.missed == 0 else tr.label
+                instances.append(TrackedInstance(tr.track_id, label, tr.scores[-1], tr.masks[t].cpu()))
         state["p4"] = p4
         state["frame"] += 1
+        return FrameResult(t, sorted(instances, key=lambda x: x.track_id))
 
     def finish(self, state: dict) -> list[Track]:
-        return [Track(label=t.label, score=sum(t.scores) / len(t.scores), masks={k: m.cpu() for k, m in t.masks.items()})
-                for t in state["ended"] + state["tracks"]]
+        """Ended tracks, then live ones; score = mean of the frame scores, class = majority vote."""
+        return [Track(label=t.label, score=sum(t.scores) / len(t.scores), masks={k: m.cpu() for k, m in t.masks.items()},
+                      track_id=t.track_id) for t in state["ended"] + state["tracks"]]
