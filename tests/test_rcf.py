@@ -508,3 +508,59 @@ def test_per_frame_tracking_gives_the_same_tracks_as_the_video_level_finish(fast
     for a, b in zip(tracks, before):
         assert (a.label, a.score, sorted(a.masks)) == (b.label, b.score, sorted(b.masks))
         assert all(torch.equal(a.masks[t], b.masks[t]) for t in a.masks)
+
+
+# -- padding --------------------------------------------------------------------------------------------------------
+
+def test_fusion_over_a_padded_grid_equals_the_unpadded_one():
+    """Target tokens over the padding are masked out of the attention, the sine encoding spans the valid
+    region and the reference tokens pool over it: the valid tokens, the decoder and the class logits are those
+    of the unpadded features whatever the padding holds; O'_tgt is 0 over the padding."""
+    model = rcf.rcf_tiny(3, delta=2, audio_encoder=audio_encoder()).eval()
+    c = model.backbone.channels[-1]
+    g = torch.Generator().manual_seed(2)
+    grids = [(3, 5), (6, 7)]  # the second image fills the padded 6 x 7 grid
+    f_t = torch.randn(2, c, 6, 7, generator=g) * 3
+    f_ref = torch.randn(2, 2 * c, 6, 7, generator=g) * 3
+    audio = model.fusion.audio_tokens(torch.randn(2, 3, 1600, generator=g))
+    valid = torch.tensor([True, False])
+    with torch.no_grad():
+        padded = model.fusion(f_t, f_ref, audio, valid, valid_hw=torch.tensor(grids))
+        codes = model.instance_decoder(padded.memory, padded.pos, padded.padding_mask)
+        for i, (h, w) in enumerate(grids):
+            alone = model.fusion(f_t[i:i + 1, :, :h, :w], f_ref[i:i + 1, :, :h, :w], audio[i:i + 1], valid[i:i + 1])
+            keep = (torch.arange(6)[:, None] < h) & (torch.arange(7)[None, :] < w)
+            mem = padded.memory[i]
+            torch.testing.assert_close(mem[:42][keep.flatten()], alone.memory[0, :h * w], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(mem[42:], alone.memory[0, h * w:], atol=1e-5, rtol=1e-4)  # ref + audio
+            torch.testing.assert_close(padded.target[i][:, :h, :w], alone.target[0], atol=1e-5, rtol=1e-4)
+            assert (padded.target[i][:, ~keep] == 0).all()
+            ref_codes = model.instance_decoder(alone.memory, alone.pos, alone.padding_mask)
+            torch.testing.assert_close(codes[:, i], ref_codes[:, 0], atol=1e-5, rtol=1e-4)
+
+
+def test_batch_padding_reaches_the_model_and_its_content_does_not_matter():
+    """The pipeline tells each clip's size before padding (image_sizes); the model zeroes the padded pixels
+    (as the convolutions' zero padding at inference) and masks the padded tokens."""
+    from avis.engine.data import collate
+
+    g = torch.Generator().manual_seed(3)
+
+    def clip(h, w):
+        return {"frames": torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8, generator=g),
+                "frame_times": torch.zeros(2, dtype=torch.float64), "audio": torch.randn(2, 1600, generator=g),
+                "has_audio": True, "video_id": 0,
+                "targets": [{"labels": torch.tensor([1]), "masks": torch.rand(1, h, w, generator=g) > 0.5,
+                             "instance_ids": torch.tensor([1])}] * 2}
+
+    batch = collate([clip(40, 56), clip(48, 36)], short=None, max_size=None, size_divisibility=32)
+    assert batch["frames"].shape[-2:] == (64, 64)
+    assert batch["image_sizes"].tolist() == [[40, 56], [48, 36]]
+    model = rcf.rcf_tiny(3, delta=1, audio_encoder=audio_encoder()).eval()
+    other = dict(batch, frames=batch["frames"].clone())
+    other["frames"][0, :, :, 40:] = 255  # garbage in the padding of clip 0
+    other["frames"][1, :, :, :, 36:] = 17
+    with torch.no_grad():
+        a, b = model(batch), model(other)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-6)

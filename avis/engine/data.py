@@ -184,6 +184,7 @@ def collate(clips: list[dict], short: int | None, max_size: int | None, size_div
         targets.append(tt)
     return {
         "frames": torch.stack(frames),
+        "image_sizes": torch.tensor(sizes, dtype=torch.int64),  # B x 2, (h, w) before the padding
         "frame_times": torch.stack([c["frame_times"] for c in clips]),
         "audio": torch.stack([c["audio"] for c in clips]),
         "has_audio": torch.tensor([c["has_audio"] for c in clips]),

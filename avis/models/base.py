@@ -6,6 +6,8 @@ online methods, the clip length for clip-level ones; frames in time order, the t
 
     batch = {
         "frames":      uint8   B x T x 3 x H x W   (RGB; the method normalises)
+        "image_sizes": int64   B x 2               ((h, w) of each clip's frames before the batch was padded
+                                                    bottom/right to H x W; optional, absent = no padding)
         "frame_times": float64 B x T               (seconds on the video's frame timeline)
         "audio":       float32 B x T x S           (per-frame window of eta seconds ending at the frame's
                                                     time, 16 kHz mono, zero-padded before t = 0; zeros

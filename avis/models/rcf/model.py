@@ -43,6 +43,14 @@ class RCFState:
     last_masks: torch.Tensor | None = None  # last frame's N x H/4 x W/4 mask logits (device)
 
 
+def _zero_padding(x: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """Normalised images N x 3 x H x W, valid sizes N x 2 (h, w) -> the padding (right/bottom) set to 0 (the
+    mean colour), as the zero padding of the convolutions at inference, where frames are not padded."""
+    rows = torch.arange(x.shape[-2], device=x.device)[None, :, None] >= sizes[:, 0, None, None]
+    cols = torch.arange(x.shape[-1], device=x.device)[None, None, :] >= sizes[:, 1, None, None]
+    return x.masked_fill((rows | cols)[:, None], 0)
+
+
 class RCF(VISMethod):
     """Robust context fusion network for online (audio-)visual instance segmentation.
 
@@ -131,12 +139,12 @@ class RCF(VISMethod):
         """Attention of the last forward/step: reference-to-target, audio-to-target, ... (see fusion)."""
         return self.fusion.attention_maps()
 
-    def predict(self, f_t, f_ref, low, audio=None, audio_valid=None, all_layers: bool = False):
+    def predict(self, f_t, f_ref, low, audio=None, audio_valid=None, all_layers: bool = False, valid_hw=None):
         """Everything after the backbone. f_t: B x C x h x w; f_ref: B x delta*C x h x w or None; low: finer
-        levels of the target frame; audio: tokens B x T x C' (``fusion.audio_tokens``) or None; audio_valid:
-        see :class:`RobustContextFusion` -> logits L x B x N x (K+1), mask logits L x B x N x H/4 x W/4 with
-        L = dec_layers if all_layers else 1."""
-        fused = self.fusion(f_t, f_ref, audio, audio_valid)
+        levels of the target frame; audio: tokens B x T x C' (``fusion.audio_tokens``) or None; audio_valid,
+        valid_hw (the rows x cols of f_t's grid that hold the image): see :class:`RobustContextFusion` ->
+        logits L x B x N x (K+1), mask logits L x B x N x H/4 x W/4 with L = dec_layers if all_layers else 1."""
+        fused = self.fusion(f_t, f_ref, audio, audio_valid, valid_hw)
         seg = self._compiled.get("mask_decoder", self.mask_decoder)(fused.target, low)
         codes = self.instance_decoder(fused.memory, fused.pos, fused.padding_mask)
         if not all_layers:
@@ -152,9 +160,18 @@ class RCF(VISMethod):
         b, t = frames.shape[:2]
         if t != self.clip_length:
             raise ValueError(f"RCF with delta={self.delta} needs clips of {self.clip_length} frames, got {t}")
-        feats = self.backbone(self.normalize(frames.flatten(0, 1)))
+        x = self.normalize(frames.flatten(0, 1))
+        sizes = batch.get("image_sizes")  # B x 2: each clip's size before the batch was padded
+        if sizes is not None:
+            sizes = torch.as_tensor(sizes, device=x.device)
+            x = _zero_padding(x, sizes.repeat_interleave(t, 0))
+        feats = self.backbone(x)
         last = feats[-1].unflatten(0, (b, t))
         f_t = last[:, -1]
+        valid_hw = None
+        if sizes is not None:  # feature cell i holds image rows [i s, (i + 1) s): those with i s < h are valid
+            s = self.backbone.strides[-1]
+            valid_hw = torch.minimum((sizes + s - 1) // s, sizes.new_tensor(f_t.shape[-2:]))
         f_ref = last[:, :-1].flatten(1, 2) if self.delta else None
         low = [f.unflatten(0, (b, t))[:, -1] for f in feats[:-1]]
         audio = valid = None
@@ -166,7 +183,7 @@ class RCF(VISMethod):
                      else encode(batch["audio"].to(f_t.device)))
             valid = batch.get("has_audio")
             valid = None if valid is None else torch.as_tensor(valid, device=f_t.device)
-        logits, masks = self.predict(f_t, f_ref, low, audio, valid, all_layers=self.aux_loss)
+        logits, masks = self.predict(f_t, f_ref, low, audio, valid, all_layers=self.aux_loss, valid_hw=valid_hw)
         targets = [self._target(clip[-1], masks.shape[-2:], masks.device) for clip in batch["targets"]]
         losses = self.criterion(logits[-1], masks[-1], targets)
         for i in range(logits.shape[0] - 1):
