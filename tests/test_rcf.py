@@ -564,3 +564,75 @@ def test_batch_padding_reaches_the_model_and_its_content_does_not_matter():
         a, b = model(batch), model(other)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-6)
+
+
+# -- Swin-L (timm, optional extra) ------------------------------------------------------------------------------------
+
+SMALL_SWIN = "swin_tiny_patch4_window7_224"  # the same timm class as Swin-L, small enough for CPU tests
+
+
+def test_rcf_swin_l_is_the_papers_swin_l():
+    pytest.importorskip("timm")
+    with torch.device("meta"):  # structure only: 197M parameters are not initialised
+        model = rcf.rcf_swin_l(num_classes=5)
+    assert model.backbone.channels == [192, 384, 768, 1536] and model.backbone.strides == [4, 8, 16, 32]
+    assert model.fusion.target_tokens.proj.in_channels == 1536
+    assert sum(p.numel() for p in model.backbone.parameters()) > 190e6
+    assert not any(k.startswith(("norm.", "head.")) for k in model.backbone.body.state_dict())  # unused: pruned
+
+
+def test_rcf_swin_l_code_path_with_a_small_timm_swin(monkeypatch):
+    """rcf_swin_l's builder and backbone, run with a small timm Swin: any frame size, losses, online step."""
+    pytest.importorskip("timm")
+    from avis.models import backbones
+
+    monkeypatch.setitem(backbones.TIMM_SWINS, "swin_l", SMALL_SWIN)
+    model = rcf.rcf_swin_l(num_classes=3, delta=1, hidden_dim=32, enc_layers=1, dec_layers=1, dim_feedforward=32,
+                           fpn_dim=16, mask_dim=16)
+    assert model.backbone.channels == [96, 192, 384, 768]
+    batch = make_batch(1, 2, size=(50, 70))  # not a multiple of the patch or the windows
+    losses = model(batch)
+    sum(losses.values()).backward()
+    assert model.backbone.body.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.backbone.parameters())  # no unused parameter (DDP)
+    model.eval()
+    result = model.step(model.init_state(), batch["frames"][0, 0])
+    assert all(i.mask.shape == (50, 70) for i in result.instances)
+
+
+def test_timm_swin_loads_local_weights(tmp_path):
+    """A timm classification state dict (torch.save or safetensors), or an original Swin checkpoint."""
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    from avis.models.backbones import TimmSwinBackbone
+
+    src = timm.create_model(SMALL_SWIN, pretrained=False, num_classes=10).state_dict()
+    src = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v for k, v in src.items()}
+    torch.save(src, tmp_path / "timm.pth")
+    save_file(src, str(tmp_path / "timm.safetensors"))
+    # the original Microsoft layout: patch merging at the end of a stage, classifier "head."
+    orig = {}
+    for k, v in src.items():
+        for i in (1, 2, 3):
+            k = k.replace(f"layers.{i}.downsample", f"layers.{i - 1}.downsample")
+        orig[k.replace("head.fc.", "head.")] = v
+    torch.save({"model": orig}, tmp_path / "orig.pth")
+    for name in ("timm.pth", "timm.safetensors", "orig.pth"):
+        net = TimmSwinBackbone(SMALL_SWIN, weights=str(tmp_path / name))
+        got = net.body.state_dict()
+        for k in ("patch_embed.proj.weight", "layers.2.downsample.reduction.weight",
+                  "layers.3.blocks.1.attn.relative_position_bias_table"):
+            assert torch.equal(got[k], src[k]), (name, k)
+    torch.save({"layers.0.blocks.0.norm1.weight": torch.zeros(3)}, tmp_path / "bad.pth")
+    with pytest.raises(InputError, match="bad.pth"):
+        TimmSwinBackbone(SMALL_SWIN, weights=str(tmp_path / "bad.pth"))
+
+
+def test_swin_l_without_timm_says_how_to_install(monkeypatch):
+    from avis.errors import ConfigError
+    from avis.models.backbones import build_backbone
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm -> ImportError
+    with pytest.raises(ConfigError, match=r"avis\[timm\]"):
+        build_backbone("swin_l")

@@ -78,3 +78,10 @@ def rcf_swin_s(num_classes: int, delta: int = 1, audio_encoder: nn.Module | None
 def rcf_swin_b(num_classes: int, delta: int = 1, audio_encoder: nn.Module | None = None,
                backbone_weights: str | None = None, **kwargs) -> RCF:
     return _swin("swin_b", num_classes, delta, audio_encoder, backbone_weights, kwargs)
+
+
+def rcf_swin_l(num_classes: int, delta: int = 1, audio_encoder: nn.Module | None = None,
+               backbone_weights: str | None = None, **kwargs) -> RCF:
+    """The paper's best backbone, Swin-L (window 12, 384 px pre-training), from timm (``pip install
+    'avis[timm]'``); ``backbone_weights``: a local timm (or original Swin) state dict."""
+    return _swin("swin_l", num_classes, delta, audio_encoder, backbone_weights, kwargs)
