@@ -23,6 +23,7 @@ from avis.models.crossvis.targets import fcos_targets, level_locations
 from tests.baseline_utils import (
     assert_overfits_two_clips,
     clip_batch,
+    numbered_video,
     train_and_eval_on_toy,
     two_object_clips,
 )
@@ -250,3 +251,28 @@ def test_engine_trains_and_evaluates_crossvis_tiny(tmp_path):
     last, metrics = train_and_eval_on_toy(tmp_path, "crossvis_tiny")
     assert {"loss_cls", "loss_mask", "loss_cross", "loss_embed"} <= set(last)
     assert "AP" in metrics
+
+
+def test_training_pairs_a_frame_with_a_partner_within_the_window_never_itself():
+    """The paper samples the reference frame at a random distance 0 < |i - t| <= 20; the pipeline delivers the
+    pair the method's clip sampler picks (first = earlier, last = later frame)."""
+    import numpy as np
+
+    from avis.engine.data import sample_clip
+
+    model = crossvis_tiny(2)
+    assert model.clip_sampler.max_distance == 20 and model.clip_sampler.length == model.clip_length == 2
+    rng = np.random.default_rng(0)
+    for n, window in ((60, 20), (8, 20), (60, 3)):
+        sampler = crossvis_tiny(2, partner_distance=window).clip_sampler
+        dist = []
+        for _ in range(600):
+            clip = sample_clip(numbered_video(n), [], 2, rng, sampler=sampler)
+            a, b = clip["frames"][:, 0, 0, 0].tolist()
+            assert 0 <= a < b < n
+            dist.append(b - a)
+        assert set(dist) == set(range(1, min(window, n - 1) + 1))  # every distance of the window occurs
+        if n == 60 and window == 20:
+            assert 9 < np.mean(dist) < 12  # uniform over the window, not mostly adjacent
+    assert sampler(1, rng).tolist() == [0, 0]  # a one-frame video: the frame with itself
+    assert all(sorted(sampler(2, rng).tolist()) == [0, 1] for _ in range(20))

@@ -124,15 +124,22 @@ def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 # ---------------------------------------------------------------- clips
 
-def sample_clip(video, categories, clip_length: int, rng: np.random.Generator, eta: float = 0.96) -> dict:
+def sample_clip(video, categories, clip_length: int, rng: np.random.Generator, eta: float = 0.96,
+                sampler=None) -> dict:
     """One training clip: a random target frame and the ``clip_length - 1`` frames before it (the first frame
-    repeated at the start of a video), with each frame's audio window and annotations (crowds left out).
+    repeated at the start of a video), or the frames the method's ``sampler`` picks (``model.clip_sampler``,
+    see :mod:`avis.models.sampling`), with each frame's audio window and annotations (crowds left out).
 
     ``video`` is a decoded video, or a lazy one with ``select(indices)`` that decodes only those frames.
     """
     n = num_frames(video)
-    t = int(rng.integers(n))
-    idx = np.clip(np.arange(t - clip_length + 1, t + 1), 0, n - 1)
+    if sampler is None:
+        t = int(rng.integers(n))
+        idx = np.clip(np.arange(t - clip_length + 1, t + 1), 0, n - 1)
+    else:
+        idx = np.asarray(sampler(n, rng), dtype=np.int64)
+        if len(idx) != clip_length or idx.min() < 0 or idx.max() >= n:
+            raise ConfigError(f"the clip sampler gave {idx.tolist()} for a {clip_length}-frame clip of {n} frames")
     if hasattr(video, "select"):
         uniq = sorted(set(idx.tolist()))
         video = video.select(uniq)
@@ -228,7 +235,7 @@ class _EpochClips(IterableDataset):
             for video in s.source.videos(unit):
                 for _ in range(s.clips_per_video):
                     try:
-                        clip = sample_clip(video, s.categories, s.clip_length, rng, s.eta)
+                        clip = sample_clip(video, s.categories, s.clip_length, rng, s.eta, s.sampler)
                     except InputError as e:  # a corrupt frame: the source's on_error says skip or stop
                         if getattr(s.source, "on_error", "fail") == "fail":
                             raise
@@ -258,12 +265,13 @@ class ClipStream:
     def __init__(self, source, clip_length: int, batch_size: int, *, seed: int = 0, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, clips_per_video: int = 1, shuffle_buffer: int = 16,
                  scales: Sequence[int] | None = None, max_size: int | None = None, eta: float = 0.96,
-                 size_divisibility: int = 1):
+                 size_divisibility: int = 1, sampler=None):
         self.source, self.clip_length, self.batch_size = source, int(clip_length), int(batch_size)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.num_workers, self.clips_per_video = int(num_workers), int(clips_per_video)
         self.shuffle_buffer, self.scales = max(1, int(shuffle_buffer)), list(scales or [])
         self.max_size, self.eta, self.size_divisibility = max_size, float(eta), int(size_divisibility)
+        self.sampler = sampler  # the method's clip_sampler (None: target frame + the frames before it)
         self.categories = list(source.categories)
         self.units = list(source.units())
         if len(self.units) < world_size * max(1, num_workers):

@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from avis.models.sampling import ClipSampler
+
 
 @dataclass
 class Track:
@@ -84,6 +86,9 @@ class VISMethod(nn.Module):
 
     #: frames per training clip the data pipeline must deliver (1 + delta, or the clip length)
     clip_length: int = 1
+    #: which frames those are (:mod:`avis.models.sampling`); None: the pipeline's default, a random target
+    #: frame and the clip_length - 1 frames before it
+    clip_sampler: ClipSampler | None = None
     #: whether the method consumes the ``audio`` entry of the batch
     uses_audio: bool = False
 

@@ -11,6 +11,7 @@ from ..base import FrameResult, Track, TrackedInstance, VISMethod
 from ..frame_pairs import pair_targets
 from ..losses import squared_dice_loss, zero_loss
 from ..preprocess import normalize_and_pad, register_pixel_stats
+from ..sampling import FramePair
 from .association import DROPPED, TrackState, update_tracks
 from .crossover import crossover_pairs
 from .head import CrossVISHead
@@ -49,7 +50,7 @@ class CrossVIS(VISMethod):
                  center_sampling_radius: float | None = 1.5, max_proposals: int = 500,
                  score_threshold: float = 0.05, pre_nms_topk: int = 1000, nms_threshold: float = 0.6,
                  max_detections: int = 100, mask_threshold: float = 0.5, match_threshold: float = 0.4,
-                 size_divisibility: int = 128):
+                 size_divisibility: int = 128, partner_distance: int = 20):
         super().__init__()
         if embedding not in ("global", "pairwise", None):
             raise ValueError(f"embedding must be 'global', 'pairwise' or None, not {embedding!r}")
@@ -61,6 +62,8 @@ class CrossVIS(VISMethod):
         self.score_threshold, self.pre_nms_topk, self.nms_threshold = score_threshold, pre_nms_topk, nms_threshold
         self.max_detections, self.mask_threshold = max_detections, mask_threshold
         self.match_threshold, self.size_divisibility = match_threshold, size_divisibility
+        # training pairs: a frame and a partner at a random distance up to partner_distance, never itself
+        self.clip_sampler = FramePair(partner_distance)
         c = backbone.out_channels
         self.dynamic_head = DynamicMaskHead(mask_channels)
         self.head = CrossVISHead(c, num_classes, self.dynamic_head.num_params, len(self.strides),

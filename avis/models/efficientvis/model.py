@@ -31,6 +31,7 @@ from avis.models.base import Track, VISMethod
 from avis.models.efficientvis.criterion import TrackletCriterion, TrackletMatcher, Tracklets, build_tracklets
 from avis.models.efficientvis.stage import Stage
 from avis.models.preprocess import normalize, register_pixel_stats
+from avis.models.sampling import ClipPair
 
 
 class BaseFeature(nn.Module):
@@ -90,6 +91,8 @@ class EfficientVIS(VISMethod):
         self.clip_frames = int(clip_length)
         self.correspondence = correspondence
         self.clip_length = 2 * self.clip_frames if correspondence else self.clip_frames
+        # training clips within the video, the pair in random order (see ClipPair)
+        self.clip_sampler = ClipPair(self.clip_frames, 2 if correspondence else 1)
         self.aux_loss = aux_loss
         self.backbone = backbone
         self.stride = int(backbone.strides[roi_level])  # of the RoI feature; masks are at strides[0]
