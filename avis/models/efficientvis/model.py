@@ -3,22 +3,12 @@ from clip to clip through the queries (no association step, no NMS, no threshold
 
 Shapes (B videos, T frames per clip, N tracklet queries, D channels)::
 
-    frames    uint8 B x 2T x 3 x H x W  (training: two consecutive clips of T frames, split in the model)
+    frames    uint8 B x 2T x 3 x H x W  (training: a pair of clips of T frames, see ClipPair; split here)
     backbone  -> levels fine to coarse -> fused base feature (B*T) x D x H/s x W/s, s = finest stride
     queries   B x N x T x D, proposals B x N x T x 4 (normalised cxcywh)
     stage m   -> class logits B x N x T x (K+1), boxes B x N x T x 4, mask logits B x N x T x H/s x W/s
 
-Deviations from the paper (also in configs/model/efficientvis*.yaml):
-
-- Masks: a dynamic mask head (mask embedding of the query at frame t dotted with a per-frame mask feature
-  map at stride s), not an RoI mask head pasted into the frame; it gives full-frame masks directly.
-- Base feature: one fused level (lateral 1x1 convs summed, resized to stride 8 for R-50 + a 3x3 conv), not
-  an FPN with multi-level RoI assignment; mask features at stride 4 (128 channels for R-50).
-- Classification: softmax cross-entropy with an empty class (weight ``empty_weight``), not focal loss.
-- Training clips: the engine delivers ``clip_length = 2T`` consecutive frames; the first T frames are clip 1,
-  the last T clip 2 (the paper samples two clips of one video, not necessarily adjacent).
-- Ground-truth tracklets that appear only in clip 2 are matched to the queries left free by clip 1's
-  assignment (the paper does not say).
+Deviations from the paper, each with the argument or file where it lives: ``docs/baselines_efficientvis.md``.
 """
 
 from __future__ import annotations
