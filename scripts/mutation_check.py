@@ -1,7 +1,7 @@
 """Mutation check of the method-specific parts: patch each part out of a copy of the checkout and run the fast
 test that must then fail. Prints the table of docs/mutation.md.
 
-    python scripts/mutation_check.py [--only SUBSTRING] [--jobs 1]
+    python scripts/mutation_check.py [--only SUBSTRING ...]
 
 Each mutation replaces one exact piece of code (which must occur once) in a temporary copy of the tracked and
 untracked-but-not-ignored files, runs its tests there (``pytest -x``, one thread), and restores the file. The
@@ -79,7 +79,7 @@ MUTATIONS = [
     Mutation("RCF", "matching similarity Dice + class probability (Eq. 3): Dice part",
              "avis/models/rcf/criterion.py",
              "sim = sim + probs[b][:, labels].float()", "sim = probs[b][:, labels].float()",
-             (R + "test_matcher_finds_the_permutation_and_loss_is_near_zero_when_perfect",)),
+             (R + "test_matcher_uses_the_masks_dice_when_classes_tie",)),
     Mutation("RCF", "no-object class weight 0.1", "avis/models/rcf/criterion.py",
              "empty[-1] = no_object_weight", "empty[-1] = 1.0", (R + "test_no_object_weight",)),
     Mutation("RCF", "identity rule: IoU > 0.5 rescue against t-1", "avis/tracking/slots.py",
@@ -103,7 +103,7 @@ MUTATIONS = [
              "return torch.where(det_labels[:, None] == trk_labels[None, :], s, torch.full_like(s, -1.0))",
              "return s", (CV + "test_association_rule",)),
     Mutation("CrossVIS", "FCOS centre sampling", "avis/models/crossvis/targets.py",
-             "    if center_radius:", "    if False:", (CV + "test_fcos_targets_size_ranges_and_smallest_box",)),
+             "    if center_radius:", "    if False:", (CV + "test_fcos_centre_sampling_radius",)),
     Mutation("CrossVIS", "per frame: step returns the frame's tracked instances", "avis/models/crossvis/model.py",
              "for i, j in enumerate(joined) if j != DROPPED)", "for i, j in enumerate(joined) if False)",
              (SH + "test_step_returns_the_frames_tracked_instances_that_make_the_tracks[crossvis_tiny]",)),
@@ -222,9 +222,10 @@ def _pytest(root: Path, tests) -> tuple[bool, float]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="", help="run the mutations whose method or part contains this")
+    ap.add_argument("--only", nargs="*", default=[""],
+                    help="run the mutations whose method or part contains one of these")
     args = ap.parse_args(argv)
-    chosen = [m for m in MUTATIONS if args.only.lower() in f"{m.method} {m.part}".lower()]
+    chosen = [m for m in MUTATIONS if any(o.lower() in f"{m.method} {m.part}".lower() for o in args.only)]
     with tempfile.TemporaryDirectory(prefix="avis-mutation-") as tmp:
         root = Path(tmp)
         _copy_checkout(root)

@@ -176,6 +176,19 @@ def test_fcos_targets_size_ranges_and_smallest_box():
     assert int(gt[j]) == 1 and reg[j].tolist() == [24, 56, 76, 8]
 
 
+def test_fcos_centre_sampling_radius():
+    """With centre sampling (radius 1.5 strides) a location inside the box but far from its centre is
+    background; without it, it is positive."""
+    locs, levels = level_locations([(8, 8)], (8,))
+    box, label = torch.tensor([[0.0, 0, 64, 64]]), torch.tensor([1])  # centre (32, 32): region [20, 44]^2 on P3
+    near, far = 3 * 8 + 3, 1 * 8 + 1  # locations (28, 28) and (12, 12)
+    _, _, gt = fcos_targets(locs, levels, box, label, 2, (64, 128), (8,), center_radius=1.5)
+    assert int(gt[near]) == 0 and int(gt[far]) == -1
+    assert int((gt == 0).sum()) == 4  # the 2 x 2 locations (28 and 36) strictly within 12 px of the centre
+    _, _, gt = fcos_targets(locs, levels, box, label, 2, (64, 128), (8,), center_radius=None)
+    assert int(gt[far]) == 0 and int((gt == 0).sum()) == 64
+
+
 def test_condinst_vis_variant_losses():
     batch = clip_batch(*two_object_clips(1))
     torch.manual_seed(0)

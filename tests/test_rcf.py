@@ -233,6 +233,21 @@ def test_matcher_finds_the_permutation_and_loss_is_near_zero_when_perfect():
     assert bad["loss_ce"] + bad["loss_dice"] > 0.9
 
 
+def test_matcher_uses_the_masks_dice_when_classes_tie():
+    """Two objects of the same class: only Dice(m, m_hat) of Eq. 3 tells which slot holds which."""
+    gt = torch.zeros(2, 8, 8)
+    gt[0, :4] = 1
+    gt[1, 4:] = 1
+    logits = torch.full((1, 4, 3), -20.0)
+    logits[0, :, 2] = 20  # no-object ...
+    masks = torch.full((1, 4, 8, 8), -20.0)
+    for gi, slot in ((0, 3), (1, 1)):  # ... except slots 3 and 1, both class 0
+        logits[0, slot] = torch.tensor([20.0, -20, -20])
+        masks[0, slot][gt[gi] > 0] = 20
+    rows, cols = HungarianMatcher()(logits, masks, [{"labels": torch.tensor([0, 0]), "masks": gt}])[0]
+    assert dict(zip(cols.tolist(), rows.tolist())) == {0: 3, 1: 1}
+
+
 def test_no_object_weight():
     logits = torch.zeros(1, 4, 3)  # uniform: -log p = log 3 for every slot whatever its class
     masks = torch.zeros(1, 4, 4, 4)

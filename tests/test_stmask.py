@@ -141,6 +141,9 @@ def test_assign_new_track_threshold_and_one_to_one():
     assert assign(scores, torch.tensor([0.9, 0.8, 0.7])) == [0, NEW, 1]
     assert assign(scores[1:2], torch.tensor([0.8])) == [0]
     assert assign(torch.tensor([[1.4]]), torch.tensor([0.5])) == [NEW]
+    # exactly at the threshold (1.5 is exact in float32, 1.4 is not): "best s <= threshold" starts a new track
+    assert assign(torch.tensor([[1.5]]), torch.tensor([0.5]), threshold=1.5) == [NEW]
+    assert assign(torch.tensor([[1.5001]]), torch.tensor([0.5]), threshold=1.5) == [0]
 
 
 def test_tracks_kept_ten_frames_with_decayed_score():
