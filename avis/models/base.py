@@ -2,7 +2,8 @@
 branch on the method. Methods are built from configs with ``hydra.utils.instantiate`` (``_target_``).
 
 Training batch (produced by :mod:`avis.data`, collated over B clips of T frames each; T = 1 + delta for the
-online methods, the clip length for clip-level ones; frames in time order, the target frame last)::
+online methods, the clip length for clip-level ones; frames as the method's ``clip_sampler`` orders them, by
+default in time order with the target frame last)::
 
     batch = {
         "frames":      uint8   B x T x 3 x H x W   (RGB; the method normalises)
