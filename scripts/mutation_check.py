@@ -67,7 +67,7 @@ MUTATIONS = [
     Mutation("RCF", "padding: padded pixels zeroed (as the convolutions' zero padding)", "avis/models/rcf/model.py",
              "x = _zero_padding(x, sizes.repeat_interleave(t, 0))", "x = x",
              (R + "test_batch_padding_reaches_the_model_and_its_content_does_not_matter",)),
-    Mutation("RCF", "padding: the pipeline tells each clip's size (image_sizes)", "avis/engine/data.py",
+    Mutation("RCF", "padding: the pipeline tells each clip's size (image_sizes)", "avis/data/clips.py",
              '"image_sizes": torch.tensor(sizes, dtype=torch.int64),', "",
              (R + "test_batch_padding_reaches_the_model_and_its_content_does_not_matter",)),
     Mutation("RCF", "reference weight map W = sigmoid(conv(f_ref))", "avis/models/rcf/fusion.py",

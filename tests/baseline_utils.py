@@ -35,13 +35,15 @@ def two_object_clips(n: int) -> list[tuple[torch.Tensor, list[dict]]]:
     return out
 
 
-def numbered_video(n: int) -> dict:
+def numbered_video(n: int):
     """A decoded video of n 4 x 4 frames, frame t filled with the value t (a sampled clip tells its indices)."""
     import numpy as np
 
+    from avis.data.video import Video
+
     frames = np.repeat(np.arange(n, dtype=np.uint8)[:, None, None, None], 4, 1).repeat(4, 2).repeat(3, 3)
-    return {"video_id": 1, "frames": frames, "frame_times": np.arange(n) / 10.0, "audio": None,
-            "has_audio": False, "instances": []}
+    return Video(video_id=1, frames=frames, frame_times=np.arange(n) / 10.0, audio=None, sample_rate=16000,
+                 has_audio=False)
 
 
 def clip_batch(*clips) -> dict:
@@ -107,9 +109,10 @@ def train_and_eval_on_toy(tmp_path: Path, experiment: str) -> tuple[dict, dict]:
     """``avis train experiment=EXPERIMENT data=toy`` for 4 steps, then ``avis eval`` of its last checkpoint
     on the CPU. -> (the last metrics.jsonl record of training, the eval's metrics)."""
     from avis import cli
+    from tests.conftest import TOY
 
     run = tmp_path / "run"
-    assert cli.main(["train", f"experiment={experiment}", "data=toy", f"hydra.run.dir={run}",
+    assert cli.main(["train", f"experiment={experiment}", "data=toy", TOY, f"hydra.run.dir={run}",
                      "trainer.max_steps=4", "trainer.log_every=2", "trainer.ckpt_every=4", "trainer.eval_every=0",
                      "trainer.progress=false", "trainer.tensorboard=false"]) == 0
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])

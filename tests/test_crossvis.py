@@ -271,7 +271,7 @@ def test_training_pairs_a_frame_with_a_partner_within_the_window_never_itself():
     pair the method's clip sampler picks (first = earlier, last = later frame)."""
     import numpy as np
 
-    from avis.engine.data import sample_clip
+    from avis.data.clips import sample_clip
 
     model = crossvis_tiny(2)
     assert model.clip_sampler.max_distance == 20 and model.clip_sampler.length == model.clip_length == 2

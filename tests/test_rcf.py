@@ -17,6 +17,7 @@ from avis.models import rcf
 from avis.models.losses import dice_similarity, mask_iou
 from avis.models.rcf.criterion import HungarianMatcher, SetCriterion
 from tests.baseline_utils import single_thread
+from tests.rcf_reference import reference_step
 
 H = W = 64
 
@@ -446,13 +447,13 @@ def test_soundless_video_is_masked_in_inference_as_in_training():
     training does with has_audio = False (zero windows would be encoded as real silence)."""
     import numpy as np
 
+    from avis.data.video import Video
     from avis.engine.predict import model_inputs, predict_videos
 
     model = rcf.rcf_tiny(3, delta=1, audio_encoder=audio_encoder()).eval()
     g = np.random.default_rng(0)
-    video = {"video_id": 1, "frames": g.integers(0, 256, (3, H, W, 3), dtype=np.uint8),
-             "frame_times": [0.0, 0.04, 0.08], "audio": None, "sample_rate": 16000, "has_audio": False,
-             "instances": []}
+    video = Video(video_id=1, frames=g.integers(0, 256, (3, H, W, 3), dtype=np.uint8),
+                  frame_times=np.array([0.0, 0.04, 0.08]), audio=None, sample_rate=16000, has_audio=False)
     frames, audio, _ = model_inputs(video, None, None)
     assert audio is None
     seen = []
@@ -509,14 +510,16 @@ def _finish_of_before(model, outs, size):
 @pytest.mark.parametrize("fast", [True, False])
 def test_per_frame_tracking_gives_the_same_tracks_as_the_video_level_finish(fast):
     model = rcf.rcf_tiny(3, delta=2, audio_encoder=audio_encoder(), class_threshold=0.2).eval()
-    model.fast_online = fast
     g = torch.Generator().manual_seed(4)
     frames = torch.randint(0, 256, (8, 3, 40, 56), dtype=torch.uint8, generator=g)
     audio = torch.randn(8, 1600, generator=g)
     state = model.init_state()
     outs = []
     for t in range(8):
-        model.step(state, frames[t], audio[t])
+        if fast:
+            model.step(state, frames[t], audio[t])
+        else:  # the reference network part (tests/rcf_reference.py), then the same per-frame tracking
+            model.track_frame(state, *reference_step(model, state, frames[t], audio[t]))
         outs.append((state.last_probs, state.last_masks))
     tracks, before = model.finish(state), _finish_of_before(model, outs, (40, 56))
     assert len(tracks) == len(before) > 1
@@ -557,7 +560,7 @@ def test_fusion_over_a_padded_grid_equals_the_unpadded_one():
 def test_batch_padding_reaches_the_model_and_its_content_does_not_matter():
     """The pipeline tells each clip's size before padding (image_sizes); the model zeroes the padded pixels
     (as the convolutions' zero padding at inference) and masks the padded tokens."""
-    from avis.engine.data import collate
+    from avis.data.clips import collate
 
     g = torch.Generator().manual_seed(3)
 

@@ -1,4 +1,4 @@
-"""The CrossVIS method and its CondInst-VIS ablation (see the package docstring for deviations)."""
+"""The CrossVIS method and its CondInst-VIS ablation (deviations from the paper: docs/baselines.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The STMask method (see the package docstring for the deviations from the paper)."""
+"""The STMask method (deviations from the paper: docs/baselines_stmask.md)."""
 
 from __future__ import annotations
 
