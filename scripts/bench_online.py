@@ -5,8 +5,9 @@ alone (the floor), RCF-R50 and RCF-R101 with delta = 1 and 5, audio off and on (
 ``RCF.optimize_online``), the reference step of RCF-R50 delta = 5 with audio (what the fast path replaces),
 VGGish on one window, and the baselines present (CrossVIS-R50 with ~0 and with 100 detections per frame, InsPro-R50 with ~0 and with
 100 masks per frame, STMask-R50 with 100 detections per frame), and EfficientVIS-R50 (T = 36 and 9, see below). Frames start on the host as decoded uint8
-(the host-to-device copy is timed on a GPU); the per-video ``finish`` (mask upsampling, thresholds, tracks) is
-timed once after the frames and reported per frame. Variants are timed interleaved, frame by frame, so that
+(the host-to-device copy is timed on a GPU); a step returns the frame's tracked instances (masks upsampled
+and thresholded, identities assigned), and the per-video ``finish`` (each track's video-level class and score)
+is timed once after the frames and reported per frame. Variants are timed interleaved, frame by frame, so that
 load changes on a shared machine hit all of them alike; the median per-frame time after warm-up is reported,
 with ratios to the matching backbone and between settings.
 
@@ -95,8 +96,8 @@ def method(name: str, build: Callable[[], nn.Module], group: str = "", floor: st
         if reference:
             from tests.rcf_reference import reference_step
 
-            def run_step(state, frame, audio):
-                reference_step(model, state, frame, audio)
+            def run_step(state, frame, audio):  # the reference network part, then the same tracking
+                model.track_frame(state, *reference_step(model, state, frame, audio))
         elif hasattr(model, "optimize_online"):
             model.optimize_online(**FAST)
         state = model.init_state()

@@ -35,6 +35,17 @@ def two_object_clips(n: int) -> list[tuple[torch.Tensor, list[dict]]]:
     return out
 
 
+def numbered_video(n: int):
+    """A decoded video of n 4 x 4 frames, frame t filled with the value t (a sampled clip tells its indices)."""
+    import numpy as np
+
+    from avis.data.video import Video
+
+    frames = np.repeat(np.arange(n, dtype=np.uint8)[:, None, None, None], 4, 1).repeat(4, 2).repeat(3, 3)
+    return Video(video_id=1, frames=frames, frame_times=np.arange(n) / 10.0, audio=None, sample_rate=16000,
+                 has_audio=False)
+
+
 def clip_batch(*clips) -> dict:
     """(frames, targets) clips -> a training batch (frames B x T x 3 x H x W, targets, video ids 0..B-1)."""
     return {"frames": torch.stack([c[0] for c in clips]), "targets": [c[1] for c in clips],

@@ -1,4 +1,4 @@
-"""The straightforward RCF online step: the oracle of the fast path (:meth:`avis.models.rcf.RCF.step`).
+"""The straightforward RCF online step: the oracle of the fast path (:meth:`avis.models.rcf.RCF.forward_frame`).
 
 Float32, every frame's audio features through the full LSTM, no caches beyond the reference features: what
 the paper describes, written plainly. ``tests/test_perf.py`` checks the fast path against it and
@@ -11,8 +11,9 @@ import torch
 
 
 @torch.no_grad()
-def reference_step(model, state, frame: torch.Tensor, audio: torch.Tensor | None = None) -> None:
-    """``model.step(state, frame, audio)`` the straightforward way (same state, same outputs)."""
+def reference_step(model, state, frame: torch.Tensor, audio: torch.Tensor | None = None):
+    """``model.forward_frame(state, frame, audio)`` the straightforward way (same state updates) -> class
+    probabilities N x (K+1) and mask logits N x H/4 x W/4 of the frame (``model.track_frame`` tracks them)."""
     feats = model.backbone(model.normalize(frame[None]))
     f_t = feats[-1]
     state.size = tuple(frame.shape[-2:])
@@ -26,19 +27,22 @@ def reference_step(model, state, frame: torch.Tensor, audio: torch.Tensor | None
         # A window missing from an earlier frame reads as silence (as the data pipeline zero-pads).
         past = [tokens.frame_features(torch.zeros_like(audio, dtype=torch.float32, device=f_t.device)[None])[0]
                 if a is None else a for a in state.audio]
-        aud = torch.stack(past + [a_t])[None]
-    logits, masks = model.predict(f_t, f_ref, feats[:-1], audio_features=aud)
-    state.probs.append(logits[-1, 0].softmax(-1))
-    state.masks.append(masks[-1, 0])
+        aud = tokens.from_features(torch.stack(past + [a_t])[None])
+    logits, masks = model.predict(f_t, f_ref, feats[:-1], aud)
     if model.delta:
         state.features.append(f_t)
         state.audio.append(a_t)
+    return logits[-1, 0].softmax(-1), masks[-1, 0]
 
 
 @torch.no_grad()
 def reference_video(model, frames, audio):
-    """The reference step over a whole video -> (state, tracks)."""
+    """The reference step over a whole video, each frame tracked by ``model.track_frame`` -> (per-frame raw
+    outputs ``[(probs, mask logits)]``, tracks)."""
     state = model.init_state()
+    outs = []
     for f, a in zip(frames, audio):
-        reference_step(model, state, f, a)
-    return state, model.finish(state)
+        out = reference_step(model, state, f, a)
+        model.track_frame(state, *out)
+        outs.append(out)
+    return outs, model.finish(state)

@@ -23,6 +23,7 @@ from avis.models.crossvis.targets import fcos_targets, level_locations
 from tests.baseline_utils import (
     assert_overfits_two_clips,
     clip_batch,
+    numbered_video,
     train_and_eval_on_toy,
     two_object_clips,
 )
@@ -175,6 +176,19 @@ def test_fcos_targets_size_ranges_and_smallest_box():
     assert int(gt[j]) == 1 and reg[j].tolist() == [24, 56, 76, 8]
 
 
+def test_fcos_centre_sampling_radius():
+    """With centre sampling (radius 1.5 strides) a location inside the box but far from its centre is
+    background; without it, it is positive."""
+    locs, levels = level_locations([(8, 8)], (8,))
+    box, label = torch.tensor([[0.0, 0, 64, 64]]), torch.tensor([1])  # centre (32, 32): region [20, 44]^2 on P3
+    near, far = 3 * 8 + 3, 1 * 8 + 1  # locations (28, 28) and (12, 12)
+    _, _, gt = fcos_targets(locs, levels, box, label, 2, (64, 128), (8,), center_radius=1.5)
+    assert int(gt[near]) == 0 and int(gt[far]) == -1
+    assert int((gt == 0).sum()) == 4  # the 2 x 2 locations (28 and 36) strictly within 12 px of the centre
+    _, _, gt = fcos_targets(locs, levels, box, label, 2, (64, 128), (8,), center_radius=None)
+    assert int(gt[far]) == 0 and int((gt == 0).sum()) == 64
+
+
 def test_condinst_vis_variant_losses():
     batch = clip_batch(*two_object_clips(1))
     torch.manual_seed(0)
@@ -250,3 +264,28 @@ def test_engine_trains_and_evaluates_crossvis_tiny(tmp_path):
     last, metrics = train_and_eval_on_toy(tmp_path, "crossvis_tiny")
     assert {"loss_cls", "loss_mask", "loss_cross", "loss_embed"} <= set(last)
     assert "AP" in metrics
+
+
+def test_training_pairs_a_frame_with_a_partner_within_the_window_never_itself():
+    """The paper samples the reference frame at a random distance 0 < |i - t| <= 20; the pipeline delivers the
+    pair the method's clip sampler picks (first = earlier, last = later frame)."""
+    import numpy as np
+
+    from avis.data.clips import sample_clip
+
+    model = crossvis_tiny(2)
+    assert model.clip_sampler.max_distance == 20 and model.clip_sampler.length == model.clip_length == 2
+    rng = np.random.default_rng(0)
+    for n, window in ((60, 20), (8, 20), (60, 3)):
+        sampler = crossvis_tiny(2, partner_distance=window).clip_sampler
+        dist = []
+        for _ in range(600):
+            clip = sample_clip(numbered_video(n), [], 2, rng, sampler=sampler)
+            a, b = clip["frames"][:, 0, 0, 0].tolist()
+            assert 0 <= a < b < n
+            dist.append(b - a)
+        assert set(dist) == set(range(1, min(window, n - 1) + 1))  # every distance of the window occurs
+        if n == 60 and window == 20:
+            assert 9 < np.mean(dist) < 12  # uniform over the window, not mostly adjacent
+    assert sampler(1, rng).tolist() == [0, 0]  # a one-frame video: the frame with itself
+    assert all(sorted(sampler(2, rng).tolist()) == [0, 1] for _ in range(20))

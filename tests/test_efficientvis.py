@@ -134,7 +134,7 @@ def test_clip2_reuses_clip1_assignment(monkeypatch):
         return real(self, logits, boxes, masks, tgt, free)
 
     monkeypatch.setattr(model_mod.TrackletMatcher, "__call__", spy)
-    losses = m(batch)
+    m(batch)
     first, second = m.last_assignments
     for v in range(2):
         a1 = dict(zip(first[v][1].tolist(), first[v][0].tolist()))  # instance id -> query
@@ -145,10 +145,41 @@ def test_clip2_reuses_clip1_assignment(monkeypatch):
     clip2_calls = calls[-1:]
     assert clip2_calls[0][0] == [2] and clip2_calls[0][1].count(False) == 1
     assert second[0][1].tolist().count(2) == 1 and a2  # instance 2 got a query in clip 2
-    # Gradients of clip 2's loss reach the initial queries through clip 1's output queries.
-    m.zero_grad()
+
+
+def test_clip2_starts_from_clip1s_time_averaged_output_queries_with_gradients():
+    """Correspondence learning: clip 2's initial queries are clip 1's last-stage output queries averaged over
+    time (values, not only the shape), and clip 2's losses send gradients back into clip 1 through them."""
+    torch.manual_seed(0)
+    m = efficientvis_tiny(2, clip_length=2, num_queries=4)
+    batch = _square_clips()
+    inputs, outputs = [], []
+    orig = m.run_clip
+
+    def spy(fr, queries=None, all_stages=False):
+        inputs.append(queries)
+        outs = orig(fr, queries, all_stages)
+        outs[-1]["queries"].retain_grad()
+        outputs.append(outs)
+        return outs
+
+    m.run_clip = spy
+    losses = m(batch)
+    assert len(inputs) == 2 and inputs[0] is None
+    expected = outputs[0][-1]["queries"].mean(2)  # B x N x D
+    assert inputs[1].shape == expected.shape == (2, 4, 32)
+    torch.testing.assert_close(inputs[1], expected, atol=0, rtol=0)
+    assert (expected - m.init_queries.weight[None]).abs().amax() > 1e-3  # not the learned initial queries
     sum(v for k, v in losses.items() if "_c2" in k).backward()
-    assert m.init_queries.weight.grad.abs().sum() > 0
+    grad = outputs[0][-1]["queries"].grad
+    assert grad is not None and grad.abs().sum() > 0  # clip 2's loss reaches clip 1's output queries
+    # and so clip 2's losses depend on clip 1's frames
+    other = dict(batch, frames=batch["frames"].clone())
+    other["frames"][:, :2] = 255 - other["frames"][:, :2]
+    m.run_clip = orig
+    with torch.no_grad():
+        a, b = m(batch), m(other)
+    assert abs(float(a["loss_ce_c2"] - b["loss_ce_c2"])) > 1e-4
 
 
 def test_predict_video_carries_queries_over_clips():
@@ -166,6 +197,11 @@ def test_predict_video_carries_queries_over_clips():
     tracks = m.predict_video(frames)
     assert [s[0] for s in seen] == [2, 2, 1] and seen[0][1] is None
     assert seen[1][1].shape == (1, 3, 32)
+    with torch.no_grad():  # the carried queries are the previous clip's output queries averaged over time
+        first = orig(frames[None, :2])[-1]["queries"].mean(2)
+        second = orig(frames[None, 2:4], first)[-1]["queries"].mean(2)
+    torch.testing.assert_close(seen[1][1], first)
+    torch.testing.assert_close(seen[2][1], second)
     for tr in tracks:
         assert all(0 <= t < 5 and mk.shape == (32, 40) and mk.dtype == torch.bool for t, mk in tr.masks.items())
 
@@ -220,3 +256,31 @@ def test_efficientvis_tiny_trains_and_evaluates_through_the_engine(tmp_path):
     assert avis_cli.main(["eval", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--out", str(out)]) == 0
     summary = json.loads((out / "metrics.json").read_text())
     assert "AP" in summary["metrics"] and summary["timing"]["frames"] > 0
+
+
+def test_training_clip_pair_lies_within_the_video_in_random_order():
+    """Two clips of T frames inside the video (not 2T frames ending at a target, clamped at frame 0), their
+    order randomised as in the paper; frames in time order within each clip."""
+    import numpy as np
+
+    from avis.data.clips import sample_clip
+    from tests.baseline_utils import numbered_video
+
+    m = efficientvis_tiny(2, clip_length=36)
+    assert m.clip_sampler.length == m.clip_length == 72
+    rng = np.random.default_rng(0)
+    orders, frame0 = set(), []
+    for _ in range(40):
+        idx = sample_clip(numbered_video(60), [], 72, rng, sampler=m.clip_sampler)["frames"][:, 0, 0, 0]
+        c1, c2 = idx[:36].tolist(), idx[36:].tolist()
+        assert sorted({*c1, *c2}) == list(range(60))  # starts 0 and 24: the whole video, overlapping
+        assert all(np.diff(c).tolist() == [1] * 35 for c in (c1, c2))
+        orders.add(c1[0] < c2[0])
+        frame0.append(c1.count(0) / 36)
+    assert orders == {True, False}
+    assert max(frame0) <= 1 / 36  # was 87 % of clip 1 on a 60-frame video
+    long = m.clip_sampler(200, rng)  # a long video: two adjacent clips at a random place
+    assert sorted(long.tolist()) == list(range(long.min(), long.min() + 72))
+    short = m.clip_sampler(10, rng)  # shorter than a clip: the video stretched over it, in order
+    assert short[:36].tolist() == sorted(short[:36].tolist()) and set(short.tolist()) == set(range(10))
+    assert efficientvis_tiny(2, clip_length=3, correspondence=False).clip_sampler(5, rng).shape == (3,)

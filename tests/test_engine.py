@@ -302,6 +302,27 @@ def test_train_from_python_with_a_hook(tmp_path):
     assert calls[-1] == ("after", 3)
 
 
+def test_trainer_draws_clips_with_the_methods_clip_sampler(tmp_path, monkeypatch):
+    """The trainer hands ``model.clip_sampler`` to the clip pipeline: every training clip has its frames."""
+    import numpy as np
+
+    from avis.engine.config import compose
+    from avis.engine.loop import train
+    from tests.toy import ToyVIS
+
+    drawn = []
+
+    def last_two(n, rng):  # a valid 2-frame clip that the default (target + the frame before) never gives
+        drawn.append(n)
+        return np.array([n - 1, n - 1]) if n < 2 else np.array([n - 1, n - 2])
+
+    monkeypatch.setattr(ToyVIS, "clip_sampler", staticmethod(last_two), raising=False)
+    cfg = ["experiment=toy_visual", "trainer.max_steps=1", "trainer.eval_every=0", "trainer.ckpt_every=1",
+           "data.num_workers=0", *FAST]
+    assert train(compose(cfg, out_dir=tmp_path / "run"))["step"] == 1
+    assert len(drawn) >= 4  # the batch's clips (and the shuffle buffer's) came from the sampler
+
+
 def test_config_dir_override(tmp_path, monkeypatch):
     import shutil
 

@@ -112,6 +112,36 @@ def test_dedup_loss_on_constructed_boxes():
     assert dedup_loss(pred, torch.ones(4, dtype=torch.bool), gt).item() == 0
 
 
+def test_frame_losses_include_the_dedup_loss(tiny):
+    """_frame_losses adds the de-duplication term of each frame: unmatched boxes near a ground truth."""
+    size = (64, 64)
+    gt = torch.tensor([[0.0, 0, 20, 20]])  # diagonal^2 = 800, centre (10, 10)
+    boxes = torch.tensor([[[0.0, 0, 20, 20],       # slot 0: matched to the object
+                           [4.0, 0, 24, 20],       # slot 1: centre offset (4, 0): 16 / 800 = 0.02
+                           [40.0, 40, 60, 60]]])   # slot 2: far away -> 0
+    out = {"logits": torch.zeros(1, 3, 3), "boxes": boxes, "params": torch.zeros(1, 3, tiny.mask_head.num_params)}
+    target = {"labels": torch.tensor([1]), "boxes": gt, "masks4": torch.zeros(1, 16, 16)}
+    match = (torch.tensor([0]), torch.tensor([0]))
+    acc = tiny._frame_losses(out, torch.zeros(1, 8, 8, 8), [target], [match], size)
+    assert acc["dedup"].item() == pytest.approx(((0.1 - 0.02) + 0.0) / 2)  # mean over the 2 unmatched
+    no_gt = dict(target, labels=torch.zeros(0, dtype=torch.long), boxes=torch.zeros(0, 4))
+    empty = (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    assert tiny._frame_losses(out, torch.zeros(1, 8, 8, 8), [no_gt], [empty], size)["dedup"].item() == 0
+
+
+def test_training_assignment_is_temporally_consistent_not_per_frame(tiny):
+    """The model's matching keeps an object in its slot although another slot is cheaper in a later frame
+    (per-frame Hungarian would move it)."""
+    size = (64, 64)
+    far = [50.0, 50, 60, 60]
+    frame0 = {"logits": torch.zeros(1, 3, 3), "boxes": torch.tensor([[[0.0, 0, 20, 20], far, far]])}
+    frame1 = {"logits": torch.zeros(1, 3, 3), "boxes": torch.tensor([[far, [30.0, 30, 50, 50], far]])}
+    targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.0, 0, 20, 20]]), "ids": torch.tensor([7])},
+               {"labels": torch.tensor([1]), "boxes": torch.tensor([[30.0, 30, 50, 50]]), "ids": torch.tensor([7])}]
+    matches = tiny._match([frame0, frame1], 0, targets, size)
+    assert [m[0].tolist() for m in matches] == [[0], [0]]  # slot 1 would be the per-frame optimum in frame 1
+
+
 # ---------------------------------------------------------------- propagation and the feature bank
 
 def test_clip_to_image_and_mask_boxes():
@@ -198,6 +228,29 @@ def test_gradients_flow_through_the_propagated_queries(tiny):
     tiny.zero_grad()
     sum(tiny({"frames": frames, "targets": [[obj, empty, empty]]}).values()).backward()
     assert tiny.init_boxes.weight.grad.abs().sum() > 0  # the learned proposals are trained by frame 0's boxes
+
+
+def test_later_frames_losses_reach_frame_0_only_through_the_propagated_queries(tiny):
+    """With no object in frames 0 and 1 and no class loss, frame 0 has no loss of its own: the initial queries
+    are trained only by frame 2's losses, through the propagated queries (bank + intra-query attention)."""
+    tiny.train()
+    frames = torch.randint(0, 255, (1, 3, 3, 32, 32), dtype=torch.uint8)
+    m = torch.zeros(1, 32, 32, dtype=torch.bool)
+    m[0, 4:20, 6:22] = True
+    empty = {"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 32, 32, dtype=torch.bool),
+             "instance_ids": torch.zeros(0, dtype=torch.int64)}
+    obj = {"labels": torch.tensor([1]), "masks": m, "instance_ids": torch.tensor([4])}
+    w_cls, tiny.w["cls"] = tiny.w["cls"], 0.0
+    try:
+        tiny.zero_grad()
+        losses = tiny({"frames": frames, "targets": [[empty, empty, obj]]})
+        sum(losses.values()).backward()
+        assert tiny.init_queries.weight.grad.abs().sum() > 1e-6
+        tiny.zero_grad()  # no object at all: no loss anywhere, so nothing else reaches the initial queries
+        sum(tiny({"frames": frames, "targets": [[empty, empty, empty]]}).values()).backward()
+        assert tiny.init_queries.weight.grad.abs().sum() == 0
+    finally:
+        tiny.w["cls"] = w_cls
 
 
 # ---------------------------------------------------------------- overfitting two synthetic clips
@@ -335,14 +388,14 @@ def test_finish_video_level_output_and_gap_split(tiny):
     records = {3: [(0, s([0.1, 0.9, 0.0]), m), (1, s([0.5, 0.3, 0.0]), m), (6, s([0.6, 0.0, 0.0]), m),
                    (7, s([0.7, 0.0, 0.3]), m)],
                5: [(2, s([0.0, 0.0, 0.2]), m)]}
-    state = {"records": records}
+    state = {"records": records, "runs": {3: [0], 5: [1]}}  # runs: the track ids step gave each slot's runs
     tracks = tiny.finish(state)
-    assert [(t.label, sorted(t.masks)) for t in tracks] == [(0, [0, 1, 6, 7]), (2, [2])]
+    assert [(t.label, sorted(t.masks), t.track_id) for t in tracks] == [(0, [0, 1, 6, 7], 0), (2, [2], 1)]
     assert tracks[0].score == pytest.approx((0.1 + 0.5 + 0.6 + 0.7) / 4)  # mean class-0 score, not the max
     tiny.split_gap = 3
     try:
-        tracks = tiny.finish(state)
+        tracks = tiny.finish(dict(state, runs={3: [0, 2], 5: [1]}))
     finally:
         tiny.split_gap = None
-    assert [(t.label, sorted(t.masks)) for t in tracks] == [(1, [0, 1]), (0, [6, 7]), (2, [2])]
+    assert [(t.label, sorted(t.masks), t.track_id) for t in tracks] == [(1, [0, 1], 0), (0, [6, 7], 2), (2, [2], 1)]
     assert tracks[0].score == pytest.approx(0.6) and tracks[1].score == pytest.approx(0.65)

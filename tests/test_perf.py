@@ -38,17 +38,20 @@ def _video(n: int = 6, seed: int = 1):
 
 
 def _run(model, frames, audio):
+    """-> per-frame raw outputs [(probs N x (K+1), mask logits N x h x w)], and the tracks."""
     state = model.init_state()
+    outs = []
     for f, a in zip(frames, audio):
         model.step(state, f, a)
-    return state, model.finish(state)
+        outs.append((state.last_probs, state.last_masks))
+    return outs, model.finish(state)
 
 
-def _reference_finish(model, state):
+def _reference_finish(model, outs, size):
     """The per-frame finish: every slot upsampled and thresholded, frame by frame."""
     tracker = SlotTracker(model.class_threshold, model.iou_threshold)
-    for i, (probs, masks) in enumerate(zip(state.probs, state.masks)):
-        up = F.interpolate(masks[None].float(), size=state.size, mode="bilinear", align_corners=False)[0]
+    for i, (probs, masks) in enumerate(outs):
+        up = F.interpolate(masks[None].float(), size=size, mode="bilinear", align_corners=False)[0]
         tracker.update(i, probs.float(), up > 0)
     return tracker.tracks()
 
@@ -70,17 +73,16 @@ def _assert_same_tracks(a, b):
 def test_fast_path_equals_reference(delta, audio):
     model = _model(delta, audio)
     frames, windows = _video()
-    ref_state, ref_tracks = reference_video(model, frames, windows)
+    ref_outs, ref_tracks = reference_video(model, frames, windows)
     model.optimize_online(channels_last=True)
     conv = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
-    state, tracks = _run(model, frames, windows)
-    for p, q in zip(state.probs, ref_state.probs):
+    outs, tracks = _run(model, frames, windows)
+    for (p, m), (q, r) in zip(outs, ref_outs):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)
-    for m, r in zip(state.masks, ref_state.masks):
         torch.testing.assert_close(m, r, atol=1e-4, rtol=1e-4)
     _assert_same_tracks(tracks, ref_tracks)
-    _assert_same_tracks(tracks, _reference_finish(model, state))
+    _assert_same_tracks(tracks, _reference_finish(model, outs, (H, W)))
 
 
 def test_cached_lstm_projection_equals_lstm():
@@ -110,10 +112,10 @@ def test_amp_option():
     with pytest.raises(ValueError, match="amp"):
         model.optimize_online(amp="fp8")
     frames, windows = _video(3)
-    ref_state, _ = _run(model, frames, windows)
+    ref_outs, _ = _run(model, frames, windows)
     model.optimize_online(channels_last=False, amp="bf16")  # CPU autocast: checks the code path, not speed
-    state, _ = _run(model, frames, windows)
-    for p, q in zip(state.probs, ref_state.probs):
+    outs, _ = _run(model, frames, windows)
+    for (p, _), (q, _) in zip(outs, ref_outs):
         assert p.dtype == torch.float32
         torch.testing.assert_close(p, q, atol=0.1, rtol=0.1)
 
@@ -132,22 +134,27 @@ def test_audio_all_present_needs_no_padding_mask():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_cuda_step_does_not_synchronise():
+def test_cuda_network_step_does_not_synchronise():
+    """The network part of a step (forward_frame) never waits for the device; the step's one wait is the
+    host transfer of its output (track_frame)."""
     model = _model(2).cuda().optimize_online(amp="bf16")
     frames, windows = _video(3)
     frames = frames.pin_memory()  # host frames, as decoded: pinned so that the copy need not block
     windows = [None if a is None else a.cuda() for a in windows]
     state = model.init_state()
     model.step(state, frames[0], windows[0])  # first frame: lazy initialisation may sync
+    outs = [(state.last_probs, state.last_masks)]
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for f, a in zip(frames[1:], windows[1:]):
-            model.step(state, f, a)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    ref_state, _ = _run(_model(2), *_video(3))  # same weights, float32 on the CPU
-    for p, q in zip(state.probs, ref_state.probs):
+    for f, a in zip(frames[1:], windows[1:]):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            probs, masks = model.forward_frame(state, f, a)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        model.track_frame(state, probs, masks)
+        outs.append((probs, masks))
+    ref_outs, _ = _run(_model(2), *_video(3))  # same weights, float32 on the CPU
+    for (p, _), (q, _) in zip(outs, ref_outs):
         torch.testing.assert_close(p.cpu(), q, atol=0.05, rtol=0.05)
     assert isinstance(model.finish(state), list)
 

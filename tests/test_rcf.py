@@ -14,9 +14,10 @@ from torch import nn
 from avis.errors import InputError
 from avis.models import backbones as bb
 from avis.models import rcf
-from avis.models.rcf.criterion import HungarianMatcher, SetCriterion, dice_similarity
-from avis.tracking import mask_iou
+from avis.models.losses import dice_similarity, mask_iou
+from avis.models.rcf.criterion import HungarianMatcher, SetCriterion
 from tests.baseline_utils import single_thread
+from tests.rcf_reference import reference_step
 
 H = W = 64
 
@@ -72,9 +73,10 @@ def outputs(model, batch):
     last = feats[-1].unflatten(0, (b, t))
     f_ref = last[:, :-1].flatten(1, 2) if model.delta else None
     low = [f.unflatten(0, (b, t))[:, -1] for f in feats[:-1]]
-    audio = batch["audio"] if model.uses_audio else None
-    fused = model.fusion(last[:, -1], f_ref, audio, batch["has_audio"] if model.uses_audio else None)
-    logits, masks = model.predict(last[:, -1], f_ref, low, audio, batch["has_audio"] if model.uses_audio else None)
+    audio = model.fusion.audio_tokens(batch["audio"]) if model.uses_audio else None
+    valid = batch["has_audio"] if model.uses_audio else None
+    fused = model.fusion(last[:, -1], f_ref, audio, valid)
+    logits, masks = model.predict(last[:, -1], f_ref, low, audio, valid)
     return logits, masks, fused.memory.shape[1]
 
 
@@ -232,6 +234,21 @@ def test_matcher_finds_the_permutation_and_loss_is_near_zero_when_perfect():
     assert bad["loss_ce"] + bad["loss_dice"] > 0.9
 
 
+def test_matcher_uses_the_masks_dice_when_classes_tie():
+    """Two objects of the same class: only Dice(m, m_hat) of Eq. 3 tells which slot holds which."""
+    gt = torch.zeros(2, 8, 8)
+    gt[0, :4] = 1
+    gt[1, 4:] = 1
+    logits = torch.full((1, 4, 3), -20.0)
+    logits[0, :, 2] = 20  # no-object ...
+    masks = torch.full((1, 4, 8, 8), -20.0)
+    for gi, slot in ((0, 3), (1, 1)):  # ... except slots 3 and 1, both class 0
+        logits[0, slot] = torch.tensor([20.0, -20, -20])
+        masks[0, slot][gt[gi] > 0] = 20
+    rows, cols = HungarianMatcher()(logits, masks, [{"labels": torch.tensor([0, 0]), "masks": gt}])[0]
+    assert dict(zip(cols.tolist(), rows.tolist())) == {0: 3, 1: 1}
+
+
 def test_no_object_weight():
     logits = torch.zeros(1, 4, 3)  # uniform: -log p = log 3 for every slot whatever its class
     masks = torch.zeros(1, 4, 4, 4)
@@ -276,15 +293,18 @@ def test_online_step_equals_clip_computation(encoder):
     frames = torch.randint(0, 256, (5, 3, H, W), dtype=torch.uint8, generator=g)
     audio = torch.randn(5, 1600, generator=g)
     state = model.init_state()
+    probs, mask_logits = [], []
     for t in range(5):
         model.step(state, frames[t], audio[t])
+        probs.append(state.last_probs)
+        mask_logits.append(state.last_masks)
     for t in (0, 1, 4):
         idx = [max(0, t - d) for d in range(delta, -1, -1)]
         batch = {"frames": frames[idx][None], "audio": audio[idx][None], "has_audio": torch.tensor([True])}
         with torch.no_grad():
             logits, masks, _ = outputs(model, batch)
-        torch.testing.assert_close(state.probs[t], logits[-1, 0].softmax(-1), atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(state.masks[t], masks[-1, 0], atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(probs[t], logits[-1, 0].softmax(-1), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(mask_logits[t], masks[-1, 0], atol=1e-3, rtol=1e-3)
 
 
 def test_attention_maps():
@@ -390,7 +410,7 @@ def test_audio_model_without_audio_equals_silent_clip():
     batch = {"frames": frames[None], "audio": torch.randn(1, 2, 1600), "has_audio": torch.tensor([False])}
     with torch.no_grad():
         logits, masks, _ = outputs(model, batch)
-    torch.testing.assert_close(state.probs[1], logits[-1, 0].softmax(-1), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(state.last_probs, logits[-1, 0].softmax(-1), atol=1e-4, rtol=1e-4)
 
 
 def test_bench_variants_are_pluggable(monkeypatch, capsys):
@@ -420,3 +440,217 @@ def test_hydra_instantiates_builders():
     assert isinstance(model, rcf.RCF) and model.clip_length == 3 and model.uses_audio
     assert model.heads.cls.out_features == 5 and model.instance_decoder.query_pos.num_embeddings == 6
     assert isinstance(model.fusion.audio_tokens.proj, nn.Identity)  # C_a = C' = 32: no projection
+
+
+def test_soundless_video_is_masked_in_inference_as_in_training():
+    """A video without sound: the engine feeds no windows, so each step masks the audio tokens exactly as
+    training does with has_audio = False (zero windows would be encoded as real silence)."""
+    import numpy as np
+
+    from avis.data.video import Video
+    from avis.engine.predict import model_inputs, predict_videos
+
+    model = rcf.rcf_tiny(3, delta=1, audio_encoder=audio_encoder()).eval()
+    g = np.random.default_rng(0)
+    video = Video(video_id=1, frames=g.integers(0, 256, (3, H, W, 3), dtype=np.uint8),
+                  frame_times=np.array([0.0, 0.04, 0.08]), audio=None, sample_rate=16000, has_audio=False)
+    frames, audio, _ = model_inputs(video, None, None)
+    assert audio is None
+    seen = []
+    predict = model.predict
+    model.predict = lambda *a, **k: seen.append(predict(*a, **k)[0][-1, 0].softmax(-1)) or predict(*a, **k)
+    predict_videos(model, [video], [{"id": 1}, {"id": 2}, {"id": 3}], torch.device("cpu"), progress=False,
+                   with_gt=False)
+    model.predict = predict
+    assert len(seen) == 3
+    for t in range(3):
+        idx = [max(0, t - 1), t]
+        batch = {"frames": frames[idx][None], "audio": torch.randn(1, 2, 1600),
+                 "has_audio": torch.tensor([False])}
+        with torch.no_grad():
+            logits, _, _ = outputs(model, batch)
+        torch.testing.assert_close(seen[t], logits[-1, 0].softmax(-1), atol=1e-5, rtol=1e-5)
+
+
+def test_backbone_lr_multiplier_selects_the_visual_backbone_only():
+    """The paper's 0.1 multiplier is for the visual backbone, not the audio network's own ``backbone``."""
+    from avis.engine.optim import param_groups
+
+    model = rcf.rcf_tiny(3, audio_encoder=audio_encoder())
+    groups = {g["name"]: g for g in param_groups(model, 1e-3, 0.0, backbone_lr_mult=0.1)}
+    assert {id(p) for p in groups["backbone"]["params"]} == {id(p) for p in model.backbone.parameters()}
+    audio_net = model.fusion.audio_tokens.encoder.extractor.backbone
+    assert {id(p) for p in audio_net.parameters()} <= {id(p) for p in groups["head"]["params"]}
+    assert groups["backbone"]["lr"] == pytest.approx(1e-4) and groups["head"]["lr"] == 1e-3
+
+
+def _finish_of_before(model, outs, size):
+    """RCF.finish before the per-frame contract: every frame's outputs kept to the end of the video, then one
+    batched upsampling of the candidate slots and the slot tracker over all frames."""
+    from torch.nn import functional as F
+
+    from avis.tracking import SlotTracker
+
+    tracker = SlotTracker(model.class_threshold, model.iou_threshold)
+    logit_threshold = torch.logit(torch.tensor(model.mask_threshold)).item()
+    probs = torch.stack([p for p, _ in outs]).float().cpu()
+    frame_idx, slot_idx = torch.nonzero(probs[..., :-1].max(-1).values >= model.class_threshold, as_tuple=True)
+    stacked = torch.stack([m for _, m in outs])
+    picked = stacked[frame_idx, slot_idx]
+    binary = torch.cat([(F.interpolate(c[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+                         > logit_threshold) for c in picked.split(64)])
+    for i in range(len(outs)):
+        masks = torch.zeros((stacked.shape[1], *size), dtype=torch.bool)
+        sel = frame_idx == i
+        masks[slot_idx[sel]] = binary[sel]
+        tracker.update(i, probs[i], masks)
+    return tracker.tracks()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_per_frame_tracking_gives_the_same_tracks_as_the_video_level_finish(fast):
+    model = rcf.rcf_tiny(3, delta=2, audio_encoder=audio_encoder(), class_threshold=0.2).eval()
+    g = torch.Generator().manual_seed(4)
+    frames = torch.randint(0, 256, (8, 3, 40, 56), dtype=torch.uint8, generator=g)
+    audio = torch.randn(8, 1600, generator=g)
+    state = model.init_state()
+    outs = []
+    for t in range(8):
+        if fast:
+            model.step(state, frames[t], audio[t])
+        else:  # the reference network part (tests/rcf_reference.py), then the same per-frame tracking
+            model.track_frame(state, *reference_step(model, state, frames[t], audio[t]))
+        outs.append((state.last_probs, state.last_masks))
+    tracks, before = model.finish(state), _finish_of_before(model, outs, (40, 56))
+    assert len(tracks) == len(before) > 1
+    for a, b in zip(tracks, before):
+        assert (a.label, a.score, sorted(a.masks)) == (b.label, b.score, sorted(b.masks))
+        assert all(torch.equal(a.masks[t], b.masks[t]) for t in a.masks)
+
+
+# -- padding --------------------------------------------------------------------------------------------------------
+
+def test_fusion_over_a_padded_grid_equals_the_unpadded_one():
+    """Target tokens over the padding are masked out of the attention, the sine encoding spans the valid
+    region and the reference tokens pool over it: the valid tokens, the decoder and the class logits are those
+    of the unpadded features whatever the padding holds; O'_tgt is 0 over the padding."""
+    model = rcf.rcf_tiny(3, delta=2, audio_encoder=audio_encoder()).eval()
+    c = model.backbone.channels[-1]
+    g = torch.Generator().manual_seed(2)
+    grids = [(3, 5), (6, 7)]  # the second image fills the padded 6 x 7 grid
+    f_t = torch.randn(2, c, 6, 7, generator=g) * 3
+    f_ref = torch.randn(2, 2 * c, 6, 7, generator=g) * 3
+    audio = model.fusion.audio_tokens(torch.randn(2, 3, 1600, generator=g))
+    valid = torch.tensor([True, False])
+    with torch.no_grad():
+        padded = model.fusion(f_t, f_ref, audio, valid, valid_hw=torch.tensor(grids))
+        codes = model.instance_decoder(padded.memory, padded.pos, padded.padding_mask)
+        for i, (h, w) in enumerate(grids):
+            alone = model.fusion(f_t[i:i + 1, :, :h, :w], f_ref[i:i + 1, :, :h, :w], audio[i:i + 1], valid[i:i + 1])
+            keep = (torch.arange(6)[:, None] < h) & (torch.arange(7)[None, :] < w)
+            mem = padded.memory[i]
+            torch.testing.assert_close(mem[:42][keep.flatten()], alone.memory[0, :h * w], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(mem[42:], alone.memory[0, h * w:], atol=1e-5, rtol=1e-4)  # ref + audio
+            torch.testing.assert_close(padded.target[i][:, :h, :w], alone.target[0], atol=1e-5, rtol=1e-4)
+            assert (padded.target[i][:, ~keep] == 0).all()
+            ref_codes = model.instance_decoder(alone.memory, alone.pos, alone.padding_mask)
+            torch.testing.assert_close(codes[:, i], ref_codes[:, 0], atol=1e-5, rtol=1e-4)
+
+
+def test_batch_padding_reaches_the_model_and_its_content_does_not_matter():
+    """The pipeline tells each clip's size before padding (image_sizes); the model zeroes the padded pixels
+    (as the convolutions' zero padding at inference) and masks the padded tokens."""
+    from avis.data.clips import collate
+
+    g = torch.Generator().manual_seed(3)
+
+    def clip(h, w):
+        return {"frames": torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8, generator=g),
+                "frame_times": torch.zeros(2, dtype=torch.float64), "audio": torch.randn(2, 1600, generator=g),
+                "has_audio": True, "video_id": 0,
+                "targets": [{"labels": torch.tensor([1]), "masks": torch.rand(1, h, w, generator=g) > 0.5,
+                             "instance_ids": torch.tensor([1])}] * 2}
+
+    batch = collate([clip(40, 56), clip(48, 36)], short=None, max_size=None, size_divisibility=32)
+    assert batch["frames"].shape[-2:] == (64, 64)
+    assert batch["image_sizes"].tolist() == [[40, 56], [48, 36]]
+    model = rcf.rcf_tiny(3, delta=1, audio_encoder=audio_encoder()).eval()
+    other = dict(batch, frames=batch["frames"].clone())
+    other["frames"][0, :, :, 40:] = 255  # garbage in the padding of clip 0
+    other["frames"][1, :, :, :, 36:] = 17
+    with torch.no_grad():
+        a, b = model(batch), model(other)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-6)
+
+
+# -- Swin-L (timm, optional extra) ------------------------------------------------------------------------------------
+
+SMALL_SWIN = "swin_tiny_patch4_window7_224"  # the same timm class as Swin-L, small enough for CPU tests
+
+
+def test_rcf_swin_l_is_the_papers_swin_l():
+    pytest.importorskip("timm")
+    with torch.device("meta"):  # structure only: 197M parameters are not initialised
+        model = rcf.rcf_swin_l(num_classes=5)
+    assert model.backbone.channels == [192, 384, 768, 1536] and model.backbone.strides == [4, 8, 16, 32]
+    assert model.fusion.target_tokens.proj.in_channels == 1536
+    assert sum(p.numel() for p in model.backbone.parameters()) > 190e6
+    assert not any(k.startswith(("norm.", "head.")) for k in model.backbone.body.state_dict())  # unused: pruned
+
+
+def test_rcf_swin_l_code_path_with_a_small_timm_swin(monkeypatch):
+    """rcf_swin_l's builder and backbone, run with a small timm Swin: any frame size, losses, online step."""
+    pytest.importorskip("timm")
+    from avis.models import backbones
+
+    monkeypatch.setitem(backbones.TIMM_SWINS, "swin_l", SMALL_SWIN)
+    model = rcf.rcf_swin_l(num_classes=3, delta=1, hidden_dim=32, enc_layers=1, dec_layers=1, dim_feedforward=32,
+                           fpn_dim=16, mask_dim=16)
+    assert model.backbone.channels == [96, 192, 384, 768]
+    batch = make_batch(1, 2, size=(50, 70))  # not a multiple of the patch or the windows
+    losses = model(batch)
+    sum(losses.values()).backward()
+    assert model.backbone.body.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.backbone.parameters())  # no unused parameter (DDP)
+    model.eval()
+    result = model.step(model.init_state(), batch["frames"][0, 0])
+    assert all(i.mask.shape == (50, 70) for i in result.instances)
+
+
+def test_timm_swin_loads_local_weights(tmp_path):
+    """A timm classification state dict (torch.save or safetensors), or an original Swin checkpoint."""
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    from avis.models.backbones import TimmSwinBackbone
+
+    src = timm.create_model(SMALL_SWIN, pretrained=False, num_classes=10).state_dict()
+    src = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v for k, v in src.items()}
+    torch.save(src, tmp_path / "timm.pth")
+    save_file(src, str(tmp_path / "timm.safetensors"))
+    # the original Microsoft layout: patch merging at the end of a stage, classifier "head."
+    orig = {}
+    for k, v in src.items():
+        for i in (1, 2, 3):
+            k = k.replace(f"layers.{i}.downsample", f"layers.{i - 1}.downsample")
+        orig[k.replace("head.fc.", "head.")] = v
+    torch.save({"model": orig}, tmp_path / "orig.pth")
+    for name in ("timm.pth", "timm.safetensors", "orig.pth"):
+        net = TimmSwinBackbone(SMALL_SWIN, weights=str(tmp_path / name))
+        got = net.body.state_dict()
+        for k in ("patch_embed.proj.weight", "layers.2.downsample.reduction.weight",
+                  "layers.3.blocks.1.attn.relative_position_bias_table"):
+            assert torch.equal(got[k], src[k]), (name, k)
+    torch.save({"layers.0.blocks.0.norm1.weight": torch.zeros(3)}, tmp_path / "bad.pth")
+    with pytest.raises(InputError, match="bad.pth"):
+        TimmSwinBackbone(SMALL_SWIN, weights=str(tmp_path / "bad.pth"))
+
+
+def test_swin_l_without_timm_says_how_to_install(monkeypatch):
+    from avis.errors import ConfigError
+    from avis.models.backbones import build_backbone
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm -> ImportError
+    with pytest.raises(ConfigError, match=r"avis\[timm\]"):
+        build_backbone("swin_l")

@@ -141,6 +141,9 @@ def test_assign_new_track_threshold_and_one_to_one():
     assert assign(scores, torch.tensor([0.9, 0.8, 0.7])) == [0, NEW, 1]
     assert assign(scores[1:2], torch.tensor([0.8])) == [0]
     assert assign(torch.tensor([[1.4]]), torch.tensor([0.5])) == [NEW]
+    # exactly at the threshold (1.5 is exact in float32, 1.4 is not): "best s <= threshold" starts a new track
+    assert assign(torch.tensor([[1.5]]), torch.tensor([0.5]), threshold=1.5) == [NEW]
+    assert assign(torch.tensor([[1.5001]]), torch.tensor([0.5]), threshold=1.5) == [0]
 
 
 def test_tracks_kept_ten_frames_with_decayed_score():
@@ -211,6 +214,45 @@ def test_losses_gradients_and_empty_frames():
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_tracking_loss_targets_by_hand():
+    """Pair-wise BCE between the positives of the two frames: p = (cos + 1) / 2, target 1 for the same
+    instance id, 0 otherwise, averaged over the pairs."""
+    model = stmask_tiny(2)
+    emb = torch.zeros(2, 4, 2)
+    emb[0, 0], emb[0, 1] = torch.tensor([1.0, 0]), torch.tensor([0.0, 1])  # frame t-1: ids 5, 6
+    emb[1, 2], emb[1, 3] = torch.tensor([1.0, 0]), torch.tensor([0.6, 0.8])  # frame t: ids 5, 7
+    targets = [{"ids": torch.tensor([5, 6])}, {"ids": torch.tensor([5, 7])}]
+    loss = model._track_loss(emb, torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 0, 1]),
+                             targets)
+    # p = [[1, 0.8], [0.5, 0.9]] (5-5, 5-7; 6-5, 6-7), targets [[1, 0], [0, 0]]
+    expected = -(math.log(1 - 1e-6) + math.log(1 - 0.8) + math.log(1 - 0.5) + math.log(1 - 0.9)) / 4
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_temporal_fusion_loss_targets_by_hand():
+    """Temporal fusion, trained at the gt box of t-1 of an instance present at t: box target = SSD deltas of its
+    box at t relative to the box at t-1 (smooth L1); mask target = its mask at t, from the mean t-1
+    coefficients of its positives (+ the predicted shift), BCE inside the box at t."""
+    torch.manual_seed(0)
+    model = stmask_tiny(2)  # zero-initialised fusion heads: predicted deltas and shifts are 0
+    b0, b1 = torch.tensor([10.0, 10, 30, 30]), torch.tensor([14.0, 10, 34, 30])
+    m0, m1 = torch.zeros(16, 16, dtype=torch.bool), torch.zeros(16, 16, dtype=torch.bool)
+    m0[2:8, 2:8], m1[3:8, 4:9] = True, True
+    targets = [{"boxes": b0[None], "ids": torch.tensor([5]), "masks4": m0[None]},
+               {"boxes": b1[None], "ids": torch.tensor([5]), "masks4": m1[None]}]
+    protos = torch.randn(2, 16, 16, 16)
+    coef = torch.randn(2, 6, 16)
+    p_img, p_anc, p_gt = torch.tensor([0, 0, 1]), torch.tensor([1, 4, 2]), torch.tensor([0, 0, 0])
+    t_box, t_mask = model._temporal_loss(torch.randn(2, 32, 4, 4), protos, coef, p_img, p_anc, p_gt, targets)
+    # cxcywh (20, 20, 20, 20) -> (24, 20, 20, 20): deltas ((24 - 20) / (0.1 * 20), 0, 0, 0) = (2, 0, 0, 0)
+    assert t_box.item() == pytest.approx((2 - 0.5) / 4)  # smooth L1 (beta 1) of 2, mean over 4
+    logits = torch.einsum("khw,k->hw", protos[1], coef[0, [1, 4]].mean(0))  # frame t's prototypes
+    centres = torch.arange(16) * 4 + 2.0
+    crop = ((centres[:, None] >= 10) & (centres[:, None] < 30) & (centres[None] >= 14) & (centres[None] < 34))
+    bce = F.binary_cross_entropy_with_logits(logits, m1.float(), reduction="none")
+    assert t_mask.item() == pytest.approx(float((bce * crop).sum() / crop.sum()), rel=1e-5)
 
 
 @pytest.mark.slow

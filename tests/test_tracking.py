@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from avis.tracking import SlotTracker, mask_iou
+from avis.models.losses import mask_iou
+from avis.tracking import SlotTracker
 
 N, K, S = 5, 3, 12
 

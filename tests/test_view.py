@@ -263,6 +263,14 @@ def test_recorder_keeps_every_frames_maps_and_restores_the_model(tmp_path):
     back = att.read_attention(path)
     assert set(back) == {7, 9} and back[7]["ref_to_target"].shape == r2t.shape
     np.testing.assert_array_equal(back[7]["audio_to_target"], a2t.astype(np.float32))
+    # the recording step passes the frame's tracked instances through (the online per-frame contract)
+    from avis.models.base import FrameResult
+
+    for _ in rec.videos([{"video_id": 11}]):
+        state = model.init_state()
+        results = [model.step(state, f, a) for f, a in zip(frames[:2], audio[:2])]
+    assert all(isinstance(r, FrameResult) for r in results) and [r.frame for r in results] == [0, 1]
+    assert len(rec.maps[11]["ref_to_target"]) == 2
 
 
 def test_recorder_refuses_a_model_without_attention_and_a_visual_model_has_no_audio_maps():

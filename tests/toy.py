@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avis.data.video import Instance, Video
-from avis.models.base import Track, VISMethod
+from avis.models.base import FrameResult, Track, TrackedInstance, VISMethod
 
 
 class ToyVIS(VISMethod):
@@ -55,16 +55,20 @@ class ToyVIS(VISMethod):
         probs = self._logits(frame[None], None if audio is None or not self.uses_audio else audio[None])
         probs = probs.float().softmax(1)[0]
         top = probs.argmax(0)
+        result = FrameResult(state["t"])
         for c in range(1, self.num_classes + 1):
             m = top == c
             if m.any():
                 tr = state["tracks"].setdefault(c - 1, {"masks": {}, "scores": []})
                 tr["masks"][state["t"]] = m.cpu()
                 tr["scores"].append(float(probs[c][m].mean()))
+                # one track per category: its label is its track id
+                result.instances.append(TrackedInstance(c - 1, c - 1, tr["scores"][-1], m.cpu()))
         state["t"] += 1
+        return result
 
     def finish(self, state):
-        return [Track(label=k, score=float(np.mean(v["scores"])), masks=v["masks"])
+        return [Track(label=k, score=float(np.mean(v["scores"])), masks=v["masks"], track_id=k)
                 for k, v in sorted(state["tracks"].items())]
 
 

@@ -3,8 +3,10 @@ format of :mod:`avis.models.base`, reproducible from a saved position.
 
 A clip is ``clip_length`` consecutive stored frames of one video, the target frame last (``clip_length = 1 +
 delta`` for the online methods; the clip length for clip-level ones); a video shorter than a clip repeats its
-first frame in front. Each frame comes with its audio window (:func:`avis.models.audio.frame_windows`: the eta
-seconds ending at the frame's time) and its annotations (crowds left out)::
+first frame in front. A method that trains on other frames declares them with its ``clip_sampler``
+(:mod:`avis.models.sampling`), which replaces that default. Each frame comes with its audio window
+(:func:`avis.models.audio.frame_windows`: the eta seconds ending at the frame's time) and its annotations
+(crowds left out)::
 
     source units (shards), permuted per epoch -> [rank::world_size] -> [worker::num_workers]
       -> videos (lazy: only a clip's frames are decoded) -> clips_per_video clips each (random target frames)
@@ -68,14 +70,20 @@ def clip_indices(num_frames: int, target: int, clip_length: int) -> np.ndarray:
 
 
 def sample_clip(video: Video, categories, clip_length: int, rng: np.random.Generator,
-                eta: float = DEFAULT_ETA) -> dict:
+                eta: float = DEFAULT_ETA, sampler=None) -> dict:
     """One training clip: a random target frame and the ``clip_length - 1`` frames before it (the first frame
-    repeated at the start of a video), with each frame's audio window and annotations (crowds left out).
+    repeated at the start of a video), or the frames the method's ``sampler`` picks (``model.clip_sampler``,
+    see :mod:`avis.models.sampling`), with each frame's audio window and annotations (crowds left out).
 
     Only the clip's frames are decoded (``video.select``), however long or lazy the video.
     """
     n = video.num_frames
-    idx = clip_indices(n, int(rng.integers(n)), clip_length)
+    if sampler is None:
+        idx = clip_indices(n, int(rng.integers(n)), clip_length)
+    else:
+        idx = np.asarray(sampler(n, rng), dtype=np.int64)
+        if len(idx) != clip_length or idx.min() < 0 or idx.max() >= n:
+            raise ConfigError(f"the clip sampler gave {idx.tolist()} for a {clip_length}-frame clip of {n} frames")
     uniq = sorted(set(idx.tolist()))
     video = video.select(uniq)
     idx = np.searchsorted(np.asarray(uniq), idx)
@@ -127,6 +135,7 @@ def collate(clips: list[dict], short: int | None, max_size: int | None, size_div
         targets.append(tt)
     return {
         "frames": torch.stack(frames),
+        "image_sizes": torch.tensor(sizes, dtype=torch.int64),  # B x 2, (h, w) before the padding
         "frame_times": torch.stack([c["frame_times"] for c in clips]),
         "audio": torch.stack([c["audio"] for c in clips]),
         "has_audio": torch.tensor([c["has_audio"] for c in clips]),
@@ -180,7 +189,7 @@ class _EpochClips(IterableDataset):
             for video in s.source.videos(unit):
                 for _ in range(s.clips_per_video):
                     try:
-                        clip = sample_clip(video, s.categories, s.clip_length, rng, s.eta)
+                        clip = sample_clip(video, s.categories, s.clip_length, rng, s.eta, s.sampler)
                     except InputError as e:  # a corrupt frame: the source's on_error says skip or stop
                         if getattr(s.source, "on_error", "fail") == "fail":
                             raise
@@ -210,12 +219,13 @@ class ClipStream:
     def __init__(self, source: VideoSource, clip_length: int, batch_size: int, *, seed: int = 0, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, clips_per_video: int = 1, shuffle_buffer: int = 16,
                  scales: Sequence[int] | None = None, max_size: int | None = None, eta: float = DEFAULT_ETA,
-                 size_divisibility: int = 1):
+                 size_divisibility: int = 1, sampler=None):
         self.source, self.clip_length, self.batch_size = source, int(clip_length), int(batch_size)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.num_workers, self.clips_per_video = int(num_workers), int(clips_per_video)
         self.shuffle_buffer, self.scales = max(1, int(shuffle_buffer)), list(scales or [])
         self.max_size, self.eta, self.size_divisibility = max_size, float(eta), int(size_divisibility)
+        self.sampler = sampler  # the method's clip_sampler (None: target frame + the frames before it)
         self.categories = list(source.categories)
         self.units = list(source.units())
         if len(self.units) < world_size * max(1, num_workers):

@@ -97,7 +97,8 @@ class Trainer:
                                  num_workers=int(dc.num_workers), clips_per_video=int(dc.clips_per_video),
                                  shuffle_buffer=int(dc.shuffle_buffer), scales=list(dc.scales or []),
                                  max_size=dc.get("max_size"), eta=float(dc.eta),
-                                 size_divisibility=int(dc.get("size_divisibility") or 1))
+                                 size_divisibility=int(dc.get("size_divisibility") or 1),
+                                 sampler=model.clip_sampler)
         self.position = Position(**positions[info.rank]) if positions else Position()
         if rngs:
             ckpt_io.set_rng_state(rngs[info.rank])

@@ -16,8 +16,9 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_m
                  no_decay_norm_bias: bool = False) -> list[dict]:
     """Split trainable parameters into up to four groups: backbone / rest x decayed / not decayed.
 
-    A parameter belongs to the backbone when a component of its qualified name starts with one of
-    ``backbone_prefixes`` (``backbone.layer1.0.conv1.weight``, ``visual.backbone...``).
+    A parameter belongs to the backbone when its qualified name is in the module named by one of
+    ``backbone_prefixes`` (module paths from the model's root: ``backbone`` selects ``backbone.layer1.0.conv1
+    .weight`` but not ``fusion.audio_tokens.encoder.extractor.backbone.*``, the audio network's own backbone).
     """
     norm_params = {id(p) for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters(recurse=False)}
     bb_wd = weight_decay if backbone_weight_decay is None else backbone_weight_decay
@@ -25,7 +26,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_m
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        is_bb = any(part.startswith(tuple(backbone_prefixes)) for part in name.split("."))
+        is_bb = any(name.startswith(prefix + ".") for prefix in backbone_prefixes)
         no_decay = no_decay_norm_bias and (id(p) in norm_params or name.endswith(".bias") or p.ndim <= 1)
         key = (is_bb, no_decay)
         if key not in groups:

@@ -17,9 +17,17 @@ from avis.data.video import Video, audio_16k, category_index, label_of
 from avis.io import masks as mask_io
 from avis.io.ytvis import save_json
 from avis.models.audio.windows import DEFAULT_ETA, SAMPLE_RATE, frame_windows
-from avis.models.base import Track
+from avis.models.base import FrameResult, Track
 
 log = logging.getLogger(__name__)
+
+
+def _rles_at(masks: list, height: int, width: int) -> list[dict]:
+    """bool masks at the model's size -> RLEs at height x width (bilinear, > 0.5)."""
+    m = torch.stack([torch.as_tensor(x) for x in masks]).float()
+    if tuple(m.shape[-2:]) != (height, width):
+        m = F.interpolate(m[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+    return mask_io.encode_many((m > 0.5).cpu().numpy())
 
 
 def tracks_to_results(tracks: list[Track], video_id: int, num_frames: int, categories: list[dict],
@@ -30,15 +38,26 @@ def tracks_to_results(tracks: list[Track], video_id: int, num_frames: int, categ
         segs: list = [None] * num_frames
         present = sorted(t for t in tr.masks if 0 <= t < num_frames)
         if present:
-            m = torch.stack([torch.as_tensor(tr.masks[t]) for t in present]).float()
-            if tuple(m.shape[-2:]) != (height, width):
-                m = F.interpolate(m[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-            rles = mask_io.encode_many((m > 0.5).cpu().numpy())
-            for t, r in zip(present, rles):
+            for t, r in zip(present, _rles_at([tr.masks[t] for t in present], height, width)):
                 segs[t] = r
         out.append({"video_id": int(video_id), "category_id": int(categories[tr.label]["id"]),
                     "score": float(tr.score), "segmentations": segs})
     return out
+
+
+def frame_record(result: FrameResult, video_id: int, categories: list[dict], height: int, width: int) -> dict:
+    """One online step's output -> a JSON-ready dict (one line of a per-frame stream)::
+
+        {"video_id": 3, "frame": 17, "instances": [{"track_id": 0, "category_id": 5, "score": 0.91,
+                                                     "segmentation": {"size": [h, w], "counts": "..."}}, ...]}
+
+    labels become category ids (``categories[label]["id"]``), masks RLEs at ``height`` x ``width`` (the
+    video's size), with the same resizing as :func:`tracks_to_results`."""
+    insts = result.instances
+    rles = _rles_at([i.mask for i in insts], height, width) if insts else []
+    return {"video_id": int(video_id), "frame": int(result.frame),
+            "instances": [{"track_id": int(i.track_id), "category_id": int(categories[i.label]["id"]),
+                           "score": float(i.score), "segmentation": r} for i, r in zip(insts, rles)]}
 
 
 def video_ground_truth(video: Video, categories: list[dict], next_ann_id: int) -> tuple[dict, list[dict]]:
@@ -66,13 +85,15 @@ def video_ground_truth(video: Video, categories: list[dict], next_ann_id: int) -
 
 
 def model_inputs(video: Video, short: int | None, max_size: int | None, eta: float = DEFAULT_ETA):
-    """uint8 T x 3 x h x w frames at the test size and T x S audio windows (zeros without sound)."""
+    """uint8 T x 3 x h x w frames at the test size and T x S audio windows, or None for a video without
+    sound: the model then masks its audio tokens out, as training does for ``has_audio = False`` (zero
+    windows would read as real silence)."""
     frames = torch.from_numpy(np.ascontiguousarray(np.asarray(video.frames))).permute(0, 3, 1, 2)
     h, w = frames.shape[-2:]
     frames = resize_frames(frames, test_size(h, w, short, max_size))
     times = torch.as_tensor(np.asarray(video.frame_times, dtype=np.float64))
     wave, has_audio = audio_16k(video)
-    audio = frame_windows(wave if has_audio else torch.zeros(0), times, SAMPLE_RATE, eta)
+    audio = frame_windows(wave, times, SAMPLE_RATE, eta) if has_audio else None
     return frames, audio, (int(h), int(w))
 
 
@@ -96,7 +117,8 @@ def predict_videos(model, videos, categories: list[dict], device, *, short: int 
     frames_total, seconds, n_videos = 0, 0.0, 0
     for video in tqdm(videos, desc="predict", unit="video", disable=not progress, leave=False):
         frames, audio, (h, w) = model_inputs(video, short, max_size, eta)
-        frames, audio = frames.to(device), audio.to(device)
+        frames = frames.to(device)
+        audio = None if audio is None else audio.to(device)
         _sync(device)
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):

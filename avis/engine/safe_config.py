@@ -39,7 +39,7 @@ MAX_CONFIG_DEPTH = 64
 # pretrained audio encoder. ``AVIS_TRUSTED_TARGETS`` (comma-separated) adds names for your own builders.
 ALLOWED_TARGETS: frozenset[str] = frozenset({
     # methods (configs/model)
-    *(f"avis.models.rcf.rcf_{v}" for v in ("tiny", "r18", "r34", "r50", "r101", "swin_t", "swin_s", "swin_b")),
+    *(f"avis.models.rcf.rcf_{v}" for v in ("tiny", "r18", "r34", "r50", "r101", "swin_t", "swin_s", "swin_b", "swin_l")),
     *(f"avis.models.crossvis.{v}" for v in ("crossvis_tiny", "crossvis_r50", "condinst_vis_tiny",
                                              "condinst_vis_r50")),
     *(f"avis.models.inspro.inspro_{v}" for v in ("tiny", "r50", "r101")),

@@ -1,36 +1,11 @@
-"""Input preparation shared by the frame-pair dense detectors (CrossVIS and STMask).
-
-Both normalise uint8 frames with the Caffe-style ImageNet statistics (0..255 scale), pad them to a size
-divisibility, and train on a (reference, target) pair of frames per clip whose ground truth they turn into
-boxes and stride-4 masks the same way.
-"""
+"""Ground truth shared by the frame-pair dense detectors (CrossVIS and STMask): both train on a pair of frames
+per clip, whose annotations they turn into boxes and stride-4 masks the same way."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torchvision.ops import masks_to_boxes
-
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
-
-
-def register_pixel_stats(module: nn.Module) -> None:
-    """Give ``module`` the ``pixel_mean`` / ``pixel_std`` buffers (3 x 1 x 1); non-persistent, so they are
-    not in the state dict and follow the module's device."""
-    module.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(3, 1, 1), persistent=False)
-    module.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(3, 1, 1), persistent=False)
-
-
-def normalise_and_pad(frames: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                      size_divisibility: int) -> torch.Tensor:
-    """uint8 N x 3 x H x W -> normalised float N x 3 x Hp x Wp on ``mean``'s device, zero-padded
-    right/bottom so that Hp and Wp are multiples of ``size_divisibility``."""
-    x = (frames.to(mean.device).float() - mean) / std
-    d = size_divisibility
-    h, w = x.shape[-2:]
-    return F.pad(x, (0, (-w) % d, 0, (-h) % d))
 
 
 def pair_targets(clip_targets: list, sel: list[int], padded_hw: tuple[int, int], device: torch.device,

@@ -13,15 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from avis.models.base import Track
-
-
-def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of every pair of binary masks. a: n x H x W, b: m x H x W (bool) -> n x m float."""
-    a = a.flatten(1).float()
-    b = b.flatten(1).float()
-    inter = a @ b.T
-    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+from avis.models.losses import mask_iou
 
 
 @dataclass
@@ -83,10 +75,10 @@ class SlotTracker:
 
     def tracks(self) -> list[Track]:
         out = []
-        for rec in self._records:
+        for tid, rec in enumerate(self._records):
             probs = torch.stack(list(rec.probs.values()))  # F x K
             best, cls = probs.max(-1)
             votes = torch.zeros(probs.shape[1], dtype=probs.dtype).index_add_(0, cls, best)
             label = int(votes.argmax())
-            out.append(Track(label=label, score=float(probs[:, label].mean()), masks=dict(rec.masks)))
+            out.append(Track(label=label, score=float(probs[:, label].mean()), masks=dict(rec.masks), track_id=tid))
         return out

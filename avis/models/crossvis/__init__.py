@@ -6,40 +6,42 @@ Layout: ``backbone`` (ResNet/tiny + FPN P3-P7), ``head`` (FCOS towers, controlle
 (online tracking rule), ``model`` (the :class:`CrossVIS` method). Builders: :func:`crossvis_tiny`,
 :func:`crossvis_r50`, :func:`condinst_vis_tiny`, :func:`condinst_vis_r50`.
 
-Deviations from the paper / public code: the list in the project's ``docs/baselines.md``.
+Deviations from the paper, each with the argument or file where it lives: ``docs/baselines.md``.
 """
 
 from __future__ import annotations
 
 from .association import assign, match_scores, update_tracks
 from .backbone import resnet_fpn, tiny_fpn
-from .losses import GlobalEmbeddingLoss, IdentityMap, dice_loss, embedding_scale
+from .losses import GlobalEmbeddingLoss, IdentityMap, embedding_scale
 from .model import CrossVIS
 
 __all__ = ["CrossVIS", "crossvis_tiny", "crossvis_r50", "condinst_vis_tiny", "condinst_vis_r50", "assign",
-           "match_scores", "update_tracks", "GlobalEmbeddingLoss", "IdentityMap", "dice_loss", "embedding_scale",
+           "match_scores", "update_tracks", "GlobalEmbeddingLoss", "IdentityMap", "embedding_scale",
            "resnet_fpn", "tiny_fpn"]
 
 TINY = {"mask_branch_channels": 16, "embed_dim": 32, "num_identities": 64}
 
 
-def crossvis_tiny(num_classes: int, **kwargs) -> CrossVIS:
+def crossvis_tiny(num_classes: int, width: int = 16, backbone_weights: str | None = None, **kwargs) -> CrossVIS:
     """CPU preset: 5-stage 16-wide conv net, FPN 32 channels, mask branch 16, embedding 32, 64 proxies."""
     opts = {**TINY, **kwargs}
-    return CrossVIS(num_classes, tiny_fpn(32, 16), **opts)
+    return CrossVIS(num_classes, tiny_fpn(32, width, backbone_weights), **opts)
 
 
-def crossvis_r50(num_classes: int, weights_path: str | None = None, frozen_bn: bool | None = None,
+def crossvis_r50(num_classes: int, backbone_weights: str | None = None, frozen_bn: bool | None = None,
                  **kwargs) -> CrossVIS:
     """ResNet-50 + FPN 256, mask branch 128 -> 8, embedding 256 (the paper's setting)."""
-    return CrossVIS(num_classes, resnet_fpn("resnet50", 256, weights_path, frozen_bn), **kwargs)
+    return CrossVIS(num_classes, resnet_fpn("resnet50", 256, backbone_weights, frozen_bn), **kwargs)
 
 
-def condinst_vis_tiny(num_classes: int, **kwargs) -> CrossVIS:
-    return crossvis_tiny(num_classes, **{"crossover": False, "embedding": "pairwise", **kwargs})
+def condinst_vis_tiny(num_classes: int, width: int = 16, backbone_weights: str | None = None,
+                      **kwargs) -> CrossVIS:
+    return crossvis_tiny(num_classes, width, backbone_weights,
+                         **{"crossover": False, "embedding": "pairwise", **kwargs})
 
 
-def condinst_vis_r50(num_classes: int, weights_path: str | None = None, frozen_bn: bool | None = None,
+def condinst_vis_r50(num_classes: int, backbone_weights: str | None = None, frozen_bn: bool | None = None,
                      **kwargs) -> CrossVIS:
-    return crossvis_r50(num_classes, weights_path, frozen_bn,
+    return crossvis_r50(num_classes, backbone_weights, frozen_bn,
                         **{"crossover": False, "embedding": "pairwise", **kwargs})

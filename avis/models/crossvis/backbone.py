@@ -1,9 +1,8 @@
-"""Backbone + FPN producing P3-P7 for the FCOS/CondInst family.
+"""Backbone + FPN producing P3-P7 for the FCOS/CondInst family (CrossVIS, STMask).
 
-A body maps images to C3, C4, C5 (strides 8, 16, 32); torchvision's ``FeaturePyramidNetwork`` with the
+A body from :func:`avis.models.backbones.build_backbone` maps images to C3, C4, C5 (strides 8, 16, 32): a
+torchvision ResNet (``levels=3``) or the CPU net ``tiny32``; torchvision's ``FeaturePyramidNetwork`` with the
 ``LastLevelP6P7`` block (P6, P7 from P5) turns them into five maps P3..P7 at strides 8..128.
-The ResNet body is the shared :class:`avis.models.backbones.ResNetBackbone` (layer2-4; weights from a local
-file only); the tiny body is ours because the shared ``TinyBackbone`` stops at stride 16.
 """
 
 from __future__ import annotations
@@ -15,28 +14,9 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from avis.models.backbones import ResNetBackbone, stage_outputs
+from avis.models.backbones import build_backbone
 
 STRIDES = (8, 16, 32, 64, 128)
-
-
-def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
-class TinyBody(nn.Module):
-    """CPU body: B x 3 x H x W -> [B x 2w x H/8 x W/8, B x 4w x H/16 x W/16, B x 4w x H/32 x W/32]."""
-
-    def __init__(self, width: int = 16):
-        super().__init__()
-        w = width
-        self.stem = nn.Sequential(_conv_bn(3, w, 2), _conv_bn(w, w, 2), _conv_bn(w, w, 1))
-        self.stages = nn.ModuleList(nn.Sequential(_conv_bn(a, b, 2), _conv_bn(b, b, 1))
-                                    for a, b in [(w, 2 * w), (2 * w, 4 * w), (4 * w, 4 * w)])
-        self.channels = [2 * w, 4 * w, 4 * w]
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return stage_outputs(self.stem, self.stages, x)
 
 
 class FPNBackbone(nn.Module):
@@ -56,15 +36,14 @@ class FPNBackbone(nn.Module):
         return list(self.fpn(OrderedDict((f"c{i + 3}", f) for i, f in enumerate(feats))).values())
 
 
-def tiny_fpn(out_channels: int = 32, width: int = 16) -> FPNBackbone:
-    return FPNBackbone(TinyBody(width), out_channels)
+def tiny_fpn(out_channels: int = 32, width: int = 16, backbone_weights: str | None = None) -> FPNBackbone:
+    """The CPU body ``tiny32`` (BatchNorm, random init or a local state dict) + FPN."""
+    return FPNBackbone(build_backbone("tiny32", weights=backbone_weights, width=width), out_channels)
 
 
-def resnet_fpn(name: str = "resnet50", out_channels: int = 256, weights_path: str | None = None,
+def resnet_fpn(name: str = "resnet50", out_channels: int = 256, backbone_weights: str | None = None,
                frozen_bn: bool | None = None) -> FPNBackbone:
-    """torchvision ResNet (random init, or a local torchvision state dict; nothing is downloaded) + FPN.
-
-    ``frozen_bn=None`` freezes BatchNorm only when weights are given: frozen statistics of a random
-    initialisation would leave a from-scratch ResNet without normalisation (our choice)."""
-    frozen = bool(weights_path) if frozen_bn is None else frozen_bn
-    return FPNBackbone(ResNetBackbone(name, weights_path, frozen_bn=frozen, levels=3), out_channels)
+    """torchvision ResNet (random init, or a local torchvision state dict; nothing is downloaded) + FPN;
+    ``frozen_bn=None``: BatchNorm frozen only when weights are given (see ``ResNetBackbone``)."""
+    return FPNBackbone(build_backbone(name, weights=backbone_weights, frozen_bn=frozen_bn, levels=3),
+                       out_channels)

@@ -1,5 +1,5 @@
-"""Losses of CrossVIS: dice (masks and crossover masks), the global balanced embedding loss, and the pair-wise
-MaskTrack-style embedding loss used by the CondInst-VIS ablation."""
+"""Losses of CrossVIS: the global balanced embedding loss and the pair-wise MaskTrack-style embedding loss used
+by the CondInst-VIS ablation (the masks' Dice is :func:`avis.models.losses.squared_dice_loss`)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
-
-def dice_loss(probs: torch.Tensor, targets: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """probs, targets P x h x w -> mean over P of 1 - 2 sum(p g) / (sum p^2 + sum g^2) (CondInst's dice)."""
-    if probs.shape[0] == 0:
-        return probs.sum() * 0
-    p = probs.flatten(1).float()
-    g = targets.flatten(1).float()
-    return (1 - 2 * (p * g).sum(1) / ((p * p).sum(1) + (g * g).sum(1) + eps)).mean()
+from avis.models.losses import zero_loss
 
 
 def embedding_scale(num_identities: int) -> float:
@@ -49,7 +42,7 @@ class GlobalEmbeddingLoss(nn.Module):
 
     def forward(self, emb: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         if emb.shape[0] == 0:
-            return sum(p.sum() for p in self.parameters()) * 0 + emb.sum() * 0  # keeps every parameter in the graph
+            return zero_loss(self.parameters(), emb)  # keeps every parameter in the graph
         target = F.one_hot(ids, self.num_identities).to(emb.dtype)
         loss = sigmoid_focal_loss(self.logits(emb), target, self.alpha, self.gamma, reduction="sum")
         return loss / max(emb.shape[0], 1)
@@ -63,7 +56,7 @@ def pairwise_embedding_loss(emb: torch.Tensor, ids: torch.Tensor, ref_emb: torch
     instance) with ids ref_ids M -> cross entropy over [new, ref_1..ref_M] with logits [0, emb . ref_m].
     """
     if emb.shape[0] == 0 or ref_emb.shape[0] == 0:  # nothing to tell apart: every key is new
-        return emb.sum() * 0 + ref_emb.sum() * 0
+        return zero_loss(emb, ref_emb)
     logits = torch.cat([emb.new_zeros(emb.shape[0], 1), emb @ ref_emb.T], 1)
     match = ids[:, None] == ref_ids[None, :]
     target = torch.where(match.any(1), match.float().argmax(1) + 1, torch.zeros_like(ids))

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avis.models.losses import zero_loss
+
 
 class MaskBranch(nn.Module):
     """[P3, P4, P5] (B x C x h_l x w_l) -> mask features B x out x h3 x w3 (stride 8).
@@ -93,7 +95,7 @@ def mask_logits(head: DynamicMaskHead, mask_feats: torch.Tensor, params: torch.T
     if params.shape[0] == 0:
         h, w = mask_feats.shape[-2:]
         # keep the graph connected (DDP without find_unused_parameters needs a gradient for every parameter)
-        return mask_feats.new_zeros(0, 2 * h, 2 * w) + (mask_feats.sum() + params.sum()) * 0
+        return mask_feats.new_zeros(0, 2 * h, 2 * w) + zero_loss(mask_feats, params)
     rel = relative_coords(locations, soi, *mask_feats.shape[-2:], stride=stride)
     logits = head(torch.cat([mask_feats, rel.to(mask_feats.dtype)], 1), params)
     # align_corners=False keeps pixel centres aligned: stride-4 pixel k sits at 4k + 2, as in the targets

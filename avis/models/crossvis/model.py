@@ -1,4 +1,4 @@
-"""The CrossVIS method and its CondInst-VIS ablation (see the package docstring for deviations)."""
+"""The CrossVIS method and its CondInst-VIS ablation (deviations from the paper: docs/baselines.md)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms, generalized_box_iou_loss, sigmoid_focal_loss
 
-from ..base import Track, VISMethod
-from ..frame_pairs import normalise_and_pad, pair_targets, register_pixel_stats
-from .association import TrackState, update_tracks
+from ..base import FrameResult, Track, TrackedInstance, VISMethod
+from ..frame_pairs import pair_targets
+from ..losses import squared_dice_loss, zero_loss
+from ..preprocess import normalize_and_pad, register_pixel_stats
+from ..sampling import FramePair
+from .association import DROPPED, TrackState, update_tracks
 from .crossover import crossover_pairs
 from .head import CrossVISHead
-from .losses import GlobalEmbeddingLoss, IdentityMap, dice_loss, pairwise_embedding_loss
+from .losses import GlobalEmbeddingLoss, IdentityMap, pairwise_embedding_loss
 from .mask import DynamicMaskHead, MaskBranch, mask_logits
 from .targets import centerness, fcos_targets, level_locations
 
@@ -47,7 +50,7 @@ class CrossVIS(VISMethod):
                  center_sampling_radius: float | None = 1.5, max_proposals: int = 500,
                  score_threshold: float = 0.05, pre_nms_topk: int = 1000, nms_threshold: float = 0.6,
                  max_detections: int = 100, mask_threshold: float = 0.5, match_threshold: float = 0.4,
-                 size_divisibility: int = 128):
+                 size_divisibility: int = 128, partner_distance: int = 20):
         super().__init__()
         if embedding not in ("global", "pairwise", None):
             raise ValueError(f"embedding must be 'global', 'pairwise' or None, not {embedding!r}")
@@ -59,6 +62,8 @@ class CrossVIS(VISMethod):
         self.score_threshold, self.pre_nms_topk, self.nms_threshold = score_threshold, pre_nms_topk, nms_threshold
         self.max_detections, self.mask_threshold = max_detections, mask_threshold
         self.match_threshold, self.size_divisibility = match_threshold, size_divisibility
+        # training pairs: a frame and a partner at a random distance up to partner_distance, never itself
+        self.clip_sampler = FramePair(partner_distance)
         c = backbone.out_channels
         self.dynamic_head = DynamicMaskHead(mask_channels)
         self.head = CrossVISHead(c, num_classes, self.dynamic_head.num_params, len(self.strides),
@@ -72,7 +77,7 @@ class CrossVIS(VISMethod):
     # -- shared ---------------------------------------------------------------------------------------
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 N x 3 x H x W -> normalised float N x 3 x Hp x Wp, zero-padded right/bottom to the divisibility."""
-        return normalise_and_pad(frames, self.pixel_mean, self.pixel_std, self.size_divisibility)
+        return normalize_and_pad(frames, self.pixel_mean, self.pixel_std, self.size_divisibility)
 
     def _features(self, images: torch.Tensor):
         feats = self.backbone(images)
@@ -123,7 +128,7 @@ class CrossVIS(VISMethod):
         s_img, s_loc, s_gt = pos_img[sample], pos_loc[sample], pos_gt[sample]
         s_params = params[s_img, s_loc]
         logits = mask_logits(self.dynamic_head, mask_feats[s_img], s_params, locations[s_loc], soi[s_loc])
-        losses["loss_mask"] = dice_loss(logits.sigmoid(), self._gt_masks(targets, s_img, s_gt, logits))
+        losses["loss_mask"] = squared_dice_loss(logits.sigmoid(), self._gt_masks(targets, s_img, s_gt, logits))
 
         if self.crossover:
             losses["loss_cross"] = self.crossover_loss(mask_feats, s_params, s_img, s_gt, pos_img, pos_loc,
@@ -154,7 +159,8 @@ class CrossVIS(VISMethod):
                                                         [t["ids"] for t in targets], partner=lambda n: n ^ 1)
         logits = mask_logits(self.dynamic_head, mask_feats[dst_img], s_params[src], locations[dst_loc],
                              soi[dst_loc])
-        return dice_loss(logits.sigmoid(), self._gt_masks(targets, dst_img, dst_gt, logits)) + s_params.sum() * 0
+        return (squared_dice_loss(logits.sigmoid(), self._gt_masks(targets, dst_img, dst_gt, logits))
+                + zero_loss(s_params))
 
     def _pairwise_loss(self, emb, pos_img, pos_loc, pos_gt, targets) -> torch.Tensor:
         """CondInst-VIS: key = target frame (odd image), references = mean embedding of each instance's
@@ -171,7 +177,7 @@ class CrossVIS(VISMethod):
             ref_ids = targets[ref]["ids"][ref_gts]
             key_ids = targets[key]["ids"][pos_gt[in_key]]
             losses.append(pairwise_embedding_loss(emb[key, pos_loc[in_key]], key_ids, ref_emb, ref_ids))
-        return torch.stack(losses).mean() if losses else emb.sum() * 0
+        return torch.stack(losses).mean() if losses else zero_loss(emb)
 
     # -- online inference -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -209,13 +215,20 @@ class CrossVIS(VISMethod):
         return {"frame": 0, "tracks": []}
 
     @torch.no_grad()
-    def step(self, state: dict, frame: torch.Tensor, audio: torch.Tensor | None = None) -> None:
+    def step(self, state: dict, frame: torch.Tensor, audio: torch.Tensor | None = None) -> FrameResult:
+        """One frame: detect, associate -> the detections that joined or started a track (track id = index of
+        the track, its class, this detection's score and mask)."""
         d = self.detect(frame)
-        update_tracks(state["tracks"], state["frame"], d["emb"], d["boxes"], d["labels"], d["scores"], d["masks"],
-                      self.match_threshold)
+        t = state["frame"]
+        joined = update_tracks(state["tracks"], t, d["emb"], d["boxes"], d["labels"], d["scores"], d["masks"],
+                               self.match_threshold)
+        masks = d["masks"].cpu()
         state["frame"] += 1
+        return FrameResult(t, sorted((TrackedInstance(j, int(d["labels"][i]), float(d["scores"][i]), masks[i])
+                                      for i, j in enumerate(joined) if j != DROPPED), key=lambda x: x.track_id))
 
     def finish(self, state: dict) -> list[Track]:
+        """Per track: score = mean of its frame scores, class = its first detection's (association keeps it)."""
         tracks: list[TrackState] = state["tracks"]
-        return [Track(label=t.label, score=sum(t.scores) / len(t.scores), masks={k: m.cpu() for k, m in t.masks.items()})
-                for t in tracks]
+        return [Track(label=t.label, score=sum(t.scores) / len(t.scores), masks={k: m.cpu() for k, m in t.masks.items()},
+                      track_id=j) for j, t in enumerate(tracks)]

@@ -23,6 +23,8 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.ops import box_convert, generalized_box_iou, masks_to_boxes
 
+from avis.models.losses import dice_loss, zero_loss
+
 
 @dataclass
 class Tracklets:
@@ -115,12 +117,6 @@ class TrackletMatcher:
         return rows_ok[torch.as_tensor(rows, dtype=torch.long)], torch.as_tensor(cols, dtype=torch.long)
 
 
-def dice_loss(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """pred, gt: M x P (probabilities, targets) -> M."""
-    inter = (pred * gt).sum(-1)
-    return 1 - (2 * inter + 1) / (pred.sum(-1) + gt.sum(-1) + 1)
-
-
 class TrackletCriterion(nn.Module):
     """Losses of one set of tracklet predictions given an assignment (weights: class 2, L1 5, GIoU 2,
     Dice 8, BCE 1 by default; ``empty_weight`` for the empty class in the cross-entropy)."""
@@ -156,7 +152,7 @@ class TrackletCriterion(nn.Module):
         pb, gb, vm = torch.cat(pb).float(), torch.cat(gb), torch.cat(vm)
         norm = max(pm.shape[0] * t, 1)
         nvalid = max(int(vm.sum()), 1)
-        zero = logits.sum() * 0
+        zero = zero_loss(logits)
         if pm.shape[0]:
             loss_mask = F.binary_cross_entropy_with_logits(pm, gm, reduction="none").mean((2, 3)).sum() / norm
             loss_dice = dice_loss(pm[vm].flatten(1).sigmoid(), gm[vm].flatten(1)).sum() / nvalid

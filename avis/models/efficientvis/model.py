@@ -3,12 +3,12 @@ from clip to clip through the queries (no association step, no NMS, no threshold
 
 Shapes (B videos, T frames per clip, N tracklet queries, D channels)::
 
-    frames    uint8 B x 2T x 3 x H x W  (training: two consecutive clips of T frames, split in the model)
+    frames    uint8 B x 2T x 3 x H x W  (training: a pair of clips of T frames, see ClipPair; split here)
     backbone  -> levels fine to coarse -> fused base feature (B*T) x D x H/s x W/s, s = finest stride
     queries   B x N x T x D, proposals B x N x T x 4 (normalised cxcywh)
     stage m   -> class logits B x N x T x (K+1), boxes B x N x T x 4, mask logits B x N x T x H/s x W/s
 
-Deviations from the paper: the list in the project's ``docs/baselines_efficientvis.md``.
+Deviations from the paper, each with the argument or file where it lives: ``docs/baselines_efficientvis.md``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from torch.nn import functional as F
 from avis.models.base import Track, VISMethod
 from avis.models.efficientvis.criterion import TrackletCriterion, TrackletMatcher, Tracklets, build_tracklets
 from avis.models.efficientvis.stage import Stage
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from avis.models.preprocess import normalize, register_pixel_stats
+from avis.models.sampling import ClipPair
 
 
 class BaseFeature(nn.Module):
@@ -82,6 +81,8 @@ class EfficientVIS(VISMethod):
         self.clip_frames = int(clip_length)
         self.correspondence = correspondence
         self.clip_length = 2 * self.clip_frames if correspondence else self.clip_frames
+        # training clips within the video, the pair in random order (see ClipPair)
+        self.clip_sampler = ClipPair(self.clip_frames, 2 if correspondence else 1)
         self.aux_loss = aux_loss
         self.backbone = backbone
         self.stride = int(backbone.strides[roi_level])  # of the RoI feature; masks are at strides[0]
@@ -95,13 +96,13 @@ class EfficientVIS(VISMethod):
         self.matcher = TrackletMatcher(cost_class, cost_l1, cost_giou, cost_mask)
         self.criterion = TrackletCriterion(num_classes, class_weight, l1_weight, giou_weight, dice_weight,
                                            bce_weight, empty_weight)
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255, persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255, persistent=False)
+        register_pixel_stats(self)
         #: assignments of the last training step, per clip (list over B of (query idx, instance ids))
         self.last_assignments: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
 
     def normalize(self, frames: torch.Tensor) -> torch.Tensor:
-        return (frames.to(self.pixel_mean.device, torch.float32) - self.pixel_mean) / self.pixel_std
+        """uint8 ... x 3 x H x W (0..255) -> float, ImageNet-normalised."""
+        return normalize(frames, self.pixel_mean, self.pixel_std)
 
     def initial_queries(self, b: int, t: int) -> torch.Tensor:
         """Learned initial query repeated over time -> B x N x T x D."""

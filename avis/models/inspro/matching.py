@@ -9,6 +9,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torchvision.ops import box_iou, generalized_box_iou
 
+from avis.models.losses import zero_loss
+
 
 def match_cost(logits: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, gt_boxes: torch.Tensor,
                image_size: tuple[int, int], w_cls: float = 2.0, w_l1: float = 5.0, w_giou: float = 2.0,
@@ -77,7 +79,7 @@ def dedup_loss(pred_boxes: torch.Tensor, matched: torch.Tensor, gt_boxes: torch.
     """
     neg = pred_boxes[~matched]
     if gt_boxes.shape[0] == 0 or neg.shape[0] == 0:
-        return pred_boxes.sum() * 0
+        return zero_loss(pred_boxes)
     kk = min(k, neg.shape[0])
     iou = box_iou(gt_boxes, neg.detach())  # n x M; selection only, no gradient through it
     idx = iou.topk(kk, dim=1).indices  # n x kk

@@ -16,16 +16,13 @@ from torchvision.ops import (
     sigmoid_focal_loss,
 )
 
-from avis.models.backbones import build_backbone
-from avis.models.base import Track, VISMethod
-from avis.models.crossvis.losses import dice_loss
+from avis.models.base import FrameResult, Track, TrackedInstance, VISMethod
 from avis.models.crossvis.mask import DynamicMaskHead, MaskBranch, mask_logits
+from avis.models.losses import squared_dice_loss, zero_loss
+from avis.models.preprocess import normalize_and_pad, register_pixel_stats
 
 from .head import InteractionStage, IntraQueryAttention
 from .matching import dedup_loss, match_cost, temporally_consistent_matching
-
-_MEAN = (0.485, 0.456, 0.406)
-_STD = (0.229, 0.224, 0.225)
 
 
 def clip_to_image(boxes: torch.Tensor, image_size: tuple[int, int], min_size: float = 1.0) -> torch.Tensor:
@@ -71,8 +68,7 @@ class InsPro(VISMethod):
 
     uses_audio = False
 
-    def __init__(self, num_classes: int, backbone: str = "resnet50", backbone_weights: str | None = None,
-                 backbone_kwargs: dict | None = None, hidden_dim: int = 256, num_queries: int = 100,
+    def __init__(self, num_classes: int, backbone: nn.Module, hidden_dim: int = 256, num_queries: int = 100,
                  num_stages: int = 6, dim_dynamic: int = 64, dim_feedforward: int = 2048, num_heads: int = 8,
                  dropout: float = 0.0, pooler_resolution: int = 7, mask_branch_channels: int = 128,
                  mask_channels: int = 8, clip_length: int = 3, train_bank: int = 3, test_bank: int = 18,
@@ -97,7 +93,7 @@ class InsPro(VISMethod):
             raise ValueError(f"mask_target must be 'area' or 'center', got {mask_target!r}")
         self.mask_target = mask_target
 
-        self.backbone = build_backbone(backbone, weights=backbone_weights, **(backbone_kwargs or {}))
+        self.backbone = backbone
         strides = list(self.backbone.strides)
         self.level_names = [f"p{int(math.log2(s))}" for s in strides]
         self.size_divisibility = max(strides)
@@ -116,8 +112,7 @@ class InsPro(VISMethod):
         self.init_boxes = nn.Embedding(num_queries, 4)  # cx, cy, w, h as fractions of the image
         nn.init.constant_(self.init_boxes.weight[:, :2], 0.5)
         nn.init.constant_(self.init_boxes.weight[:, 2:], 1.0)
-        self.register_buffer("pixel_mean", torch.tensor(_MEAN).view(3, 1, 1) * 255, persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(_STD).view(3, 1, 1) * 255, persistent=False)
+        register_pixel_stats(self)
 
     # ------------------------------------------------------------------ shared parts
 
@@ -127,10 +122,7 @@ class InsPro(VISMethod):
 
     def prepare(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 M x 3 x H x W -> normalised float, zero-padded (bottom/right) to the largest stride."""
-        x = (frames.float() - self.pixel_mean) / self.pixel_std
-        h, w = x.shape[-2:]
-        d = self.size_divisibility
-        return F.pad(x, (0, (-w) % d, 0, (-h) % d))
+        return normalize_and_pad(frames, self.pixel_mean, self.pixel_std, self.size_divisibility)
 
     def features(self, images: torch.Tensor) -> tuple[OrderedDict, torch.Tensor]:
         """M x 3 x Hp x Wp -> (FPN maps by level name, mask features M x 8 x Hp/8 x Wp/8)."""
@@ -236,7 +228,7 @@ class InsPro(VISMethod):
         h, w = image_size
         out = {k: v.float() for k, v in out.items()}
         scale = out["boxes"].new_tensor([w, h, w, h])
-        zero = out["logits"].sum() * 0
+        zero = zero_loss(out["logits"])
         acc = {k: zero for k in self.w}
         for b, (tg, (slots, gi)) in enumerate(zip(targets, matches)):
             slots, gi = slots.to(out["logits"].device), gi.to(out["logits"].device)
@@ -249,14 +241,14 @@ class InsPro(VISMethod):
             acc["dedup"] = acc["dedup"] + dedup_loss(boxes, matched, tg["boxes"], self.dedup_k, self.dedup_beta)
             if slots.numel() == 0:
                 # keep the mask head and controller in the graph (DDP needs a gradient for every parameter)
-                acc["dice"] = acc["dice"] + out["params"][b].sum() * 0 + mask_feats[b].sum() * 0
+                acc["dice"] = acc["dice"] + zero_loss(out["params"][b], mask_feats[b])
                 continue
             pb, gb = boxes[slots], tg["boxes"][gi]
             acc["l1"] = acc["l1"] + (pb / scale - gb / scale).abs().sum()
             acc["giou"] = acc["giou"] + (1 - torch.diag(generalized_box_iou(pb, gb))).sum()
             logit_m = self.instance_masks(mask_feats[b], out["params"][b][slots], pb).float()
             gt_m = tg["masks4"][gi].float()
-            acc["dice"] = acc["dice"] + dice_loss(logit_m.sigmoid(), gt_m) * slots.numel()
+            acc["dice"] = acc["dice"] + squared_dice_loss(logit_m.sigmoid(), gt_m) * slots.numel()
             acc["mask_focal"] = acc["mask_focal"] + sigmoid_focal_loss(
                 logit_m, gt_m, self.focal_alpha, self.focal_gamma, "none").flatten(1).mean(1).sum()
         return acc
@@ -264,11 +256,14 @@ class InsPro(VISMethod):
     # ------------------------------------------------------------------ online inference
 
     def init_state(self) -> dict:
-        return {"t": 0, "queries": None, "boxes": None, "bank": [], "records": {}, "last": None}
+        return {"t": 0, "queries": None, "boxes": None, "bank": [], "records": {}, "runs": {}, "next_id": 0,
+                "last": None}
 
     @torch.no_grad()
-    def step(self, state: dict, frame: torch.Tensor, audio: torch.Tensor | None = None) -> None:
-        """One frame (uint8 3 x H x W): run the stages from the propagated pairs, record active slots.
+    def step(self, state: dict, frame: torch.Tensor, audio: torch.Tensor | None = None) -> FrameResult:
+        """One frame (uint8 3 x H x W): run the stages from the propagated pairs, record active slots -> one
+        instance per active slot (its track: the slot's current run, see ``split_gap``; class = argmax of this
+        frame's scores, score = their max).
 
         ``state["last"]`` holds this frame's ``scores`` N x K, ``boxes`` N x 4 and ``active`` slots."""
         H, W = frame.shape[-2:]
@@ -280,23 +275,33 @@ class InsPro(VISMethod):
         last = self.frame_forward(feats, state["queries"], state["boxes"], padded)[-1]
         scores = last["logits"][0].sigmoid()
         active = (scores.amax(1) > self.score_threshold).nonzero().flatten()
+        instances = []
         if active.numel():
             logit_m = self.instance_masks(mask_feats[0], last["params"][0][active], last["boxes"][0][active])
             full = F.interpolate(logit_m[:, None], scale_factor=4, mode="bilinear", align_corners=False)[:, 0]
             masks = (full[:, :H, :W].sigmoid() > self.mask_threshold).cpu()  # crop the padding
             for j, slot in enumerate(active.tolist()):
-                state["records"].setdefault(slot, []).append((state["t"], scores[slot].cpu(), masks[j]))
+                records = state["records"].setdefault(slot, [])
+                if not records or (self.split_gap and state["t"] - records[-1][0] > self.split_gap):
+                    state["runs"].setdefault(slot, []).append(state["next_id"])  # a new track (see _split)
+                    state["next_id"] += 1
+                records.append((state["t"], scores[slot].cpu(), masks[j]))
+                score, label = records[-1][1].max(0)
+                instances.append(TrackedInstance(state["runs"][slot][-1], int(label), float(score), masks[j]))
         state["queries"], state["boxes"], state["bank"] = self.propagate(last, state["bank"], (H, W))
         state["last"] = {"scores": scores, "boxes": last["boxes"][0], "active": active}
         state["t"] += 1
+        return FrameResult(state["t"] - 1, sorted(instances, key=lambda x: x.track_id))
 
     def finish(self, state: dict) -> list[Track]:
+        """Per slot and run: class = argmax of the mean scores over its frames, score = that mean."""
         tracks = []
         for slot in sorted(state["records"]):
-            for run in self._split(state["records"][slot]):
+            for run, tid in zip(self._split(state["records"][slot]), state["runs"][slot], strict=True):
                 mean = torch.stack([s for _, s, _ in run]).mean(0)
                 label = int(mean.argmax())
-                tracks.append(Track(label=label, score=float(mean[label]), masks={t: m for t, _, m in run}))
+                tracks.append(Track(label=label, score=float(mean[label]), masks={t: m for t, _, m in run},
+                                    track_id=tid))
         return tracks
 
     def _split(self, records: list) -> list[list]:

@@ -7,11 +7,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torch.nn import functional as F
 
-
-def dice_similarity(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """Soft Dice coefficient of every pair. pred: N x P probabilities; gt: M x P in [0, 1] -> N x M."""
-    inter = pred @ gt.T
-    return (2 * inter + 1) / (pred.sum(-1)[:, None] + gt.sum(-1)[None, :] + 1)
+from avis.models.losses import dice_loss, dice_similarity
 
 
 class HungarianMatcher:
@@ -66,5 +62,5 @@ class SetCriterion(nn.Module):
         num = max(sum(len(r) for r, _ in indices), 1)
         pm = torch.cat(pred_masks).flatten(1).sigmoid()
         gm = torch.cat(gt_masks).flatten(1).to(pm.dtype)
-        dice = 1 - (2 * (pm * gm).sum(-1) + 1) / (pm.sum(-1) + gm.sum(-1) + 1)
-        return {"loss_ce": self.class_weight * loss_ce, "loss_dice": self.dice_weight * dice.sum() / num}
+        return {"loss_ce": self.class_weight * loss_ce,
+                "loss_dice": self.dice_weight * dice_loss(pm, gm).sum() / num}

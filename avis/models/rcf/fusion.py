@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from avis.models.rcf.position import PositionCache
+from avis.models.rcf.position import PositionCache, valid_position_encoding
 from avis.models.rcf.transformer import EncoderLayer
 
 
@@ -28,8 +28,9 @@ class TargetTokens(nn.Module):
 class ReferenceTokens(nn.Module):
     """O_ref = P(phi_{dC->C'}(pool_{HxW->KxK}(W * f_ref))), W = sigmoid(phi_{dC->1}(f_ref)).
 
-    forward(f_ref: B x delta*C x H x W, reference features concatenated on channels, oldest first)
-    -> tokens B x C' x K x K, weight map W: B x 1 x H x W.
+    forward(f_ref: B x delta*C x H x W, reference features concatenated on channels, oldest first;
+    valid_hw: int64 B x 2 or None, the top-left rows x cols that hold the image) -> tokens B x C' x K x K
+    (pooled over each image's valid region), weight map W: B x 1 x H x W.
     """
 
     def __init__(self, in_channels: int, delta: int, dim: int, pool_size: int = 2):
@@ -38,9 +39,14 @@ class ReferenceTokens(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(pool_size)
         self.proj = nn.Conv2d(delta * in_channels, dim, 1)
 
-    def forward(self, f_ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, f_ref: torch.Tensor, valid_hw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         w = torch.sigmoid(self.weight(f_ref))
-        return self.proj(self.pool(w * f_ref)), w
+        x = w * f_ref
+        if valid_hw is None:
+            pooled = self.pool(x)
+        else:  # padding must not enter the K x K bins: pool each image over its own region
+            pooled = torch.cat([self.pool(x[i:i + 1, :, :hv, :wv]) for i, (hv, wv) in enumerate(valid_hw.tolist())])
+        return self.proj(pooled), w
 
 
 class AudioTokens(nn.Module):
@@ -70,7 +76,7 @@ class AudioTokens(nn.Module):
         return self.proj(self.encoder.tokens(features) if self.splits else self.encoder(features))
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        """audio: B x T x S -> tokens B x T x C'."""
+        """audio: windows B x T x S -> tokens B x T x C' (what :class:`RobustContextFusion` takes)."""
         return self.proj(self.encoder(audio))
 
 
@@ -118,21 +124,32 @@ class RobustContextFusion(nn.Module):
         self.layers[-1].keep_attention = bool(value)
 
     def forward(self, f_t: torch.Tensor, f_ref: torch.Tensor | None = None, audio: torch.Tensor | None = None,
-                audio_valid: torch.Tensor | None = None, audio_features: torch.Tensor | None = None,
-                audio_tokens: torch.Tensor | None = None) -> Fused:
-        """f_t: B x C x H x W; f_ref: B x delta*C x H x W (None iff delta = 0); audio: B x (1+delta) x S
-        windows, or audio_features: B x (1+delta) x C_a (see :class:`AudioTokens`), or audio_tokens: the
-        ready tokens B x (1+delta) x C' (online fast path), or none (then the audio tokens, if the model has
-        them, are masked out); audio_valid: B bool (None: all valid)."""
+                audio_valid: torch.Tensor | None = None, valid_hw: torch.Tensor | None = None) -> Fused:
+        """f_t: B x C x H x W; f_ref: B x delta*C x H x W (None iff delta = 0); audio: the audio tokens
+        B x (1+delta) x C' made by :attr:`audio_tokens` (from windows or per-frame features), or None: then
+        the audio tokens, if the model has them, are masked out; audio_valid: bool B (one flag per clip) or
+        B x (1+delta) (per token), False where there is no sound; None: all valid. valid_hw: int64 B x 2, the
+        top-left rows x cols of the H x W grid that hold the image when the batch was padded (None: all):
+        target tokens over the padding are masked out of every attention, the sine encoding spans the valid
+        region, the reference tokens pool over it, and O'_tgt is zero over the padding."""
         b, _, h, w = f_t.shape
         tgt = self.target_tokens(f_t)
         dtype, device = tgt.dtype, tgt.device
         tokens = [tgt.flatten(2).transpose(1, 2)]
-        pos = [self.positions(h, w, self.dim, device, dtype).expand(b, -1, -1)]
-        masks = [torch.zeros(b, h * w, dtype=torch.bool, device=device)]
+        padded = valid_hw is not None and bool((valid_hw < valid_hw.new_tensor([h, w])).any())
+        if padded:
+            rows = torch.arange(h, device=device)[None, :, None] >= valid_hw[:, 0, None, None].to(device)
+            cols = torch.arange(w, device=device)[None, None, :] >= valid_hw[:, 1, None, None].to(device)
+            tgt_pad = (rows | cols).flatten(1)  # B x h*w, True = padding
+            pos = [valid_position_encoding(h, w, self.dim, valid_hw.to(device), dtype)]
+            masks = [tgt_pad]
+        else:
+            pos = [self.positions(h, w, self.dim, device, dtype).expand(b, -1, -1)]
+            masks = [torch.zeros(b, h * w, dtype=torch.bool, device=device)]
+        need_mask = padded
         n_ref = n_aud = 0
         if self.reference_tokens is not None:
-            ref, wmap = self.reference_tokens(f_ref)
+            ref, wmap = self.reference_tokens(f_ref, valid_hw if padded else None)
             k = ref.shape[-1]
             n_ref = k * k
             tokens.append(ref.flatten(2).transpose(1, 2))
@@ -142,31 +159,30 @@ class RobustContextFusion(nn.Module):
         if self.audio_tokens is not None:
             n_aud = 1 + self.delta
             valid = None  # None: every clip has audio, no padding mask needed
-            if audio is None and audio_features is None and audio_tokens is None:
+            if audio is None:
                 aud = torch.zeros(b, n_aud, self.dim, dtype=dtype, device=device)
                 valid = torch.zeros(b, dtype=torch.bool, device=device)
             else:
-                if audio_tokens is not None:
-                    aud = audio_tokens
-                elif audio_features is not None:
-                    aud = self.audio_tokens.from_features(audio_features)
-                else:
-                    aud = self.audio_tokens(audio)
-                aud = aud.to(dtype)
+                aud = audio.to(dtype)
                 valid = None if audio_valid is None else audio_valid.to(device)
             tokens.append(aud)
             pos.append(self.audio_tokens.time_embed.to(dtype).expand(b, -1, -1))
             if valid is not None:
-                masks.append((~valid)[:, None].expand(b, n_aud))
+                masks.append((~valid)[:, None].expand(b, n_aud) if valid.dim() == 1 else ~valid)
+                need_mask = True
+            else:
+                masks.append(torch.zeros(b, n_aud, dtype=torch.bool, device=device))
         x = torch.cat(tokens, 1)
         p = torch.cat(pos, 1)
-        # Only audio tokens can be padding; with all audio present (or none in the model) no mask is needed,
-        # which also keeps attention on its unmasked (faster) kernels.
-        pad = torch.cat(masks, 1) if len(masks) == len(tokens) and n_aud else None
+        # Without padding and with all audio present (or none in the model) no mask is needed, which also
+        # keeps attention on its unmasked (faster) kernels.
+        pad = torch.cat(masks, 1) if need_mask else None
         for layer in self.layers:
             x = layer(x, p, pad)
         self._layout = (h, w, n_ref, n_aud)
         target = x[:, : h * w].transpose(1, 2).reshape(b, self.dim, h, w)
+        if padded:  # as the zero padding the mask decoder's convolutions see at inference
+            target = target.masked_fill(tgt_pad.view(b, 1, h, w), 0)
         return Fused(x, p, pad, target)
 
     def attention_maps(self) -> dict[str, torch.Tensor | None]:

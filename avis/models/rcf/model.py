@@ -13,34 +13,42 @@ Shapes (B clips, T = 1 + delta frames, target last; backbone levels fine to coar
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from avis.models.base import Track, VISMethod
+from avis.models.base import FrameResult, Track, TrackedInstance, VISMethod
+from avis.models.preprocess import normalize, register_pixel_stats
 from avis.models.rcf.criterion import SetCriterion
 from avis.models.rcf.decoder import InstanceHeads, MaskDecoder
 from avis.models.rcf.fusion import RobustContextFusion
 from avis.models.rcf.transformer import InstanceDecoder
 from avis.tracking import SlotTracker
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 @dataclass
 class RCFState:
-    """Online state of one video: the cache of the last delta frames' features (and audio windows), and
-    every processed frame's slot outputs, kept on the device until :meth:`RCF.finish`."""
+    """Online state of one video: the cache of the last delta frames' features (and audio entries), the
+    slot tracker, and the last frame's raw outputs (for inspection)."""
 
     features: deque
     audio: deque
+    tracker: SlotTracker
+    frame: int = 0  # frames processed so far
     size: tuple[int, int] | None = None
     silence: torch.Tensor | None = None  # cached audio entry of a missing window (fast path)
-    probs: list[torch.Tensor] = field(default_factory=list)  # per frame N x (K+1)
-    masks: list[torch.Tensor] = field(default_factory=list)  # per frame N x H/4 x W/4 mask logits
+    last_probs: torch.Tensor | None = None  # last frame's N x (K+1) class probabilities (device)
+    last_masks: torch.Tensor | None = None  # last frame's N x H/4 x W/4 mask logits (device)
+
+
+def _zero_padding(x: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """Normalised images N x 3 x H x W, valid sizes N x 2 (h, w) -> the padding (right/bottom) set to 0 (the
+    mean colour), as the zero padding of the convolutions at inference, where frames are not padded."""
+    rows = torch.arange(x.shape[-2], device=x.device)[None, :, None] >= sizes[:, 0, None, None]
+    cols = torch.arange(x.shape[-1], device=x.device)[None, None, :] >= sizes[:, 1, None, None]
+    return x.masked_fill((rows | cols)[:, None], 0)
 
 
 class RCF(VISMethod):
@@ -85,8 +93,7 @@ class RCF(VISMethod):
                                                 dropout)
         self.heads = InstanceHeads(hidden_dim, num_classes, mask_dim)
         self.criterion = SetCriterion(num_classes, no_object_weight, class_weight, dice_weight)
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255, persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255, persistent=False)
+        register_pixel_stats(self)
         # Online fast path settings (see :meth:`optimize_online`).
         self.channels_last = False
         self.amp_dtype: torch.dtype | None = None
@@ -115,7 +122,7 @@ class RCF(VISMethod):
     # -- shared pieces ---------------------------------------------------------------------------------
     def normalize(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 ... x 3 x H x W (0..255) -> float, ImageNet-normalised."""
-        return (frames.to(self.pixel_mean.device, torch.float32) - self.pixel_mean) / self.pixel_std
+        return normalize(frames, self.pixel_mean, self.pixel_std)
 
     @property
     def keep_attention(self) -> bool:
@@ -130,12 +137,12 @@ class RCF(VISMethod):
         """Attention of the last forward/step: reference-to-target, audio-to-target, ... (see fusion)."""
         return self.fusion.attention_maps()
 
-    def predict(self, f_t, f_ref, low, audio=None, audio_valid=None, all_layers: bool = False,
-                audio_features=None, audio_tokens=None):
+    def predict(self, f_t, f_ref, low, audio=None, audio_valid=None, all_layers: bool = False, valid_hw=None):
         """Everything after the backbone. f_t: B x C x h x w; f_ref: B x delta*C x h x w or None; low: finer
-        levels of the target frame; audio windows B x T x S or audio_features B x T x C_a -> logits
-        L x B x N x (K+1), mask logits L x B x N x H/4 x W/4 with L = dec_layers if all_layers else 1."""
-        fused = self.fusion(f_t, f_ref, audio, audio_valid, audio_features, audio_tokens)
+        levels of the target frame; audio: tokens B x T x C' (``fusion.audio_tokens``) or None; audio_valid,
+        valid_hw (the rows x cols of f_t's grid that hold the image): see :class:`RobustContextFusion` ->
+        logits L x B x N x (K+1), mask logits L x B x N x H/4 x W/4 with L = dec_layers if all_layers else 1."""
+        fused = self.fusion(f_t, f_ref, audio, audio_valid, valid_hw)
         seg = self._compiled.get("mask_decoder", self.mask_decoder)(fused.target, low)
         codes = self.instance_decoder(fused.memory, fused.pos, fused.padding_mask)
         if not all_layers:
@@ -151,23 +158,30 @@ class RCF(VISMethod):
         b, t = frames.shape[:2]
         if t != self.clip_length:
             raise ValueError(f"RCF with delta={self.delta} needs clips of {self.clip_length} frames, got {t}")
-        feats = self.backbone(self.normalize(frames.flatten(0, 1)))
+        x = self.normalize(frames.flatten(0, 1))
+        sizes = batch.get("image_sizes")  # B x 2: each clip's size before the batch was padded
+        if sizes is not None:
+            sizes = torch.as_tensor(sizes, device=x.device)
+            x = _zero_padding(x, sizes.repeat_interleave(t, 0))
+        feats = self.backbone(x)
         last = feats[-1].unflatten(0, (b, t))
         f_t = last[:, -1]
+        valid_hw = None
+        if sizes is not None:  # feature cell i holds image rows [i s, (i + 1) s): those with i s < h are valid
+            s = self.backbone.strides[-1]
+            valid_hw = torch.minimum((sizes + s - 1) // s, sizes.new_tensor(f_t.shape[-2:]))
         f_ref = last[:, :-1].flatten(1, 2) if self.delta else None
         low = [f.unflatten(0, (b, t))[:, -1] for f in feats[:-1]]
-        audio = valid = features = None
+        audio = valid = None
         if self.uses_audio:
             # Precomputed per-frame audio features (frozen audio backbone) replace the windows when given.
             features = batch.get("audio_features")
-            if features is not None:
-                features = features.to(f_t.device)
-            else:
-                audio = batch["audio"].to(f_t.device)
+            encode = self.fusion.audio_tokens
+            audio = (encode.from_features(features.to(f_t.device)) if features is not None
+                     else encode(batch["audio"].to(f_t.device)))
             valid = batch.get("has_audio")
             valid = None if valid is None else torch.as_tensor(valid, device=f_t.device)
-        logits, masks = self.predict(f_t, f_ref, low, audio, valid, all_layers=self.aux_loss,
-                                     audio_features=features)
+        logits, masks = self.predict(f_t, f_ref, low, audio, valid, all_layers=self.aux_loss, valid_hw=valid_hw)
         targets = [self._target(clip[-1], masks.shape[-2:], masks.device) for clip in batch["targets"]]
         losses = self.criterion(logits[-1], masks[-1], targets)
         for i in range(logits.shape[0] - 1):
@@ -187,13 +201,22 @@ class RCF(VISMethod):
 
     # -- online inference ------------------------------------------------------------------------------
     def init_state(self) -> RCFState:
-        return RCFState(features=deque(maxlen=self.delta), audio=deque(maxlen=self.delta))
+        return RCFState(features=deque(maxlen=self.delta), audio=deque(maxlen=self.delta),
+                        tracker=SlotTracker(self.class_threshold, self.iou_threshold))
 
     @torch.no_grad()
-    def step(self, state: RCFState, frame: torch.Tensor, audio: torch.Tensor | None = None) -> None:
-        """frame: uint8 3 x H x W; audio: float32 S (this frame's window) or None. The backbone runs once
-        on this frame; references come from the cache (the first frame repeated at the video's start).
-        Nothing here waits for the device: outputs stay on it until :meth:`finish`."""
+    def step(self, state: RCFState, frame: torch.Tensor, audio: torch.Tensor | None = None) -> FrameResult:
+        """frame: uint8 3 x H x W; audio: float32 S (this frame's window) or None (no sound: the audio tokens
+        are masked out) -> this frame's tracked instances (:meth:`forward_frame`, then :meth:`track_frame`)."""
+        probs, masks = self.forward_frame(state, frame, audio)
+        return self.track_frame(state, probs, masks)
+
+    @torch.no_grad()
+    def forward_frame(self, state: RCFState, frame: torch.Tensor,
+                      audio: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network on one frame -> class probabilities N x (K+1) (float32) and mask logits N x H/4 x W/4,
+        left on the device. The backbone runs once on this frame; references come from the cache (the first
+        frame repeated at the video's start). Nothing here waits for the device."""
         device = self.pixel_mean.device
         with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             # non_blocking: a pinned host frame is copied asynchronously (a blocking copy synchronises).
@@ -204,15 +227,14 @@ class RCF(VISMethod):
             f_t = feats[-1]
             state.size = tuple(frame.shape[-2:])
             f_ref = self._cached_references(state, f_t)
-            aud = feat = features = None
+            aud = feat = None
             if self.uses_audio and audio is not None:
-                feat, aud, features = self._online_audio(state, audio.to(device, non_blocking=True).float())
-            logits, masks = self.predict(f_t, f_ref, feats[:-1], audio_features=features, audio_tokens=aud)
-        state.probs.append(logits[-1, 0].float().softmax(-1))
-        state.masks.append(masks[-1, 0])
+                feat, aud = self._online_audio(state, audio.to(device, non_blocking=True).float())
+            logits, masks = self.predict(f_t, f_ref, feats[:-1], aud)
         if self.delta:
             state.features.append(f_t)
             state.audio.append(feat)
+        return logits[-1, 0].float().softmax(-1), masks[-1, 0]
 
     def _cached_references(self, state: RCFState, f_t: torch.Tensor) -> torch.Tensor | None:
         """The delta cached reference features, concatenated: 1 x delta*C x h x w (None when delta is 0).
@@ -226,7 +248,7 @@ class RCF(VISMethod):
         return torch.cat(list(state.features), 1)
 
     def _online_audio(self, state: RCFState, window: torch.Tensor):
-        """This frame's cached audio entry and the audio input of the fusion (tokens or features).
+        """This frame's cached audio entry and the audio tokens of the fusion.
 
         With a split encoder that can project (:class:`avis.models.audio.AudioTokenEncoder`) the cache holds
         each frame's first-layer LSTM gate inputs, so a frame costs one audio backbone call, one input
@@ -248,37 +270,39 @@ class RCF(VISMethod):
             state.silence = entry(torch.zeros_like(window))
         seq = torch.stack([state.silence if a is None else a for a in state.audio] + [feat])[None]
         if project:
-            return feat, tokens.proj(encoder.tokens_from_projected(seq)), None
-        return feat, None, seq
+            return feat, tokens.proj(encoder.tokens_from_projected(seq))
+        return feat, tokens.from_features(seq)
 
     @torch.no_grad()
-    def finish(self, state: RCFState) -> list[Track]:
-        """Binarise (mask threshold), keep fired slots, assign identities -> tracks with masks at the input
-        size (bool H x W per frame where the track appears).
+    def track_frame(self, state: RCFState, probs: torch.Tensor, masks: torch.Tensor) -> FrameResult:
+        """One frame's slot outputs -> its tracked instances: binarise (mask threshold), keep fired slots,
+        assign identities (:class:`avis.tracking.SlotTracker`: slot identity, IoU > 0.5 rescue against the
+        previous frame). Masks at the input size (bool H x W, CPU).
 
-        All host transfers happen here, once per video: class probabilities first, then only the slots that
-        can fire (best real-class probability >= class_threshold) are upsampled and thresholded on the
-        device; the others cannot fire, so the tracker gets empty masks for them.
+        The one host transfer of the step: class probabilities first, then only the slots that can fire (best
+        real-class probability >= class_threshold) are upsampled and thresholded on the device; the others
+        cannot fire, so the tracker gets empty masks for them.
         """
-        tracker = SlotTracker(self.class_threshold, self.iou_threshold)
-        logit_threshold = torch.logit(torch.tensor(self.mask_threshold)).item()
-        if not state.probs:
-            return tracker.tracks()
-        probs = torch.stack(state.probs).float().cpu()  # F x N x (K+1)
-        candidates = probs[..., :-1].max(-1).values >= self.class_threshold  # F x N
-        frame_idx, slot_idx = torch.nonzero(candidates, as_tuple=True)
-        stacked = torch.stack(state.masks)  # F x N x h x w, on the device
-        device = stacked.device
-        picked = stacked[frame_idx.to(device), slot_idx.to(device)]  # M x h x w
-        # Upsample in chunks (bounded memory at full resolution), one host transfer per chunk.
-        binary = torch.cat([(F.interpolate(c[None].float(), size=state.size, mode="bilinear",
-                                           align_corners=False)[0] > logit_threshold).cpu()
-                            for c in picked.split(64)]) if len(picked) else None
-        n = stacked.shape[1]
-        for i in range(len(state.probs)):
-            masks = torch.zeros((n, *state.size), dtype=torch.bool)
-            sel = frame_idx == i
-            if binary is not None and sel.any():
-                masks[slot_idx[sel]] = binary[sel]
-            tracker.update(i, probs[i], masks)
-        return tracker.tracks()
+        state.last_probs, state.last_masks = probs, masks
+        probs = probs.float().cpu()
+        binary = torch.zeros((probs.shape[0], *state.size), dtype=torch.bool)
+        candidates = torch.nonzero(probs[:, :-1].max(-1).values >= self.class_threshold).flatten()
+        if len(candidates):
+            logit_threshold = torch.logit(torch.tensor(self.mask_threshold)).item()
+            picked = masks[candidates.to(masks.device)]
+            # in chunks: bounded memory at full resolution, one host transfer per chunk
+            binary[candidates] = torch.cat([(F.interpolate(c[None].float(), size=state.size, mode="bilinear",
+                                                           align_corners=False)[0] > logit_threshold).cpu()
+                                            for c in picked.split(64)])
+        assigned = state.tracker.update(state.frame, probs, binary)
+        real = probs[:, :-1]
+        result = FrameResult(state.frame, sorted(
+            (TrackedInstance(tid, int(real[slot].argmax()), float(real[slot].max()), binary[slot])
+             for slot, tid in assigned.items()), key=lambda inst: inst.track_id))
+        state.frame += 1
+        return result
+
+    def finish(self, state: RCFState) -> list[Track]:
+        """The video-level tracks (class = score-weighted majority of the per-frame classes, score = mean of
+        that class's probability over the track's frames; see :class:`avis.tracking.SlotTracker`)."""
+        return state.tracker.tracks()

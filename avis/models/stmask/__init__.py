@@ -6,7 +6,7 @@ Layout: ``anchors`` (FCA anchors, SSD box coding), ``head`` (protonet, FCA predi
 tracks), ``model`` (the :class:`STMask` method). Builders: :func:`stmask_tiny`, :func:`stmask_r50`.
 Backbone + FPN P3-P7 are CrossVIS's (:mod:`avis.models.crossvis.backbone`).
 
-Deviations from the paper / public code: the list in the project's ``docs/baselines_stmask.md``.
+Deviations from the paper, each with the argument or file where it lives: ``docs/baselines_stmask.md``.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ __all__ = ["STMask", "stmask_tiny", "stmask_r50", "make_anchors", "encode", "dec
 TINY = {"num_protos": 16, "embed_dim": 32, "proto_channels": 32, "temporal_channels": (32, 32, 64)}
 
 
-def stmask_tiny(num_classes: int, **kwargs) -> STMask:
+def stmask_tiny(num_classes: int, width: int = 16, backbone_weights: str | None = None, **kwargs) -> STMask:
     """CPU preset: 16-wide conv body, FPN 32, protonet 32 -> 16 prototypes, embedding 32, temporal 32/32/64."""
-    return STMask(num_classes, tiny_fpn(32, 16), **{**TINY, **kwargs})
+    return STMask(num_classes, tiny_fpn(32, width, backbone_weights), **{**TINY, **kwargs})
 
 
-def stmask_r50(num_classes: int, weights_path: str | None = None, frozen_bn: bool | None = None,
+def stmask_r50(num_classes: int, backbone_weights: str | None = None, frozen_bn: bool | None = None,
                **kwargs) -> STMask:
     """ResNet-50 + FPN 256, 32 prototypes, embedding 128, temporal fusion 512/512/1024 (the paper's setting)."""
-    return STMask(num_classes, resnet_fpn("resnet50", 256, weights_path, frozen_bn), **kwargs)
+    return STMask(num_classes, resnet_fpn("resnet50", 256, backbone_weights, frozen_bn), **kwargs)

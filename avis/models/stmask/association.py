@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torchvision.ops import box_iou
 
+from avis.models.losses import mask_iou
+
 NEW = -1
 
 
@@ -29,17 +31,11 @@ class STTrack:
     scores: list[float] = field(default_factory=list)
     masks: dict[int, torch.Tensor] = field(default_factory=dict)
     missed: int = 0
+    track_id: int = -1  # set by the caller when the track is created (stable over the video)
 
     @property
     def label(self) -> int:
         return Counter(self.labels).most_common(1)[0][0]  # ties: the first seen
-
-
-def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """bool D x H x W, T x H x W -> D x T."""
-    a, b = a.flatten(1).float(), b.flatten(1).float()
-    inter = a @ b.T
-    return inter / (a.sum(1)[:, None] + b.sum(1)[None] - inter).clamp(min=1)
 
 
 def match_scores(emb, boxes, masks, t_emb, t_boxes, t_masks) -> torch.Tensor:

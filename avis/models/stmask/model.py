@@ -1,4 +1,4 @@
-"""The STMask method (see the package docstring for the deviations from the paper)."""
+"""The STMask method (deviations from the paper: docs/baselines_stmask.md)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_iou, distance_box_iou_loss, nms
 
-from ..base import Track, VISMethod
-from ..frame_pairs import normalise_and_pad, pair_targets, register_pixel_stats
+from ..base import FrameResult, Track, TrackedInstance, VISMethod
+from ..frame_pairs import pair_targets
+from ..losses import zero_loss
+from ..preprocess import normalize_and_pad, register_pixel_stats
 from .anchors import SCALES, decode, encode, make_anchors
 from .association import STTrack, update_tracks
 from .head import ProtoNet, STMaskHead
@@ -84,7 +86,7 @@ class STMask(VISMethod):
     # -- shared ---------------------------------------------------------------------------------------
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 N x 3 x H x W -> normalised float N x 3 x Hp x Wp, zero-padded right/bottom to the divisibility."""
-        return normalise_and_pad(frames, self.pixel_mean, self.pixel_std, self.size_divisibility)
+        return normalize_and_pad(frames, self.pixel_mean, self.pixel_std, self.size_divisibility)
 
     def _features(self, images: torch.Tensor):
         feats = self.backbone(images)
@@ -143,7 +145,7 @@ class STMask(VISMethod):
             k = min(self.ohem_ratio * max(int(pos[n].sum()), 1), int((state[n] == 0).sum()))
             keep[n, neg_ce[n].topk(k).indices] = True
         # zero terms keep every head output in the graph when a batch has no positives (DDP needs all grads)
-        in_graph = sum(v.sum() for v in out.values()) * 0 + protos.sum() * 0
+        in_graph = zero_loss(*out.values(), protos)
         losses = {"loss_cls": wt["cls"] * ce[keep].sum() / num_pos + in_graph}
 
         p_img, p_anc = pos.nonzero(as_tuple=True)
@@ -172,7 +174,7 @@ class STMask(VISMethod):
     @staticmethod
     def _mask_loss(logits, targets, img, gt, boxes) -> torch.Tensor:
         if len(img) == 0:
-            return logits.sum() * 0
+            return zero_loss(logits)
         gt_masks = torch.stack([targets[n]["masks4"][g] for n, g in zip(img.tolist(), gt.tolist())]).float()
         crop = _box_mask(boxes, *logits.shape[-2:], stride=4).float()
         bce = F.binary_cross_entropy_with_logits(logits, gt_masks, reduction="none") * crop
@@ -190,7 +192,7 @@ class STMask(VISMethod):
             if len(e0) and len(e1):
                 p = ((F.normalize(e0, dim=1) @ F.normalize(e1, dim=1).T + 1) / 2).clamp(1e-6, 1 - 1e-6)
                 losses.append(F.binary_cross_entropy(p, (i0[:, None] == i1[None]).float()))
-        return torch.stack(losses).mean() if losses else emb.sum() * 0
+        return torch.stack(losses).mean() if losses else zero_loss(emb)
 
     def _temporal_loss(self, p4, protos, coef, p_img, p_anc, p_gt, targets):
         """Per clip: gt boxes of t-1 of the instances present at t; their coefficients at t-1 = mean of the
@@ -212,7 +214,7 @@ class STMask(VISMethod):
                 next_img.append(a + 1)
                 next_gt.append(g1)
             boxes.append(torch.stack(bx) if bx else p4.new_zeros(0, 4))
-        zero = sum(p.sum() for p in self.temporal.parameters()) * 0  # keeps the module in the graph
+        zero = zero_loss(self.temporal.parameters())  # keeps the module in the graph
         if not prev_coefs:
             return zero, zero
         deltas, shift = self.temporal(p4[0::2], p4[1::2], boxes)
@@ -255,10 +257,13 @@ class STMask(VISMethod):
         return det, feats[1], protos[0]
 
     def init_state(self) -> dict:
-        return {"frame": 0, "tracks": [], "ended": [], "p4": None}
+        return {"frame": 0, "tracks": [], "ended": [], "p4": None, "next_id": 0}
 
     @torch.no_grad()
-    def step(self, state: dict, frame: torch.Tensor, audio: torch.Tensor | None = None) -> None:
+    def step(self, state: dict, frame: torch.Tensor, audio: torch.Tensor | None = None) -> FrameResult:
+        """One frame: detect, propagate the live tracks with the temporal fusion module, associate -> every live
+        track with a mask in this frame: matched or new (this detection's class and score) or unmatched and
+        propagated (its majority class and decayed score)."""
         h, w = frame.shape[-2:]
         det, p4, protos = self.detect(frame)
         tracks: list[STTrack] = state["tracks"]
@@ -271,11 +276,21 @@ class STMask(VISMethod):
             pm = self.masks_at(protos, pc, pb, h, w)
         else:
             pb = pc = pm = None
-        update_tracks(tracks, state["ended"], state["frame"], det, pb, pc, pm, self.new_track_threshold,
+        t = state["frame"]
+        update_tracks(tracks, state["ended"], t, det, pb, pc, pm, self.new_track_threshold,
                       self.track_memory, self.track_decay)
+        instances = []
+        for tr in tracks:
+            if tr.track_id < 0:  # created in this frame
+                tr.track_id, state["next_id"] = state["next_id"], state["next_id"] + 1
+            if t in tr.masks:
+                label = tr.labels[-1] if tr.missed == 0 else tr.label
+                instances.append(TrackedInstance(tr.track_id, label, tr.scores[-1], tr.masks[t].cpu()))
         state["p4"] = p4
         state["frame"] += 1
+        return FrameResult(t, sorted(instances, key=lambda x: x.track_id))
 
     def finish(self, state: dict) -> list[Track]:
-        return [Track(label=t.label, score=sum(t.scores) / len(t.scores), masks={k: m.cpu() for k, m in t.masks.items()})
-                for t in state["ended"] + state["tracks"]]
+        """Ended tracks, then live ones; score = mean of the frame scores, class = majority vote."""
+        return [Track(label=t.label, score=sum(t.scores) / len(t.scores), masks={k: m.cpu() for k, m in t.masks.items()},
+                      track_id=t.track_id) for t in state["ended"] + state["tracks"]]
