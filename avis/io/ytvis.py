@@ -5,7 +5,8 @@ Formats (JSON Schemas in ``annotations/schemas/``, protocol in ``../shared/specs
 * annotations: ``{"videos": [...], "annotations": [...], "categories": [...]}``; a video has ``id, width,
   height, length, file_names`` and optionally the builder extensions ``fps`` / ``frame_times`` /
   ``video_file`` / ``audio_file``; an annotation has ``id, video_id, category_id, iscrowd,
-  segmentations [T], bboxes [T], areas [T]`` with ``None`` where the instance is absent.
+  segmentations [T], bboxes [T], areas [T]`` with ``None`` where the instance is absent, and optionally
+  ``sounding [T]`` (booleans: is the instance sounding in the frame; FSLA needs it).
 * results: a list of ``{"video_id", "category_id", "score", "segmentations": [T RLE or None]}``.
 
 :func:`validate_annotations` / :func:`validate_results` return one message per problem, each naming the
@@ -269,6 +270,10 @@ def _bbox_ok(b) -> bool:
     return isinstance(b, list) and len(b) == 4 and all(_is_finite(c) for c in b) and b[2] >= 0 and b[3] >= 0
 
 
+def _flag_ok(x) -> bool:
+    return isinstance(x, bool)
+
+
 def _area_ok(x) -> bool:
     return _is_finite(x) and x >= 0
 
@@ -365,6 +370,7 @@ def validate_annotations(data) -> list[str]:
                                  lambda t, vid=vid, aid=aid: _where(video=vid, ann=aid, frame=t), problems, where)
         _check_per_frame_list(a, "areas", "area", T, where, problems, _area_ok, "a non-negative number or null")
         _check_per_frame_list(a, "bboxes", "bbox", T, where, problems, _bbox_ok, "[x, y, w, h] (finite, w, h >= 0) or null")
+        _check_per_frame_list(a, "sounding", "sounding flag", T, where, problems, _flag_ok, "true, false or null")
     return problems
 
 
