@@ -352,7 +352,8 @@ def run_demo(out, audio_dependence: float = 1.0, seed: int = 0, settings: DemoSe
         t0 = _stage(5, f"evaluate {label} on the val split [{i + 1}/2]")
         evals[key] = evaluate_arm(runs[key], shards["val"], gt, out / "eval" / key, "auto", progress)
         m = evals[key]["metrics"]
-        times[f"eval_{key}"] = _done(t0, f"AP {100 * m['AP']:.1f}, AP50 {100 * m['AP50']:.1f}")
+        times[f"eval_{key}"] = _done(t0, f"AP {100 * m['AP']:.1f}, AP50 {100 * m['AP50']:.1f}, "
+                                         f"HOTA {100 * m['HOTA']:.1f}")
 
     t0 = _stage(6, "significance (avis.evaluation.ttest: audio-visual = A, visual-only = B)")
     cmp = significance(gt, evals["av"]["results"], evals["visual"]["results"], out, settings.bootstrap, seed)
