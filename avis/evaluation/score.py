@@ -13,6 +13,7 @@ The scorers (numba kernels) are imported when the command runs, not when ``avis`
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 from pathlib import Path
@@ -174,6 +175,12 @@ def run(args: argparse.Namespace) -> int:
     results = load_results(args.results, gt=gt)  # unknown videos / categories, frame counts: the file's error
     if args.score_threshold is not None:
         results = [r for r in results if r["score"] > args.score_threshold]
+    # the loaded files live until the process ends: their millions of objects stay out of the cyclic
+    # collector's walks, which would otherwise cost more than the scoring (JSON data makes no cycles)
+    gc.freeze()
+    from avis.evaluation.rle_kernels import skip_blas_probe
+
+    skip_blas_probe()  # this process only scores: no SciPy import for numba's BLAS probe
     numbers, ev, hota_ev = compute(gt, results, metrics, workers=args.workers, progress=True, gt_path=args.gt,
                                    results_path=args.results)
     print(format_table(numbers))
