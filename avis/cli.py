@@ -14,26 +14,26 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import logging
 import sys
 import traceback
 
 from avis import __version__
-from avis.errors import AvisError, NotBuiltError
+from avis.errors import AvisError
 
-# name -> (module, one-line help, issue that builds it)
-COMMANDS: dict[str, tuple[str, str, int]] = {
-    "synth": ("data_tools.synth", "write the synthetic audio-visual dataset (mp4 + YTVIS JSON)", 2),
-    "build": ("data_tools.build", "raw videos (+ YTVIS JSON) -> synchronized WebDataset shards", 3),
-    "inspect": ("avis.data.inspect", "one JSON line per video in the given shards", 3),
-    "train": ("avis.engine.train", "train a model (hydra overrides, e.g. experiment=rcf_av_tiny)", 7),
-    "eval": ("avis.engine.evaluate", "run a checkpoint online over shards -> results + metrics", 7),
-    "infer": ("avis.engine.infer", "run a checkpoint on raw video files -> results + overlays", 7),
-    "score": ("avis.evaluation.score", "YouTube-VIS metrics of a results JSON against ground truth", 4),
-    "ttest": ("avis.evaluation.ttest", "significance of the difference between two result sets", 8),
-    "export": ("data_tools.export", "export predictions as YTVIS / COCO / PNG / CVAT / overlay video", 9),
-    "demo": ("avis.demo", "the whole workflow on the embedded synthetic dataset", 8),
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("data_tools.synth", "write the synthetic audio-visual dataset (mp4 + YTVIS JSON)"),
+    "build": ("data_tools.build", "raw videos (+ YTVIS JSON) -> synchronized WebDataset shards"),
+    "inspect": ("avis.data.inspect", "one JSON line per video in the given shards"),
+    "train": ("avis.engine.train", "train a model (hydra overrides, e.g. experiment=rcf_av_tiny)"),
+    "eval": ("avis.engine.evaluate", "run a checkpoint online over shards -> results + metrics"),
+    "infer": ("avis.engine.infer", "run a checkpoint on raw video files -> results + overlays"),
+    "score": ("avis.evaluation.score", "YouTube-VIS metrics of a results JSON against ground truth"),
+    "ttest": ("avis.evaluation.ttest", "significance of the difference between two result sets"),
+    "export": ("data_tools.export", "export predictions as YTVIS / COCO / PNG / CVAT / overlay video"),
+    "demo": ("avis.demo", "the whole workflow on the embedded synthetic dataset"),
+    "view": ("avis.view", "a static HTML page to browse results with their sound (masks, IoU, attention)"),
 }
 
 
@@ -46,24 +46,13 @@ def _top_help() -> str:
         "",
         "commands:",
     ]
-    for name, (module, text, issue) in COMMANDS.items():
-        built = importlib.util.find_spec(module.rsplit(".", 1)[0]) is not None and _spec(module)
-        lines.append(f"  {name:<{width}}  {text}" + ("" if built else f"  [not built yet: issue #{issue}]"))
+    for name, (_, text) in COMMANDS.items():
+        lines.append(f"  {name:<{width}}  {text}")
     return "\n".join(lines)
 
 
-def _spec(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
 def _load(name: str):
-    module, _, issue = COMMANDS[name]
-    if not _spec(module):
-        raise NotBuiltError(f"'avis {name}' is not built yet (tracked in issue #{issue})")
-    return importlib.import_module(module)
+    return importlib.import_module(COMMANDS[name][0])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,8 +5,8 @@ Stages (each a Python call into the piece that does it, progress shown throughou
     1 synthesize   data_tools.synth.generate       audio-dependent videos (look-alike twins told apart by sound)
     2 build        data_tools.build                 train / val WebDataset shards
     3 pretrain     pretrain_audio                   the audio arm's log-mel network on the train split's sound labels
-    4 train        avis.engine.loop.train           RCF tiny, audio-visual and visual-only (same seed, same data)
-    5 evaluate     avis.engine.predict              both checkpoints online over the val shards -> YTVIS metrics
+    4 train        avis.engine.train                RCF tiny, audio-visual and visual-only (same seed, same data)
+    5 evaluate     avis.engine.evaluate             both checkpoints online over the val shards -> YTVIS metrics, HOTA
     6 significance avis.evaluation.ttest.compare    paired t-test over instances (headline), the paper's test, ...
     7 export       data_tools.export.export         YTVIS results of both arms, one overlay video with sound
     8 report       DIR/report.md                    the Table X / XII style table, plots, links
@@ -129,25 +129,6 @@ def build_shards(synth_dir: Path, out: Path) -> dict[str, Path]:
     return dirs
 
 
-def train_arm(experiment: str, run_dir: Path, train_pattern, seed: int, steps: int, overrides=(),
-              progress: bool = True) -> Path:
-    """Train one arm through the hydra compose API and the engine's loop; returns the last checkpoint.
-
-    ``experiment``: a preset of ``configs/experiment`` (``rcf_av_tiny``, ``rcf_visual``, ...); ``overrides``:
-    further hydra overrides (``model.delta=3``, ``optim.optimizer.lr=1e-3``, ...)."""
-    from avis.engine.config import compose
-    from avis.engine.loop import check_config, train
-
-    run_dir = Path(run_dir).resolve()
-    cfg = compose([f"experiment={experiment}", f"data.train.pattern={train_pattern}", "data.val_pattern=null",
-                   f"seed={seed}", f"trainer.max_steps={steps}", "trainer.eval_every=0",
-                   f"trainer.ckpt_every={steps}", f"trainer.log_every={min(10, steps)}", "trainer.tensorboard=false",
-                   f"trainer.progress={str(progress).lower()}", *overrides], out_dir=run_dir)
-    check_config(cfg)
-    train(cfg)
-    return run_dir / "checkpoints" / "last.pt"
-
-
 def pretrained_audio_tokens(weights: str | None = None, freeze: bool = True, **kwargs):
     """Hydra target for the demo's audio-visual arm: :func:`avis.models.audio.audio_tokens_tiny` with the
     weights of :func:`pretrain_audio` (the role AudioSet-pretrained VGGish plays in the paper). ``freeze``
@@ -174,9 +155,8 @@ def pretrain_audio(experiment: str, train_pattern, annotations: dict, out_path: 
     from hydra.utils import instantiate
     from tqdm import tqdm
 
-    from avis.data import iter_videos
+    from avis.data import audio_16k, iter_videos
     from avis.engine.config import compose
-    from avis.engine.data import audio_16k
     from avis.models.audio.windows import frame_windows
 
     cfg = compose([f"experiment={experiment}"])
@@ -185,7 +165,7 @@ def pretrain_audio(experiment: str, train_pattern, annotations: dict, out_path: 
     by_video: dict[int, list[dict]] = {}
     for a in annotations["annotations"]:
         by_video.setdefault(int(a["video_id"]), []).append(a)
-    eta = float(cfg.audio.get("eta", 0.96))
+    eta = float(cfg.audio.eta)
     wins, targets = [], []
     for video in iter_videos(str(train_pattern)):
         audio, has = audio_16k(video)
@@ -230,29 +210,6 @@ def pretrain_audio(experiment: str, train_pattern, annotations: dict, out_path: 
         torch.save(encoder.state_dict(), f)
     return {"windows": int(sum(lengths)), "positives": float(torch.cat(targets).mean()), "loss": loss_v,
             "accuracy": acc}
-
-
-def evaluate_arm(ckpt: Path, val_shards, gt: dict | None, out_dir: Path, device: str = "auto",
-                 progress: bool = True) -> dict:
-    """Online inference over the val shards, scored against ``gt`` (None: the annotations in the shards)
-    -> ``out_dir``/metrics.json, results.json, samples.csv (+ gt.json). Returns the summary + ``results``."""
-    from avis.engine.data import ShardSource, iter_eval_videos
-    from avis.engine.predict import predict_videos, write_evaluation
-    from avis.engine.session import load_trained
-
-    trained = load_trained(ckpt, device)
-    cfg = trained.cfg
-    source = ShardSource(val_shards if isinstance(val_shards, (list, tuple)) else str(val_shards),
-                         categories=trained.categories)
-    sizes = (None if gt is None else
-             {int(v["id"]): (int(v["height"]), int(v["width"]), int(v["length"])) for v in gt["videos"]})
-    pred = predict_videos(trained.model, iter_eval_videos(source), trained.categories, trained.device,
-                          short=cfg.data.get("test_size"), max_size=cfg.data.get("test_max_size"),
-                          eta=float(cfg.data.get("eta", 0.96)), with_gt=gt is None, sizes=sizes,
-                          amp=trained.device.type == "cuda", progress=progress)
-    summary = write_evaluation(out_dir, pred, gt, extra={"checkpoint": {"path": str(ckpt), "step": trained.step}})
-    summary["results"] = pred["results"]
-    return summary
 
 
 def significance(gt: dict, res_a: list[dict], res_b: list[dict], out: Path, bootstrap: int, seed: int) -> dict:
@@ -308,6 +265,8 @@ def run_demo(out, audio_dependence: float = 1.0, seed: int = 0, settings: DemoSe
         raise ConfigError(f"--audio-dependence {audio_dependence}: must be in [0, 1]")
     if settings.steps < 1:
         raise ConfigError(f"--steps {settings.steps}: need at least 1")
+    from avis.engine.evaluate import evaluate_checkpoint
+    from avis.engine.train import train_experiment
     from avis.evaluation import av_table
     from avis.io.ytvis import load_annotations
 
@@ -342,7 +301,7 @@ def run_demo(out, audio_dependence: float = 1.0, seed: int = 0, settings: DemoSe
     runs = {}
     for i, (key, experiment, label) in enumerate(ARMS):
         t0 = _stage(4, f"train {label} RCF tiny ({experiment}, {settings.steps} steps) [{i + 1}/2]")
-        runs[key] = train_arm(experiment, out / "runs" / key, shards["train"], seed, settings.steps,
+        runs[key] = train_experiment(experiment, out / "runs" / key, shards["train"], seed, settings.steps,
                               (*settings.overrides, *arm_overrides[key]), progress)
         times[f"train_{key}"] = _done(t0)
 
@@ -350,7 +309,8 @@ def run_demo(out, audio_dependence: float = 1.0, seed: int = 0, settings: DemoSe
     evals = {}
     for i, (key, _, label) in enumerate(ARMS):
         t0 = _stage(5, f"evaluate {label} on the val split [{i + 1}/2]")
-        evals[key] = evaluate_arm(runs[key], shards["val"], gt, out / "eval" / key, "auto", progress)
+        evals[key] = evaluate_checkpoint(runs[key], out / "eval" / key, shards=shards["val"], gt=gt,
+                                         progress=progress)
         m = evals[key]["metrics"]
         times[f"eval_{key}"] = _done(t0, f"AP {100 * m['AP']:.1f}, AP50 {100 * m['AP50']:.1f}, "
                                          f"HOTA {100 * m['HOTA']:.1f}")

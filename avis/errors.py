@@ -29,9 +29,3 @@ class InputError(AvisError):
 
 class ConfigError(AvisError):
     """Invalid options or configuration."""
-
-
-class NotBuiltError(AvisError):
-    """A subcommand or feature that does not exist yet."""
-
-    exit_code = 2

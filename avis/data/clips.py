@@ -1,213 +1,246 @@
-"""Shards -> training clips -> batches in the format of :mod:`avis.models.base`.
+"""The clip pipeline: videos of a :class:`~avis.data.video.VideoSource` -> training clips -> batches in the
+format of :mod:`avis.models.base`, reproducible from a saved position.
 
 A clip is ``clip_length`` consecutive stored frames of one video, the target frame last (``clip_length = 1 +
-delta`` for the online methods: the target and its delta earlier reference frames; the clip length for
-clip-level methods). Videos shorter than a clip repeat their first frame in front. Each frame comes with its
-audio window (:func:`avis.models.audio.frame_windows`: the eta seconds ending at the frame's time).
+delta`` for the online methods; the clip length for clip-level ones); a video shorter than a clip repeats its
+first frame in front. Each frame comes with its audio window (:func:`avis.models.audio.frame_windows`: the eta
+seconds ending at the frame's time) and its annotations (crowds left out)::
 
-Pipeline (webdataset)::
+    source units (shards), permuted per epoch -> [rank::world_size] -> [worker::num_workers]
+      -> videos (lazy: only a clip's frames are decoded) -> clips_per_video clips each (random target frames)
+      -> shuffle buffer -> batches (one short side per batch drawn from scales, resize, pad, collate)
 
-    shard list (fixed order, or resampled with replacement for infinite streams)
-      -> split_by_node (torchrun rank) -> split_by_worker (DataLoader worker)
-      -> tar samples -> shuffle buffer -> clips (random target frames) -> batches (resize, collate)
-
-Everything random draws from generators seeded by ``(seed, rank, worker)``: the same seed, world size and
-worker count give the same batches. Pass ``seed + epoch`` for a different order each epoch.
+:class:`ClipStream` yields endless batches for one rank. Everything random is drawn from generators seeded by
+``(seed, epoch, rank, worker)``, never from the global RNGs, so the batches of an epoch are a pure function of
+those numbers: a resumed run re-creates the epoch and skips the batches it had already consumed
+(:class:`Position`: epoch and batch, saved in every checkpoint). Ranks (and the DataLoader workers of a rank)
+read disjoint shards; an incomplete last batch of an epoch is dropped, so every step sees ``batch_size`` clips.
 """
 
 from __future__ import annotations
 
-import random
-import warnings
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from avis.data.shards import decode_sample, expand_shards, load_manifest, sample_meta
+from avis.data.video import Video, VideoSource, audio_16k, category_index, label_of
 from avis.errors import ConfigError, InputError
-from avis.models.audio.windows import DEFAULT_ETA, frame_windows
+from avis.models.audio.windows import DEFAULT_ETA, SAMPLE_RATE, frame_windows, window_length
+
+log = logging.getLogger(__name__)
 
 
-def _worker_seed(seed: int, salt: int = 0) -> int:
-    import webdataset as wds
+# ---------------------------------------------------------------- geometry
 
-    rank, _, worker, _ = wds.utils.pytorch_worker_info()
-    return wds.utils.make_seed(int(seed), rank, worker, salt)
-
-
-def clip_indices(num_frames: int, target: int, clip_length: int) -> list[int]:
-    """Indices of the clip ending at ``target`` (clamped at frame 0, so short videos repeat their first frame)."""
-    return [max(0, target - clip_length + 1 + i) for i in range(clip_length)]
+def scaled_size(height: int, width: int, short: int, max_size: int | None) -> tuple[int, int]:
+    """Size with the short side ``short`` and the long side at most ``max_size`` (aspect kept)."""
+    s = short / min(height, width)
+    if max_size is not None and max(height, width) * s > max_size:
+        s = max_size / max(height, width)
+    return max(1, round(height * s)), max(1, round(width * s))
 
 
-def make_clip(sample: dict, target: int, clip_length: int, label_of: dict, eta: float = DEFAULT_ETA) -> dict:
-    """One clip of a shard sample (native size): frames uint8 T x H x W x 3 tensor, audio T x S, targets."""
-    meta = sample_meta(sample)
-    idx = clip_indices(int(meta["num_frames"]), target, clip_length)
-    uniq = sorted(set(idx))
-    video = decode_sample(sample, frames=uniq)
-    pos = [uniq.index(i) for i in idx]
-    times = video.frame_times[pos]
-    audio = frame_windows(torch.from_numpy(video.audio[0]), torch.from_numpy(times), video.sample_rate, eta)
+def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 T x 3 x H x W -> uint8 T x 3 x h x w (bilinear, antialiased)."""
+    if tuple(frames.shape[-2:]) == tuple(size):
+        return frames
+    x = F.interpolate(frames.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """bool n x H x W -> bool n x h x w (nearest)."""
+    if masks.numel() == 0 or tuple(masks.shape[-2:]) == tuple(size):
+        return masks.reshape(masks.shape[0], *size) if masks.numel() == 0 else masks
+    return F.interpolate(masks[None].float(), size=size, mode="nearest")[0] > 0.5
+
+
+# ---------------------------------------------------------------- clips
+
+def clip_indices(num_frames: int, target: int, clip_length: int) -> np.ndarray:
+    """Frame indices of the clip ending at ``target`` (clamped at frame 0: short videos repeat their first frame)."""
+    return np.clip(np.arange(target - clip_length + 1, target + 1), 0, num_frames - 1)
+
+
+def sample_clip(video: Video, categories, clip_length: int, rng: np.random.Generator,
+                eta: float = DEFAULT_ETA) -> dict:
+    """One training clip: a random target frame and the ``clip_length - 1`` frames before it (the first frame
+    repeated at the start of a video), with each frame's audio window and annotations (crowds left out).
+
+    Only the clip's frames are decoded (``video.select``), however long or lazy the video.
+    """
+    n = video.num_frames
+    idx = clip_indices(n, int(rng.integers(n)), clip_length)
+    uniq = sorted(set(idx.tolist()))
+    video = video.select(uniq)
+    idx = np.searchsorted(np.asarray(uniq), idx)
+    x = torch.from_numpy(np.ascontiguousarray(np.asarray(video.frames)[idx])).permute(0, 3, 1, 2).contiguous()
+    times = torch.as_tensor(np.asarray(video.frame_times, dtype=np.float64)[idx])
+    wave, has_audio = audio_16k(video)
+    audio = (frame_windows(wave, times, SAMPLE_RATE, eta) if has_audio
+             else torch.zeros(len(idx), window_length(eta, SAMPLE_RATE)))
+    index = category_index(categories)
+    insts = [(label_of(index, inst.category_id, video.video_id), inst) for inst in video.instances]
+    insts = [(label, inst) for label, inst in insts if not inst.iscrowd]
+    h, w = x.shape[-2:]
     targets = []
-    for p in pos:
-        present = [inst for inst in video.instances if inst.present[p] and not inst.iscrowd]
-        h, w = video.frames.shape[1:3]
+    for i in idx:
+        labels, masks, ids = [], [], []
+        for label, inst in insts:
+            m = inst.mask(int(i))
+            if m is None or not m.any():
+                continue
+            labels.append(label)
+            ids.append(int(inst.instance_id))
+            masks.append(torch.from_numpy(np.asarray(m, dtype=bool)))
         targets.append({
-            "labels": torch.tensor([label_of[inst.category_id] for inst in present], dtype=torch.int64),
-            "masks": torch.from_numpy(np.stack([inst.masks[p] for inst in present])) if present
-            else torch.zeros((0, h, w), dtype=torch.bool),
-            "instance_ids": torch.tensor([int(inst.instance_id) for inst in present], dtype=torch.int64),
+            "labels": torch.tensor(labels, dtype=torch.int64),
+            "masks": torch.stack(masks) if masks else torch.zeros(0, h, w, dtype=torch.bool),
+            "instance_ids": torch.tensor(ids, dtype=torch.int64),
         })
-    return {"frames": torch.from_numpy(video.frames[pos]), "frame_times": torch.from_numpy(times),
-            "audio": audio.to(torch.float32), "has_audio": video.has_audio, "targets": targets,
+    return {"frames": x, "frame_times": times, "audio": audio, "has_audio": has_audio, "targets": targets,
             "video_id": video.video_id}
 
 
-class _Clips:
-    """Pipeline stage: samples -> ``clips_per_video`` clips each, target frames drawn at random."""
-
-    def __init__(self, clip_length, label_of, clips_per_video, seed, eta, on_error="fail"):
-        self.clip_length, self.label_of, self.clips_per_video = clip_length, label_of, clips_per_video
-        self.seed, self.eta, self.on_error = seed, eta, on_error
-
-    def __call__(self, src):
-        rng = random.Random(_worker_seed(self.seed, 1))
-        for sample in src:
-            try:
-                n = int(sample_meta(sample)["num_frames"])
-                # webdataset hands out the members read before a shard's damage as a (partial) sample
-                missing = [k for k in ["audio.flac", *(f"{i:05d}.jpg" for i in range(n))] if k not in sample]
-                if missing:
-                    raise InputError(f"sample {sample.get('__key__')}: incomplete (no {missing[0]})",
-                                     sample.get("__url__"))
-                clips = [make_clip(sample, rng.randrange(n), self.clip_length, self.label_of, self.eta)
-                         for _ in range(self.clips_per_video)]
-            except InputError as e:
-                if self.on_error == "fail":
-                    raise
-                warnings.warn(f"skipping a sample: {e}", stacklevel=1)
-                continue
-            yield from clips
-
-
-def _as_hw(size) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    h, w = size
-    return int(h), int(w)
+def collate(clips: list[dict], short: int | None, max_size: int | None, size_divisibility: int = 1) -> dict:
+    """Resize every clip to the short side ``short`` (None: keep), pad (bottom, right) to the largest rounded up
+    to a multiple of ``size_divisibility``, stack."""
+    sizes = []
+    for c in clips:
+        h, w = c["frames"].shape[-2:]
+        sizes.append((h, w) if short is None else scaled_size(h, w, short, max_size))
+    d = max(1, int(size_divisibility))
+    H, W = (-(-max(s[0] for s in sizes) // d) * d), (-(-max(s[1] for s in sizes) // d) * d)
+    frames, targets = [], []
+    for c, (h, w) in zip(clips, sizes):
+        f = resize_frames(c["frames"], (h, w))
+        frames.append(F.pad(f, (0, W - w, 0, H - h)))
+        tt = []
+        for tg in c["targets"]:
+            m = resize_masks(tg["masks"], (h, w))
+            tt.append({**tg, "masks": F.pad(m, (0, W - w, 0, H - h))})
+        targets.append(tt)
+    return {
+        "frames": torch.stack(frames),
+        "frame_times": torch.stack([c["frame_times"] for c in clips]),
+        "audio": torch.stack([c["audio"] for c in clips]),
+        "has_audio": torch.tensor([c["has_audio"] for c in clips]),
+        "targets": targets,
+        "video_ids": [c["video_id"] for c in clips],
+    }
 
 
-def resize_clip(clip: dict, size: tuple[int, int]) -> dict:
-    """Frames to ``size`` (H, W) with antialiased bilinear filtering, masks with nearest neighbour."""
-    h, w = size
-    frames = clip["frames"].permute(0, 3, 1, 2)  # T x 3 x H x W
-    if frames.shape[-2:] != (h, w):
-        frames = F.interpolate(frames.float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-        frames = frames.round_().clamp_(0, 255).to(torch.uint8)
-    targets = []
-    for t in clip["targets"]:
-        m = t["masks"]
-        if m.shape[-2:] != (h, w):
-            m = F.interpolate(m[None].float(), size=(h, w), mode="nearest")[0] > 0.5 if len(m) else \
-                torch.zeros((0, h, w), dtype=torch.bool)
-        targets.append({**t, "masks": m})
-    return {**clip, "frames": frames, "targets": targets}
+@dataclass
+class Position:
+    epoch: int = 0
+    batch: int = 0  # batches of this epoch already consumed
 
 
-class ClipCollate:
-    """Clips -> one batch (:mod:`avis.models.base` format), all resized to one size.
+class _EpochClips(IterableDataset):
+    """The batches of one epoch of one rank (split further between DataLoader workers)."""
 
-    ``size``: (H, W) or an int (square). ``scales``: optional list of sizes; each batch draws one (multi-scale
-    training), from a generator seeded like the rest of the pipeline.
-    """
+    def __init__(self, stream: ClipStream, epoch: int):
+        self.s, self.epoch = stream, epoch
 
-    def __init__(self, size, scales: Sequence | None = None, seed: int = 0):
-        self.size = _as_hw(size)
-        self.scales = [_as_hw(s) for s in scales] if scales else None
-        self.seed = seed
-        self.rng = None
+    def __iter__(self):
+        s = self.s
+        wi = get_worker_info()
+        wid, nw = (0, 1) if wi is None else (wi.id, wi.num_workers)
+        units = s.rank_units(self.epoch)[wid::nw]
+        rng = np.random.default_rng([s.seed, self.epoch, s.rank, wid])
+        buf: list[dict] = []
+        pending: list[dict] = []
 
-    def __call__(self, clips: list[dict]) -> dict:
-        size = self.size
-        if self.scales:
-            if self.rng is None:
-                self.rng = random.Random(_worker_seed(self.seed, 2))
-            size = self.scales[self.rng.randrange(len(self.scales))]
-        clips = [resize_clip(c, size) for c in clips]
-        return {
-            "frames": torch.stack([c["frames"] for c in clips]),
-            "frame_times": torch.stack([c["frame_times"] for c in clips]).to(torch.float64),
-            "audio": torch.stack([c["audio"] for c in clips]),
-            "has_audio": torch.tensor([c["has_audio"] for c in clips], dtype=torch.bool),
-            "targets": [c["targets"] for c in clips],
-            "video_ids": [c["video_id"] for c in clips],
-        }
+        def emit(clip):
+            pending.append(clip)
+            if len(pending) == s.batch_size:
+                short = None if not s.scales else int(s.scales[rng.integers(len(s.scales))])
+                batch = collate(pending, short, s.max_size, s.size_divisibility)
+                info = {"epoch": self.epoch, "units": sorted({c["_unit"] for c in pending})}
+                pending.clear()
+                return batch, info
+            return None
 
-
-def category_ids(shards: list[str], categories=None) -> list[int]:
-    """Ascending category ids: ``categories`` (ids or dicts with "id") or the manifest beside the shards."""
-    if categories is None:
-        manifest = load_manifest(shards)
-        if manifest is None:
-            raise ConfigError(f"no manifest.json beside {shards[0]}; pass categories explicitly")
-        categories = manifest.get("categories", [])
-    return sorted(int(c["id"]) if isinstance(c, dict) else int(c) for c in categories)
-
-
-def make_clip_pipeline(shards, clip_length: int, batch_size: int, size, *, shuffle: bool = True,
-                       resampled: bool = False, seed: int = 0, clips_per_video: int = 1, shuffle_buffer: int = 64,
-                       scales: Sequence | None = None, categories=None, eta: float = DEFAULT_ETA,
-                       partial: bool = True, on_error: str = "warn"):
-    """The webdataset pipeline yielding batches; see :func:`make_clip_loader`."""
-    import webdataset as wds
-
-    if clip_length < 1 or batch_size < 1:
-        raise ConfigError("clip_length and batch_size must be at least 1")
-    urls = expand_shards(shards)
-    label_of = {cid: i for i, cid in enumerate(category_ids(urls, categories))}
-    if resampled:
-        # each (rank, worker) draws shards with replacement from its own seeded stream: no split needed
-        stages = [wds.ResampledShards(urls, seed=seed, deterministic=True)]
-    else:
-        stages = [wds.SimpleShardList(urls, seed=seed if shuffle else None), wds.split_by_node, wds.split_by_worker]
-    if on_error not in ("warn", "fail"):
-        raise ConfigError(f"on_error must be 'warn' or 'fail', got {on_error!r}")
-    # warn: a corrupt shard is skipped with a warning (what was read before the damage is kept)
-    stages.append(wds.tarfile_to_samples(handler=wds.warn_and_continue if on_error == "warn" else wds.reraise_exception))
-    if shuffle:
-        stages.append(_Shuffle(shuffle_buffer, seed))
-    stages.append(_Clips(clip_length, label_of, clips_per_video, seed, eta, on_error))
-    stages.append(wds.batched(batch_size, collation_fn=ClipCollate(size, scales, seed), partial=partial))
-    return wds.DataPipeline(*stages)
+        for unit in units:
+            for video in s.source.videos(unit):
+                for _ in range(s.clips_per_video):
+                    try:
+                        clip = sample_clip(video, s.categories, s.clip_length, rng, s.eta)
+                    except InputError as e:  # a corrupt frame: the source's on_error says skip or stop
+                        if getattr(s.source, "on_error", "fail") == "fail":
+                            raise
+                        log.warning("skipping a video: %s", e)
+                        break
+                    clip["_unit"] = unit
+                    buf.append(clip)
+                    if len(buf) >= s.shuffle_buffer:
+                        out = emit(buf.pop(int(rng.integers(len(buf)))))
+                        if out is not None:
+                            yield out
+        rng.shuffle(buf)
+        for clip in buf:
+            out = emit(clip)
+            if out is not None:
+                yield out
+        # an incomplete last batch is dropped: every step sees batch_size clips
 
 
-class _Shuffle:
-    """webdataset's shuffle buffer, seeded per (rank, worker) when iteration starts (inside the worker)."""
-
-    def __init__(self, bufsize, seed):
-        self.bufsize, self.seed = bufsize, seed
-
-    def __call__(self, src):
-        import webdataset as wds
-
-        yield from wds.shuffle(self.bufsize, min(self.bufsize, 8), seed=_worker_seed(self.seed, 0))(src)
+def _identity(x):
+    return x
 
 
-def make_clip_loader(shards, clip_length: int, batch_size: int, size, num_workers: int = 0, shuffle: bool = True,
-                     resampled: bool = False, seed: int = 0, **kwargs) -> torch.utils.data.DataLoader:
-    """A DataLoader of training batches (:mod:`avis.models.base` format) from shards.
+class ClipStream:
+    """Endless batches for one rank: ``for batch, info in stream.batches(Position(epoch, batch)): ...``."""
 
-    shards: pattern, folder or list (see :func:`avis.data.shards.expand_shards`); clip_length: frames per clip
-    (1 + delta, or T); size: (H, W) or int; resampled: infinite stream of shards drawn with replacement (set
-    the number of steps in the training loop); other keyword arguments go to :func:`make_clip_pipeline`
-    (clips_per_video, shuffle_buffer, scales, categories, eta, partial, on_error: "warn" (default) skips
-    corrupt shards with a warning). With torchrun, shards are split by
-    rank (finite mode), so give each rank at least one shard per DataLoader worker.
-    """
-    pipeline = make_clip_pipeline(shards, clip_length, batch_size, size, shuffle=shuffle, resampled=resampled,
-                                  seed=seed, **kwargs)
-    return torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=num_workers,
-                                       persistent_workers=False)
+    def __init__(self, source: VideoSource, clip_length: int, batch_size: int, *, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, num_workers: int = 0, clips_per_video: int = 1, shuffle_buffer: int = 16,
+                 scales: Sequence[int] | None = None, max_size: int | None = None, eta: float = DEFAULT_ETA,
+                 size_divisibility: int = 1):
+        self.source, self.clip_length, self.batch_size = source, int(clip_length), int(batch_size)
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.num_workers, self.clips_per_video = int(num_workers), int(clips_per_video)
+        self.shuffle_buffer, self.scales = max(1, int(shuffle_buffer)), list(scales or [])
+        self.max_size, self.eta, self.size_divisibility = max_size, float(eta), int(size_divisibility)
+        self.categories = list(source.categories)
+        self.units = list(source.units())
+        if len(self.units) < world_size * max(1, num_workers):
+            raise ConfigError(f"{len(self.units)} shard(s) for {world_size} rank(s) x {max(1, num_workers)} "
+                              f"worker(s): every data worker needs at least one shard (write smaller shards)")
+
+    def rank_units(self, epoch: int) -> list:
+        perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.units))
+        return [self.units[i] for i in perm][self.rank::self.world_size]
+
+    def batches(self, start: Position | None = None) -> Iterator[tuple[dict, dict]]:
+        pos = Position() if start is None else Position(start.epoch, start.batch)
+        while True:
+            # A fixed generator keeps the DataLoader from drawing its base seed from the global torch RNG,
+            # which would shift the model's random stream (dropout) depending on when epochs start.
+            loader = DataLoader(_EpochClips(self, pos.epoch), batch_size=None, num_workers=self.num_workers,
+                                collate_fn=_identity, generator=torch.Generator().manual_seed(self.seed),
+                                multiprocessing_context="fork" if self.num_workers else None)
+            i = -1
+            for i, (batch, info) in enumerate(loader):
+                if i < pos.batch:  # resuming: these were consumed before the checkpoint
+                    continue
+                pos.batch = i + 1
+                yield batch, {**info, "position": Position(pos.epoch, pos.batch)}
+            if i < 0:
+                raise ConfigError(f"rank {self.rank} got no complete batch of {self.batch_size} clips in epoch "
+                                  f"{pos.epoch}: too few videos for the batch size")
+            pos = Position(pos.epoch + 1, 0)
+
+
+def per_rank_batch(global_batch: int, world_size: int) -> int:
+    if global_batch % world_size:
+        raise ConfigError(f"data.batch_size={global_batch} (global) is not divisible by {world_size} processes")
+    return global_batch // world_size
+
+
+def test_size(height: int, width: int, short: int | None, max_size: int | None) -> tuple[int, int]:
+    return (height, width) if short is None else scaled_size(height, width, short, max_size)

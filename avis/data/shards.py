@@ -3,7 +3,10 @@
 A shard sample is the group of tar members sharing a key: ``KEY.json`` (metadata, frame times, RLE
 instances), ``KEY.audio.flac`` (16 kHz mono on the frame timeline) and ``KEY.NNNNN.jpg`` (one per frame).
 :func:`decode_sample` turns such a group (as webdataset's ``tarfile_to_samples`` yields it, or as
-:func:`iter_samples` reads it) into a :class:`Video`, decoding only the frames asked for.
+:func:`iter_samples` reads it) into a :class:`~avis.data.video.Video`, decoding only the frames asked for;
+:func:`lazy_video` into a lazy one that decodes on ``select`` / ``load``. :class:`ShardSource` serves shard
+files to training and evaluation (a :class:`~avis.data.video.VideoSource`); its shard-reading step, shard ->
+samples, is the one method :meth:`ShardSource.samples`.
 """
 
 from __future__ import annotations
@@ -11,48 +14,23 @@ from __future__ import annotations
 import glob
 import io
 import json
+import logging
 import os
 import tarfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from avis.errors import InputError
+from avis.data.video import Instance, Video
+from avis.errors import ConfigError, InputError
 from avis.io import masks as mask_io
+
+log = logging.getLogger(__name__)
 
 MAX_MEMBER_BYTES = 1 << 30  # refuse absurd tar members before reading them
 AUDIO_CACHE_KEY = "__audio__"  # decoded waveform memoised in the sample dict (no tar suffix can clash)
-
-
-@dataclass
-class Instance:
-    """One annotated object of a video: its masks in the decoded frames (all-False where it is absent)."""
-
-    instance_id: int
-    category_id: int
-    masks: np.ndarray  # bool T x H x W
-    present: np.ndarray  # bool T
-    iscrowd: int = 0
-
-
-@dataclass
-class Video:
-    video_id: int | str
-    frames: np.ndarray  # uint8 T x H x W x 3 (RGB)
-    frame_times: np.ndarray  # float64 T, seconds on the frame timeline
-    audio: np.ndarray  # float32 1 x N, sample 0 = time 0 of the frame timeline
-    sample_rate: int
-    has_audio: bool
-    instances: list[Instance] = field(default_factory=list)
-    fps: float | None = None
-    key: str = ""
-    meta: dict = field(default_factory=dict)  # the sample's whole JSON record
-
-    @property
-    def num_frames(self) -> int:
-        return len(self.frame_times)
 
 
 def expand_shards(pattern: str | os.PathLike | Iterable) -> list[str]:
@@ -190,8 +168,82 @@ def decode_sample(sample: dict, frames: Iterable[int] | None = None, audio: bool
                  fps=meta.get("fps"), key=meta.get("key", sample.get("__key__", "")), meta=meta)
 
 
+def lazy_video(sample: dict) -> Video:
+    """A shard sample as a lazy :class:`Video`: its metadata now, frames and sound when selected or loaded."""
+    meta = sample_meta(sample)
+    try:
+        times = np.asarray(meta["frame_times"], dtype=np.float64).reshape(-1)
+        if len(times) != int(meta["num_frames"]):
+            raise ValueError(f"{len(times)} frame times for {meta['num_frames']} frames")
+        return Video(video_id=meta["video_id"], frames=None, frame_times=times, audio=None,
+                     sample_rate=int(meta["sample_rate"]), has_audio=bool(meta["has_audio"]), fps=meta.get("fps"),
+                     key=meta.get("key", sample.get("__key__", "")), meta=meta,
+                     loader=partial(decode_sample, sample))
+    except (KeyError, ValueError, TypeError) as e:
+        raise InputError(f"sample {sample.get('__key__')}: invalid metadata ({type(e).__name__}: {e})",
+                         sample.get("__url__")) from None
+
+
 def iter_videos(pattern: str | os.PathLike | Iterable) -> Iterator[Video]:
     """Every video of the shards matching ``pattern``, in shard order, fully decoded (see :class:`Video`)."""
     for shard in expand_shards(pattern):
         for sample in iter_samples(shard):
             yield decode_sample(sample)
+
+
+class ShardSource:
+    """WebDataset shards written by ``avis build``: one unit per shard file.
+
+    ``pattern``: what ``avis.data.expand_shards`` takes (glob, brace pattern, folder, list). Categories come
+    from the ``manifest.json`` beside the shards, or ``categories`` (a YTVIS JSON path or a list of
+    ``{"id", "name"}``). ``videos(unit)`` yields lazy videos (:class:`avis.data.VideoSource`).
+    ``on_error``: what training does with a shard it cannot read (truncated, corrupt, bad metadata): ``"warn"``
+    skips the rest of that shard (or the bad sample) with a warning, ``"fail"`` stops with the error.
+    Evaluation (``videos(unit, strict=True)``) always fails: a skipped video would silently change the metrics.
+    """
+
+    def __init__(self, pattern, categories=None, on_error: str = "warn"):
+        if on_error not in ("warn", "fail"):
+            raise ConfigError(f"on_error must be 'warn' or 'fail', got {on_error!r}")
+        self.on_error = on_error
+
+        self.files = expand_shards(pattern if isinstance(pattern, str) else list(pattern))
+        for f in self.files:
+            if not os.path.isfile(f):
+                raise InputError("shard not found", f)
+        if categories is None:
+            manifest = load_manifest(self.files)
+            if manifest is None or manifest.get("categories") is None:
+                raise InputError("no manifest.json with 'categories' beside the shards (or give categories)",
+                                 os.path.dirname(self.files[0]) or ".")
+            categories = manifest["categories"]
+        elif isinstance(categories, str):
+            from avis.io.ytvis import load_json
+
+            categories = load_json(categories)["categories"]
+        self.categories = [{"id": int(c["id"]), "name": str(c.get("name", c["id"]))} for c in categories]
+
+    def units(self) -> list[str]:
+        return list(self.files)
+
+    def videos(self, unit: str, strict: bool = False):
+        """The shard's videos, lazy (frames decoded on ``select`` / ``load``)."""
+        try:
+            for sample in self.samples(unit):
+                try:
+                    video = lazy_video(sample)
+                except InputError as e:
+                    self._skip(e, "this sample", strict)
+                    continue
+                yield video
+        except InputError as e:  # the tar itself is damaged: what was read before it is kept
+            self._skip(e, "the rest of this shard", strict)
+
+    def samples(self, unit: str) -> Iterator[dict]:
+        """The shard-reading step: one shard -> its samples (:func:`iter_samples`)."""
+        return iter_samples(unit)
+
+    def _skip(self, e: InputError, what: str, strict: bool) -> None:
+        if strict or self.on_error == "fail":
+            raise e
+        log.warning("skipping %s: %s (data.train.on_error=fail to stop instead)", what, e)

@@ -1,28 +1,38 @@
-"""Where the hydra configs live and how to load a run's config outside hydra."""
+"""Where the hydra configs live and how to load a run's config outside hydra.
+
+The config groups are kept in the repository's top-level ``configs/`` and ship inside the wheel as the
+package ``avis.configs`` (``pyproject.toml`` maps the folder onto it), read by hydra as a config module
+(``pkg://avis.configs``). :func:`config_path` picks, in order: ``$AVIS_CONFIG_DIR``; the checkout's
+``configs/`` when this package runs from a checkout or an editable install (edits apply at once); the
+installed ``avis.configs``.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
 from avis.errors import ConfigError
 
 ENV_VAR = "AVIS_CONFIG_DIR"
+CONFIG_MODULE = "avis.configs"
 
 
-def config_dir() -> Path:
-    """The ``configs/`` folder: ``$AVIS_CONFIG_DIR``, else the repository's ``configs/`` next to the package
-    (an editable install or a checkout), else ``./configs``."""
-    candidates = []
-    if os.environ.get(ENV_VAR):
-        candidates.append(Path(os.environ[ENV_VAR]))
-    candidates.append(Path(__file__).resolve().parents[2] / "configs")
-    candidates.append(Path.cwd() / "configs")
-    for c in candidates:
-        if (c / "train.yaml").is_file():
-            return c.resolve()
-    raise ConfigError(f"cannot find the hydra configs (train.yaml) in {', '.join(map(str, candidates))}; "
-                      f"set {ENV_VAR}")
+def config_path() -> str:
+    """The hydra search path of the configs: an absolute folder, or ``pkg://avis.configs``."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        if not (Path(env) / "train.yaml").is_file():
+            raise ConfigError(f"{ENV_VAR}={env}: no train.yaml in that folder")
+        return str(Path(env).resolve())
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "configs" / "train.yaml").is_file():
+        return str(checkout / "configs")
+    if importlib.util.find_spec(CONFIG_MODULE) is not None:
+        return f"pkg://{CONFIG_MODULE}"
+    raise ConfigError(f"cannot find the hydra configs (neither a checkout's configs/ nor the installed "
+                      f"{CONFIG_MODULE}); set {ENV_VAR}")
 
 
 def compose(overrides=(), out_dir: str | os.PathLike | None = None):
@@ -31,9 +41,14 @@ def compose(overrides=(), out_dir: str | os.PathLike | None = None):
     ``out_dir`` replaces ``trainer.out_dir`` (hydra's run folder, which exists only inside the app).
     """
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from hydra import initialize_config_dir, initialize_config_module
 
-    with initialize_config_dir(str(config_dir()), version_base=None):
+    path = config_path()
+    if path.startswith("pkg://"):
+        init = initialize_config_module(path[len("pkg://"):], version_base=None)
+    else:
+        init = initialize_config_dir(path, version_base=None)
+    with init:
         cfg = hydra_compose("train", overrides=list(overrides))
     if out_dir is not None:
         cfg.trainer.out_dir = os.fspath(out_dir)

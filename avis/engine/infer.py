@@ -16,9 +16,9 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from types import SimpleNamespace
 
-from avis.errors import InputError, NotBuiltError
+from avis.errors import InputError
+from avis.models.audio.windows import DEFAULT_ETA
 
 log = logging.getLogger("avis.infer")
 
@@ -37,15 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        from data_tools import decode as dec
-    except ImportError:
-        raise NotBuiltError("'avis infer' needs data_tools/decode.py (dataset building, issue #3)") from None
     from tqdm import tqdm
 
+    from avis.data.video import Video
     from avis.engine.predict import predict_videos
     from avis.engine.session import load_trained
     from avis.io.ytvis import save_json
+    from data_tools import decode as dec
 
     if args.fps <= 0:
         raise InputError(f"--fps must be positive, got {args.fps}")
@@ -66,14 +64,15 @@ def run(args: argparse.Namespace) -> int:
                         "fps": float(args.fps), "frame_times": [float(t) for t in d.frame_times],
                         "video_file": str(p.resolve()), "file_names": [f"{p.stem}/{t:05d}.jpg"
                                                                       for t in range(len(d.frame_times))]})
-        decoded.append(SimpleNamespace(video_id=vid, frames=d.frames, frame_times=d.frame_times,
-                                       audio=d.audio, sample_rate=d.sample_rate, has_audio=d.has_audio))
+        decoded.append(Video(video_id=vid, frames=d.frames, frame_times=d.frame_times,
+                             audio=None if d.audio is None else d.audio[None], sample_rate=d.sample_rate,
+                             has_audio=d.has_audio))
         if not d.has_audio and trained.model.uses_audio:
             log.warning("%s has no sound: the audio-visual model gets silence", p)
     sizes = {e["id"]: (e["height"], e["width"], e["length"]) for e in entries}
     pred = predict_videos(trained.model, decoded, trained.categories, trained.device,
                           short=dc.get("test_size"), max_size=dc.get("test_max_size"),
-                          eta=float(dc.get("eta", 0.96)), amp=not args.no_amp, with_gt=False, sizes=sizes)
+                          eta=float(dc.get("eta", DEFAULT_ETA)), amp=not args.no_amp, with_gt=False, sizes=sizes)
     videos = {"videos": entries, "annotations": [], "categories": trained.categories}
     save_json(pred["results"], out / "results.json")
     save_json(videos, out / "videos.json")
@@ -84,12 +83,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _overlays(results: list[dict], videos: dict, out: Path, args) -> str | None:
-    try:
-        from data_tools.exporters import overlay
-        from data_tools.exporters.common import select_tracks
-    except ImportError:
-        log.warning("the overlay exporter (data_tools.exporters, issue #9) is not available: no overlay videos")
-        return None
+def _overlays(results: list[dict], videos: dict, out: Path, args) -> str:
+    from data_tools.exporters import overlay
+    from data_tools.exporters.common import select_tracks
+
     tracks = select_tracks(results, videos, score_threshold=args.score_threshold)
     return str(overlay.write_overlay(tracks, videos, out, videos_dir="/", fps=args.fps))

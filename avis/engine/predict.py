@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from avis.engine.data import _get, _mask_at, audio_16k, resize_frames, test_size, video_instances
+from avis.data.clips import resize_frames, test_size
+from avis.data.video import Video, audio_16k, category_index, label_of
 from avis.io import masks as mask_io
 from avis.io.ytvis import save_json
-from avis.models.audio.windows import SAMPLE_RATE, frame_windows
+from avis.models.audio.windows import DEFAULT_ETA, SAMPLE_RATE, frame_windows
 from avis.models.base import Track
 
 log = logging.getLogger(__name__)
@@ -40,35 +41,36 @@ def tracks_to_results(tracks: list[Track], video_id: int, num_frames: int, categ
     return out
 
 
-def video_ground_truth(video, categories: list[dict], next_ann_id: int) -> tuple[dict, list[dict]]:
-    """A video's entry and annotations for a YTVIS ground-truth JSON, from the annotations it carries."""
-    frames = _get(video, "frames")
-    T, H, W = len(frames), int(np.asarray(frames[0]).shape[0]), int(np.asarray(frames[0]).shape[1])
-    vid = int(_get(video, "video_id"))
-    entry = {"id": vid, "width": W, "height": H, "length": T,
+def video_ground_truth(video: Video, categories: list[dict], next_ann_id: int) -> tuple[dict, list[dict]]:
+    """A (decoded) video's entry and annotations for a YTVIS ground-truth JSON, from the annotations it carries."""
+    T, H, W = video.frames.shape[:3]
+    vid = int(video.video_id)
+    entry = {"id": vid, "width": int(W), "height": int(H), "length": int(T),
              "file_names": [f"{vid}/{t:05d}.jpg" for t in range(T)]}
     anns = []
-    for k, inst in enumerate(video_instances(video, categories)):
+    index = category_index(categories)
+    for k, inst in enumerate(video.instances):
+        label = label_of(index, inst.category_id, vid)
         segs, areas, boxes = [], [], []
         for t in range(T):
-            m = _mask_at(inst["masks"], t)
+            m = inst.mask(t)
             if m is None or not m.any():
                 segs.append(None), areas.append(None), boxes.append(None)
                 continue
             r = mask_io.encode(m)
             segs.append(r), areas.append(mask_io.area(r)), boxes.append(mask_io.bbox(r))
-        anns.append({"id": next_ann_id + k, "video_id": vid, "category_id": int(categories[inst["label"]]["id"]),
-                     "iscrowd": inst["iscrowd"], "segmentations": segs, "areas": areas, "bboxes": boxes,
-                     "instance_id": inst["instance_id"]})
+        anns.append({"id": next_ann_id + k, "video_id": vid, "category_id": int(categories[label]["id"]),
+                     "iscrowd": int(inst.iscrowd or 0), "segmentations": segs, "areas": areas, "bboxes": boxes,
+                     "instance_id": int(inst.instance_id)})
     return entry, anns
 
 
-def model_inputs(video, short: int | None, max_size: int | None, eta: float = 0.96):
+def model_inputs(video: Video, short: int | None, max_size: int | None, eta: float = DEFAULT_ETA):
     """uint8 T x 3 x h x w frames at the test size and T x S audio windows (zeros without sound)."""
-    frames = torch.from_numpy(np.ascontiguousarray(np.asarray(_get(video, "frames")))).permute(0, 3, 1, 2)
+    frames = torch.from_numpy(np.ascontiguousarray(np.asarray(video.frames))).permute(0, 3, 1, 2)
     h, w = frames.shape[-2:]
     frames = resize_frames(frames, test_size(h, w, short, max_size))
-    times = torch.as_tensor(np.asarray(_get(video, "frame_times"), dtype=np.float64))
+    times = torch.as_tensor(np.asarray(video.frame_times, dtype=np.float64))
     wave, has_audio = audio_16k(video)
     audio = frame_windows(wave if has_audio else torch.zeros(0), times, SAMPLE_RATE, eta)
     return frames, audio, (int(h), int(w))
@@ -81,7 +83,7 @@ def _sync(device):
 
 @torch.no_grad()
 def predict_videos(model, videos, categories: list[dict], device, *, short: int | None = None,
-                   max_size: int | None = None, eta: float = 0.96, amp: bool = False, progress: bool = True,
+                   max_size: int | None = None, eta: float = DEFAULT_ETA, amp: bool = False, progress: bool = True,
                    with_gt: bool = True, sizes: dict | None = None) -> dict:
     """Run ``model.predict_video`` over ``videos``.
 
@@ -103,7 +105,7 @@ def predict_videos(model, videos, categories: list[dict], device, *, short: int 
         seconds += time.perf_counter() - t0
         frames_total += frames.shape[0]
         n_videos += 1
-        vid = int(_get(video, "video_id"))
+        vid = int(video.video_id)
         T = frames.shape[0]
         if sizes is not None and vid in sizes:
             h, w, T = sizes[vid][0], sizes[vid][1], sizes[vid][2] or T
@@ -117,15 +119,12 @@ def predict_videos(model, videos, categories: list[dict], device, *, short: int 
     return {"results": results, "gt": gt, "timing": timing}
 
 
-def score(gt: dict, results: list[dict]) -> tuple[dict | None, list[dict] | None]:
+def score(gt: dict, results: list[dict]) -> tuple[dict, list[dict]]:
     """The 12 YTVIS numbers and HOTA (DetA, AssA, LocA, ... as ``avis score --metrics ytvis hota``) and the
     per-instance IoU samples (each ground-truth instance's greedy match), through :mod:`avis.evaluation`."""
-    try:
-        from avis.evaluation.samples import samples_from_entries
-        from avis.evaluation.score import compute
-    except ImportError:
-        log.warning("avis.evaluation is not available: results are written but not scored")
-        return None, None
+    from avis.evaluation.samples import samples_from_entries
+    from avis.evaluation.score import compute
+
     numbers, ev, _ = compute(gt, results, ("ytvis", "hota"))
     return numbers, samples_from_entries(ev.entries, 0.0)
 

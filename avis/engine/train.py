@@ -7,7 +7,8 @@ Examples::
     avis train -m experiment=rcf_av,rcf_visual seed=0,1,2          # a hydra multirun sweep
     torchrun --nproc-per-node 4 -m avis train experiment=rcf_av     # DDP, one process per GPU
 
-The config groups live in ``configs/`` (see :func:`avis.engine.config.config_dir`).
+The config groups live in ``configs/`` (see :mod:`avis.engine.config`). From Python,
+:func:`train_experiment` trains one preset into a folder (the demo and ``scripts/train_av_vs_visual.py``).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from avis.engine.config import config_dir
+from avis.engine.config import config_path
 from avis.errors import AvisError
 
 
@@ -32,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "print the config)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, hooks=()) -> int:
+    """``avis train``; ``hooks`` (:class:`avis.engine.loop.HookBase`) run after the standard ones."""
     overrides = list(args.overrides)
     if args.multirun:
         overrides.insert(0, "--multirun")
@@ -46,12 +49,12 @@ def run(args: argparse.Namespace) -> int:
     errors: list[BaseException] = []
     results: list[dict] = []
 
-    @hydra.main(config_path=str(config_dir()), config_name="train", version_base=None)
+    @hydra.main(config_path=config_path(), config_name="train", version_base=None)
     def _main(cfg: DictConfig) -> None:
         from avis.engine.loop import check_config, train
         try:
             check_config(cfg)
-            results.append(train(cfg))
+            results.append(train(cfg, hooks))
         except (AvisError, OSError) as e:  # hand one-line errors (ours, a full disk) to the CLI, not hydra's report
             errors.append(e)
 
@@ -67,3 +70,23 @@ def run(args: argparse.Namespace) -> int:
     if errors:
         raise errors[0]
     return 0
+
+
+def train_experiment(experiment: str, run_dir: str | os.PathLike, train_pattern, seed: int, steps: int,
+                     overrides=(), progress: bool = True) -> Path:
+    """Train one preset of ``configs/experiment`` (``rcf_av_tiny``, ``rcf_visual``, ...) on ``train_pattern``
+    for ``steps`` steps into ``run_dir``, without periodic evaluation; returns the last checkpoint.
+
+    The same as ``avis train experiment=... hydra.run.dir=RUN_DIR`` through hydra's compose API; ``overrides``
+    are further hydra overrides (``model.delta=3``, ``optim.optimizer.lr=1e-3``, ``trainer.resume=true``)."""
+    from avis.engine.config import compose
+    from avis.engine.loop import check_config, train
+
+    run_dir = Path(run_dir).resolve()
+    cfg = compose([f"experiment={experiment}", f"data.train.pattern={train_pattern}", "data.val_pattern=null",
+                   f"seed={seed}", f"trainer.max_steps={steps}", "trainer.eval_every=0",
+                   f"trainer.ckpt_every={steps}", f"trainer.log_every={min(10, steps)}", "trainer.tensorboard=false",
+                   f"trainer.progress={str(progress).lower()}", *overrides], out_dir=run_dir)
+    check_config(cfg)
+    train(cfg)
+    return run_dir / "checkpoints" / "last.pt"

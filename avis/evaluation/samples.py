@@ -43,9 +43,16 @@ def _matches(entries: list[VideoCategoryEval], iou_threshold: float):
 
 def samples_from_entries(entries: list[VideoCategoryEval], iou_threshold: float = 0.0) -> list[dict]:
     """One row per non-crowd ground truth: ``iou`` / ``score`` of its match, NaN when unmatched."""
+    return [{c: r[c] for c in COLUMNS} for r in matched_samples_from_entries(entries, iou_threshold)]
+
+
+def matched_samples_from_entries(entries: list[VideoCategoryEval], iou_threshold: float = 0.0) -> list[dict]:
+    """:func:`samples_from_entries` rows plus ``result_index``: the matched prediction's index in the results
+    list (None when unmatched), for tools that show which prediction each instance got (``avis view``)."""
     return [{"video_id": e.video_id, "category_id": e.category_id, "instance_id": gid,
              "iou": float(e.ious[d, j]) if d >= 0 else math.nan,
-             "score": float(e.scores[d]) if d >= 0 else math.nan}
+             "score": float(e.scores[d]) if d >= 0 else math.nan,
+             "result_index": int(e.det_index[d]) if d >= 0 else None}
             for e, j, gid, d in _matches(entries, iou_threshold)]
 
 

@@ -1,8 +1,8 @@
 """The YouTube-VIS evaluation protocol (AP/AR over videos), exact to the official evaluator and fast.
 
 The official evaluator (the ``ytvos``/``ytvoseval`` fork of the COCO API) defines the numbers every VIS paper
-reports; this module reproduces its results to the last digit (see ``../shared/specs/metrics.md`` and
-``docs/evaluation.md``) while replacing its per-pair, per-frame Python loops:
+reports; this module reproduces its results to the last digit (see ``docs/evaluation.md``) while replacing its
+per-pair, per-frame Python loops:
 
 * with numba (default, :data:`BACKEND` ``"numba"``): per video, one compiled call decodes every mask string
   (areas; foreground intervals where a same-category pair needs them) and one computes the video IoU blocks

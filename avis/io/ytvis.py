@@ -1,6 +1,6 @@
 """YouTube-VIS annotation and result JSON: load, validate, normalise, save.
 
-Formats (JSON Schemas in ``annotations/schemas/``, protocol in ``../shared/specs/metrics.md``):
+Formats (JSON Schemas in ``annotations/schemas/``, protocol in ``docs/evaluation.md``):
 
 * annotations: ``{"videos": [...], "annotations": [...], "categories": [...]}``; a video has ``id, width,
   height, length, file_names`` and optionally the builder extensions ``fps`` / ``frame_times`` /

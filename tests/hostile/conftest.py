@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from avis import cli as avis_cli
+from tests.conftest import TOY
 from tests.hostile import jsons
 from tests.hostile.media import make_media
 
@@ -59,7 +60,7 @@ def media(tmp_path_factory) -> dict[str, Path]:
 def toy_checkpoint(tmp_path_factory) -> Path:
     """``last.pt`` of a 2-step ``toy_av`` training run; one per test module, as each module had its own."""
     run = tmp_path_factory.mktemp("toy_run")
-    assert avis_cli.main(["train", "experiment=toy_av", f"hydra.run.dir={run}", "trainer.max_steps=2",
+    assert avis_cli.main(["train", "experiment=toy_av", TOY, f"hydra.run.dir={run}", "trainer.max_steps=2",
                           "trainer.eval_every=0", "trainer.progress=false", "trainer.tensorboard=false"]) == 0
     return run / "checkpoints" / "last.pt"
 

@@ -22,10 +22,10 @@ from avis.engine import checkpoint as ckpt_io
 from avis.engine.logs import read_jsonl
 from avis.io import atomic
 from tests.avmedia import write_video
-from tests.conftest import REPO
+from tests.conftest import REPO, TOY
 from tests.hostile.conftest import call, error_line
 
-FAST = ["trainer.progress=false", "trainer.tensorboard=false"]
+FAST = ["trainer.progress=false", "trainer.tensorboard=false", TOY]
 
 
 def _env():
@@ -161,9 +161,9 @@ def test_build_disk_full_keeps_finished_shards(videos, tmp_path, capsys, monkeyp
 # ------------------------------------------------------------------------------------------------ training
 
 def _train_args(run: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "avis", "train", "experiment=toy_av", f"hydra.run.dir={run}",
-            "trainer.max_steps=8", "trainer.log_every=1", "trainer.ckpt_every=3", "trainer.eval_every=0",
-            "data.batch_size=2", "data.num_workers=0", f"trainer.trace_dir={run / 'trace'}", *FAST, *extra]
+    return [sys.executable, "-m", "tests.engine_hooks", "--trace", str(run / "trace"), "experiment=toy_av",
+            f"hydra.run.dir={run}", "trainer.max_steps=8", "trainer.log_every=1", "trainer.ckpt_every=3",
+            "trainer.eval_every=0", "data.batch_size=2", "data.num_workers=0", *FAST, *extra]
 
 
 def _last_per_step(trace: Path) -> dict:

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import torch
 
+from avis.data.shards import ShardSource
 from avis.engine import checkpoint as ckpt_io
-from avis.engine.data import ShardSource
 from avis.errors import InputError
+from tests.conftest import TOY
 from tests.hostile.conftest import call, error_line
 
 SHARD_CASES = {
@@ -91,7 +92,7 @@ def _bad_checkpoints(root, good) -> dict:
     m = root / "marker_config"
     state = torch.load(good, weights_only=True)
     state["config"] = state["config"].replace(
-        "_target_: avis.engine.toy.ToyVIS",
+        "_target_: tests.toy.ToyVIS",
         f"_target_: pathlib.Path.write_text\n  _args_: ['{m}', 'pwned']\n  _partial_: false")
     assert "pathlib.Path.write_text" in state["config"]
     torch.save(state, root / "config_target.pt")
@@ -140,7 +141,7 @@ def test_bad_checkpoint(command, case, bad_checkpoints, built, media, tmp_path, 
 
 def test_resume_from_a_payload_checkpoint_runs_nothing(bad_checkpoints, tmp_path, capsys):
     ckpt, marker, _ = bad_checkpoints["pickle-payload-torch-zip"]
-    rc, _, err = call(capsys, "train", "experiment=toy_av", f"hydra.run.dir={tmp_path / 'r'}", f"trainer.resume={ckpt}",
+    rc, _, err = call(capsys, "train", "experiment=toy_av", TOY, f"hydra.run.dir={tmp_path / 'r'}", f"trainer.resume={ckpt}",
                       "trainer.progress=false", "trainer.tensorboard=false")
     error_line(rc, err, "train", ckpt, PAYLOAD)
     assert not marker.exists()
@@ -153,7 +154,7 @@ def test_training_loader_skips_a_corrupt_shard_with_a_warning(built, bad_shards,
     for case in ("truncated", "dotdot-member", "not-a-tar"):
         src = ShardSource([good, str(bad_shards[case])], categories=[])
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="avis.engine.data"):
+        with caplog.at_level(logging.WARNING, logger="avis.data.shards"):
             ids = [v.video_id for unit in src.units() for v in src.videos(unit)]
         assert ids == [1]  # the good shard's video; nothing from the bad one
         assert any("skipping the rest of this shard" in r.getMessage() and str(bad_shards[case]) in r.getMessage()
@@ -177,7 +178,7 @@ def test_training_loader_keeps_the_samples_before_the_damage(built, tmp_path, ca
     cut = tmp_path / "cut.tar"
     cut.write_bytes(both.read_bytes()[: second.offset_data + 100])
     src = ShardSource([str(cut)], categories=[])
-    with caplog.at_level(logging.WARNING, logger="avis.engine.data"):
+    with caplog.at_level(logging.WARNING, logger="avis.data.shards"):
         ids = [v.video_id for v in src.videos(str(cut))]
     assert ids == [1]
     assert any("skipping the rest of this shard" in r.getMessage() for r in caplog.records)
@@ -191,7 +192,7 @@ def test_training_run_skips_a_corrupt_shard(built, bad_shards, tmp_path, capsys)
     for name in ("shard-000000.tar", "shard-000001.tar", "manifest.json"):
         shutil.copy(built / name, d / name)
     shutil.copy(bad_shards["truncated"], d / "shard-000002.tar")
-    common = ["train", "experiment=toy_av", "data=shards", f"data.train.pattern={d}/shard-*.tar",
+    common = ["train", "experiment=toy_av", TOY, "data=shards", f"data.train.pattern={d}/shard-*.tar",
               "data.batch_size=1", "data.num_workers=0", "data.scales=[24]", "data.shuffle_buffer=1",
               "trainer.max_steps=3", "trainer.eval_every=0", "trainer.progress=false", "trainer.tensorboard=false"]
     rc, _, err = call(capsys, *common, f"hydra.run.dir={tmp_path / 'warn'}")
@@ -199,19 +200,6 @@ def test_training_run_skips_a_corrupt_shard(built, bad_shards, tmp_path, capsys)
     assert ckpt_io.load(tmp_path / "warn" / "checkpoints" / "last.pt")["step"] == 3
     rc, _, err = call(capsys, *common, f"hydra.run.dir={tmp_path / 'fail'}", "data.train.on_error=fail")
     error_line(rc, err, "train", d / "shard-000002.tar", r"unreadable shard")
-
-
-def test_clip_pipeline_skips_a_corrupt_shard(built, bad_shards):
-    """``avis.data.make_clip_pipeline`` (webdataset): the same choice, by webdataset's warn_and_continue."""
-    from avis.data import make_clip_pipeline
-
-    urls = [str(built / "shard-000000.tar"), str(bad_shards["truncated"]), str(built / "shard-000001.tar")]
-    kw = dict(clip_length=2, batch_size=1, size=16, shuffle=False, categories=[])
-    with pytest.warns(UserWarning, match="unexpected end of data|truncated|ReadError"):
-        batches = list(make_clip_pipeline(urls, **kw))
-    assert sorted(b["video_ids"][0] for b in batches) == [1, 2]
-    with pytest.raises(Exception, match="unexpected end of data|ReadError|truncated"):
-        list(make_clip_pipeline(urls, on_error="fail", **kw))
 
 
 @pytest.mark.parametrize("case", ["wrong-frame-count", "unknown-category", "duplicate-ids", "deep-nesting",
@@ -263,12 +251,12 @@ def test_corrupt_frame_in_a_shard(corrupt_jpeg_shard, built, toy_checkpoint, tmp
     error_line(rc, err, "eval", corrupt_jpeg_shard, what)
     assert not (tmp_path / "eval" / "results.json").exists()
     # training: the video is skipped with a warning (or the run stops, with on_error=fail)
-    from avis.engine.data import ClipStream
+    from avis.data.clips import ClipStream
 
     good = str(built / "shard-000001.tar")
     src = ShardSource([good, str(corrupt_jpeg_shard)], categories=[])
     stream = ClipStream(src, clip_length=4, batch_size=1, seed=0, shuffle_buffer=1)
-    with caplog.at_level(logging.WARNING, logger="avis.engine.data"):
+    with caplog.at_level(logging.WARNING, logger="avis.data.clips"):
         # clip_length 4 covers frame 1 whatever the target frame: video 1 can never give a clip
         ids = [b["video_ids"][0] for b, _ in itertools.islice(stream.batches(), 3)]
     assert ids == [2, 2, 2]

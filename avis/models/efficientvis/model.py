@@ -8,17 +8,7 @@ Shapes (B videos, T frames per clip, N tracklet queries, D channels)::
     queries   B x N x T x D, proposals B x N x T x 4 (normalised cxcywh)
     stage m   -> class logits B x N x T x (K+1), boxes B x N x T x 4, mask logits B x N x T x H/s x W/s
 
-Deviations from the paper (also in configs/model/efficientvis*.yaml):
-
-- Masks: a dynamic mask head (mask embedding of the query at frame t dotted with a per-frame mask feature
-  map at stride s), not an RoI mask head pasted into the frame; it gives full-frame masks directly.
-- Base feature: one fused level (lateral 1x1 convs summed, resized to stride 8 for R-50 + a 3x3 conv), not
-  an FPN with multi-level RoI assignment; mask features at stride 4 (128 channels for R-50).
-- Classification: softmax cross-entropy with an empty class (weight ``empty_weight``), not focal loss.
-- Training clips: the engine delivers ``clip_length = 2T`` consecutive frames; the first T frames are clip 1,
-  the last T clip 2 (the paper samples two clips of one video, not necessarily adjacent).
-- Ground-truth tracklets that appear only in clip 2 are matched to the queries left free by clip 1's
-  assignment (the paper does not say).
+Deviations from the paper: the list in the project's ``docs/baselines_efficientvis.md``.
 """
 
 from __future__ import annotations

@@ -87,8 +87,7 @@ class RCF(VISMethod):
         self.criterion = SetCriterion(num_classes, no_object_weight, class_weight, dice_weight)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255, persistent=False)
-        # Online fast path (see :meth:`optimize_online`); fast_online = False runs the reference step.
-        self.fast_online = True
+        # Online fast path settings (see :meth:`optimize_online`).
         self.channels_last = False
         self.amp_dtype: torch.dtype | None = None
         self._compiled: dict = {}  # plain dict: compiled wrappers must not register as submodules
@@ -105,7 +104,6 @@ class RCF(VISMethod):
         dtypes = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
         if amp not in dtypes:
             raise ValueError(f"amp must be one of None, 'bf16', 'fp16', got {amp!r}")
-        self.fast_online = True
         self.channels_last = channels_last
         self.amp_dtype = dtypes[amp]
         if channels_last:
@@ -196,8 +194,6 @@ class RCF(VISMethod):
         """frame: uint8 3 x H x W; audio: float32 S (this frame's window) or None. The backbone runs once
         on this frame; references come from the cache (the first frame repeated at the video's start).
         Nothing here waits for the device: outputs stay on it until :meth:`finish`."""
-        if not self.fast_online:
-            return self._reference_step(state, frame, audio)
         device = self.pixel_mean.device
         with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             # non_blocking: a pinned host frame is copied asynchronously (a blocking copy synchronises).
@@ -254,31 +250,6 @@ class RCF(VISMethod):
         if project:
             return feat, tokens.proj(encoder.tokens_from_projected(seq)), None
         return feat, None, seq
-
-    @torch.no_grad()
-    def _reference_step(self, state: RCFState, frame: torch.Tensor, audio: torch.Tensor | None = None) -> None:
-        """The straightforward step (float32, per-frame audio features through the full LSTM): the fast
-        path's reference in tests."""
-        feats = self.backbone(self.normalize(frame[None]))
-        f_t = feats[-1]
-        state.size = tuple(frame.shape[-2:])
-        f_ref = self._cached_references(state, f_t)
-        aud = a_t = None
-        if self.uses_audio and audio is not None:
-            tokens = self.fusion.audio_tokens
-            a_t = tokens.frame_features(audio.to(f_t.device, torch.float32)[None])[0]
-            if not state.audio:
-                state.audio.extend([a_t] * self.delta)
-            # A window missing from an earlier frame reads as silence (as the data pipeline zero-pads).
-            past = [tokens.frame_features(torch.zeros_like(audio, dtype=torch.float32, device=f_t.device)[None])[0]
-                    if a is None else a for a in state.audio]
-            aud = torch.stack(past + [a_t])[None]
-        logits, masks = self.predict(f_t, f_ref, feats[:-1], audio_features=aud)
-        state.probs.append(logits[-1, 0].softmax(-1))
-        state.masks.append(masks[-1, 0])
-        if self.delta:
-            state.features.append(f_t)
-            state.audio.append(a_t)
 
     @torch.no_grad()
     def finish(self, state: RCFState) -> list[Track]:

@@ -6,25 +6,7 @@ Layout: ``anchors`` (FCA anchors, SSD box coding), ``head`` (protonet, FCA predi
 tracks), ``model`` (the :class:`STMask` method). Builders: :func:`stmask_tiny`, :func:`stmask_r50`.
 Backbone + FPN P3-P7 are CrossVIS's (:mod:`avis.models.crossvis.backbone`).
 
-Deviations from the paper / public code (each a constructor argument or noted in the configs):
-
-1. No COCO pre-training (nothing may be downloaded): random init, or a local torchvision ResNet state dict
-   (``weights_path``); BatchNorm frozen only with weights.
-2. Plain ResNet-50 (no DCNv2 in the backbone); deformable convolution only in the FCB head.
-3. FCB is the adaptive variant (offsets = zero-initialised 1x1 conv on the detached box deltas) on the class
-   branch (``fcb_mask`` adds the coefficient and embedding branches); the "aligned" variant is not built.
-4. Class loss: softmax CE with OHEM 3:1 per image (at least 3 negatives for images without objects), summed
-   and divided by the number of positives; cross-class standard NMS (torchvision) instead of fast NMS.
-5. Centerness: sigmoid logit with BCE against the FCOS centerness of the anchor centre in its gt box (choice).
-6. Temporal fusion, training: RoIs at the gt boxes of t-1 of instances present at t; their t-1
-   coefficients = mean of that instance's positive anchors' (detached); box target = SSD deltas of the box at t
-   relative to the box at t-1 (smooth L1); mask target = the mask at t (BCE in the box). Its two FC layers start
-   at zero (identity propagation). Its input is [correlation 121, P4(t-1), P4(t)].
-7. Tracking embedding loss: pair-wise BCE on (cos + 1) / 2 between positives of the two frames (<= 100 each).
-8. Two frames per clip: the first and the last frame of the engine's clip (the data pipeline's ``delta``
-   sets the distance; paper: +-2 annotated frames). Boxes are derived from the masks.
-9. Association: greedy one-to-one in detection-score order; unmatched tracks output their propagated masks
-   (score x0.95 per frame) for up to 10 frames, then end.
+Deviations from the paper / public code: the list in the project's ``docs/baselines_stmask.md``.
 """
 
 from __future__ import annotations

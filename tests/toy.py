@@ -9,13 +9,13 @@ background, each category with its own colour and tone, deterministic in ``seed`
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avis.data.video import Instance, Video
 from avis.models.base import Track, VISMethod
 
 
@@ -68,27 +68,9 @@ class ToyVIS(VISMethod):
                 for k, v in sorted(state["tracks"].items())]
 
 
-@dataclass
-class ToyVideo:
-    video_id: int
-    frames: np.ndarray  # T x H x W x 3 uint8
-    frame_times: np.ndarray
-    audio: np.ndarray  # 1 x N float32
-    sample_rate: int
-    has_audio: bool
-    instances: list[dict] = field(default_factory=list)
-
-    @property
-    def height(self):
-        return self.frames.shape[1]
-
-    @property
-    def width(self):
-        return self.frames.shape[2]
-
-
 class ToyVideos:
-    """``num_videos`` videos split round-robin into ``num_shards`` named units."""
+    """``num_videos`` videos split round-robin into ``num_shards`` named units (an
+    :class:`avis.data.VideoSource`)."""
 
     COLORS = [(220, 40, 40), (40, 200, 60), (40, 80, 220), (220, 200, 40)]
 
@@ -103,12 +85,12 @@ class ToyVideos:
     def units(self) -> list[str]:
         return [f"{self.split}-{k:03d}" for k in range(self.num_shards)]
 
-    def videos(self, unit: str):
+    def videos(self, unit: str, strict: bool = False):
         k = int(unit.rsplit("-", 1)[1])
         for i in range(k, self.num_videos, self.num_shards):
             yield self.video(i)
 
-    def video(self, i: int) -> ToyVideo:
+    def video(self, i: int) -> Video:
         rng = np.random.default_rng([self.seed, i, zlib.crc32(self.split.encode())])
         T, H, W = self.num_frames, self.height, self.width
         frames = np.full((T, H, W, 3), 128, np.uint8)
@@ -133,6 +115,7 @@ class ToyVideos:
             tt = np.arange(n_audio) / self.sample_rate
             audio += (0.2 * np.sin(2 * np.pi * (300 + 400 * c) * tt)).astype(np.float32)
             instances.append({"instance_id": j + 1, "category_id": c + 1, "masks": masks})
-        return ToyVideo(video_id=i + 1 + (0 if self.split == "train" else 10000), frames=frames,
-                        frame_times=times, audio=audio[None], sample_rate=self.sample_rate, has_audio=True,
-                        instances=instances)
+        return Video(video_id=i + 1 + (0 if self.split == "train" else 10000), frames=frames,
+                     frame_times=times, audio=audio[None], sample_rate=self.sample_rate, has_audio=True,
+                     instances=[Instance(d["instance_id"], d["category_id"], np.stack(d["masks"]), np.ones(T, bool))
+                                for d in instances], fps=self.fps)
