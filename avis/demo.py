@@ -6,7 +6,7 @@ Stages (each a Python call into the piece that does it, progress shown throughou
     2 build        data_tools.build                 train / val WebDataset shards
     3 pretrain     pretrain_audio                   the audio arm's log-mel network on the train split's sound labels
     4 train        avis.engine.train                RCF tiny, audio-visual and visual-only (same seed, same data)
-    5 evaluate     avis.engine.evaluate             both checkpoints online over the val shards -> YTVIS metrics
+    5 evaluate     avis.engine.evaluate             both checkpoints online over the val shards -> YTVIS metrics, HOTA
     6 significance avis.evaluation.ttest.compare    paired t-test over instances (headline), the paper's test, ...
     7 export       data_tools.export.export         YTVIS results of both arms, one overlay video with sound
     8 report       DIR/report.md                    the Table X / XII style table, plots, links
@@ -314,7 +314,8 @@ def run_demo(out, audio_dependence: float = 1.0, seed: int = 0, settings: DemoSe
         evals[key] = evaluate_checkpoint(runs[key], out / "eval" / key, shards=shards["val"], gt=gt,
                                          progress=progress)
         m = evals[key]["metrics"]
-        times[f"eval_{key}"] = _done(t0, f"AP {100 * m['AP']:.1f}, AP50 {100 * m['AP50']:.1f}")
+        times[f"eval_{key}"] = _done(t0, f"AP {100 * m['AP']:.1f}, AP50 {100 * m['AP50']:.1f}, "
+                                         f"HOTA {100 * m['HOTA']:.1f}")
 
     t0 = _stage(6, "significance (avis.evaluation.ttest: audio-visual = A, visual-only = B)")
     cmp = significance(gt, evals["av"]["results"], evals["visual"]["results"], out, settings.bootstrap, seed)

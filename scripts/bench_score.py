@@ -1,29 +1,40 @@
-"""Benchmark: ``avis.evaluation`` against a straightforward per-frame pycocotools scorer, side by side.
+"""Benchmark: avis's scorers side by side with the references they must equal.
 
 Builds a YouTube-VIS-sized case (default 300 videos of 36 frames at 640x360, 5 instances and 100 predictions
 per video; ellipse masks jittered over time, random scores rounded to 3 decimals so that ties occur), caches it
-as JSON in the temp folder, then times
+as JSON in the temp folder, then, as selected by ``--parts``:
 
-* ``reference``: the official evaluator's loop structure re-implemented (video IoU by per-frame
+* ``ap``: :func:`avis.evaluation.ytvis_eval.evaluate` (1 process, and ``--workers`` processes) against
+  ``reference``, the official evaluator's loop structure re-implemented (video IoU by per-frame
   ``merge``/``area`` per pair, the per-threshold/per-detection/per-ground-truth matching loop, the accumulate
-  and summarize loops), and
-* ``avis``: :func:`avis.evaluation.ytvis_eval.evaluate` (1 process, and ``--workers`` processes),
+  and summarize loops); the 12 numbers must be identical.
+* ``hota``: :func:`avis.evaluation.hota.evaluate_tracking` against TrackEval (the ``trackeval`` package, its
+  YouTube-VIS dataset class and HOTA metric), both from the JSON files and, for avis, the scoring alone; every
+  class-averaged HOTA field must agree to 1e-9. FSLA is timed on the same case with random ``sounding`` flags.
+* ``e2e``: the whole ``avis score`` process against the official evaluator's process (``ytvis.py`` /
+  ``ytviseval.py`` from the mmdet 3.3.0 wheel, fetched with ``pip download`` into a cache folder on first use,
+  ``np.float`` replaced by ``float``: load + evaluate + accumulate + summarize) on the ``--e2e-videos`` case;
+  the 12 numbers must be identical. Best of ``--repeat`` runs, wall and CPU time (user + system).
 
-asserts that all give the same 12 numbers, and prints the timings and ratios.
-
-    python scripts/bench_score.py [--videos 300] [--workers 2] [--seed 0]
+    python scripts/bench_score.py [--videos 300] [--e2e-videos 100] [--parts ap hota e2e] [--workers 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import os
 import platform
+import re
+import resource
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -253,60 +264,207 @@ def reference_evaluate(gt: dict, results: list[dict]) -> np.ndarray:
                      summ(0, m=0), summ(0, m=1), summ(0), summ(0, a=1), summ(0, a=2), summ(0, a=3)])
 
 
-# ------------------------------------------------------------------------------------------------------ main
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--videos", type=int, default=300)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+# ------------------------------------------------------------------------------------------------------ parts
+def _timed(timings: dict, name: str, fn):
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    timings[name] = (time.perf_counter() - w0, time.process_time() - c0)
+    return out
 
-    from avis.evaluation.ytvis_eval import STAT_KEYS, evaluate  # noqa: I001
-    from avis.io.ytvis import load_annotations, load_results
 
-    gt_p, res_p = cached_case(args.videos, args.seed)
-    # the generated results file (about 1.3 MB per video) passes the loader's default 256 MiB JSON limit
-    os.environ.setdefault("AVIS_MAX_JSON_BYTES", str(max(256 << 20, 2 * (gt_p.stat().st_size + res_p.stat().st_size))))
-    gt, res = load_annotations(gt_p), load_results(res_p)
-    print(f"case: {args.videos} videos x {T} frames at {W}x{H}, {len(gt['annotations'])} instances, "
-          f"{len(res)} predictions")
+def _print_timings(timings: dict, ref_name: str) -> None:
+    rw, rc = timings[ref_name]
+    print(f"{'variant':<52} {'wall s':>8} {'CPU s':>8} {'speed-up wall':>14} {'speed-up CPU':>13}")
+    for name, (w, c) in timings.items():
+        print(f"{name:<52} {w:8.2f} {c:8.2f} {rw / w:13.1f}x {rc / c:12.1f}x")
 
-    import avis.evaluation.ytvis_eval as ye
 
-    t0 = time.perf_counter()  # the first video with its ground truth and results: every kernel runs once
+def _warm_up(gt: dict, res: list[dict], fn) -> float:
+    """Run ``fn`` on the first video alone (every kernel compiled or loaded from numba's cache); its seconds."""
+    t0 = time.perf_counter()
     v1 = gt["videos"][0]["id"]
-    evaluate({**gt, "videos": gt["videos"][:1], "annotations": [a for a in gt["annotations"] if a["video_id"] == v1]},
-             [r for r in res if r["video_id"] == v1])
-    print(f"numba kernels: compiled or loaded from cache in {time.perf_counter() - t0:.2f} s (not timed below)")
+    fn({**gt, "videos": gt["videos"][:1], "annotations": [a for a in gt["annotations"] if a["video_id"] == v1]},
+       [r for r in res if r["video_id"] == v1])
+    return time.perf_counter() - t0
 
-    def timed(name, fn):
-        w0, c0 = time.perf_counter(), time.process_time()
-        out = fn()
-        timings[name] = (time.perf_counter() - w0, time.process_time() - c0)
-        return out
 
+def bench_ap(args, gt: dict, res: list[dict]) -> None:
+    import avis.evaluation.ytvis_eval as ye
+    from avis.evaluation.ytvis_eval import STAT_KEYS, evaluate
+
+    print(f"\n== AP: avis vs the official loop structure ({len(gt['videos'])} videos)")
+    print(f"numba kernels: compiled or loaded from cache in {_warm_up(gt, res, evaluate):.2f} s (not timed below)")
     timings, stats = {}, {}
     for backend in ("numba", "pycocotools") if ye.rle_kernels.AVAILABLE else ("pycocotools",):
         ye.BACKEND = backend
-        s = timed(f"avis, {backend} (1 process)", lambda: evaluate(gt, res).stats)
+        s = _timed(timings, f"avis, {backend} (1 process)", lambda: evaluate(gt, res).stats)
         stats[backend] = np.array([s[k] for k in STAT_KEYS])
     ye.BACKEND = "numba" if ye.rle_kernels.AVAILABLE else "pycocotools"
     if args.workers > 1:
-        s = timed(f"avis, {ye.BACKEND} ({args.workers} processes)", lambda: evaluate(gt, res, workers=args.workers).stats)
+        s = _timed(timings, f"avis, {ye.BACKEND} ({args.workers} processes)",
+                   lambda: evaluate(gt, res, workers=args.workers).stats)
         stats["avis_mp"] = np.array([s[k] for k in STAT_KEYS])
     gt_ref, res_ref = copy.deepcopy(gt), copy.deepcopy(res)
     ref_name = "reference (per-frame pycocotools)"
-    stats["reference"] = timed(ref_name, lambda: reference_evaluate(gt_ref, res_ref))
-
+    stats["reference"] = _timed(timings, ref_name, lambda: reference_evaluate(gt_ref, res_ref))
     for name, s in stats.items():
         assert np.array_equal(s, stats["reference"]), f"{name} differs from the reference:\n{s}\n{stats['reference']}"
     print("the 12 numbers agree exactly:", dict(zip(STAT_KEYS, np.round(stats["reference"], 4).tolist())))
-    rw, rc = timings[ref_name]
-    print(f"{'scorer':<40} {'wall s':>8} {'CPU s':>8} {'speed-up wall':>14} {'speed-up CPU':>13}")
-    for name, (w, c) in timings.items():
-        print(f"{name:<40} {w:8.2f} {c:8.2f} {rw / w:13.1f}x {rc / c:12.1f}x")
+    timings = {ref_name: timings.pop(ref_name), **timings}
+    _print_timings(timings, ref_name)
     print("(CPU = this process's CPU time; worker processes are not included in it)")
-    print(f"python {platform.python_version()}, numpy {np.__version__}, {platform.machine()}")
+
+
+def bench_hota(args, gt_p: Path, res_p: Path) -> None:
+    from avis.evaluation.hota import ARRAY_FIELDS, evaluate_tracking
+    from avis.io.ytvis import load_annotations, load_results
+    from tests.trackeval_oracle import run_trackeval, write_trackeval_layout
+
+    def load():
+        gt = load_annotations(gt_p)
+        return gt, load_results(res_p, gt=gt)
+
+    gt, res = load()
+    print(f"\n== HOTA: avis vs TrackEval ({len(gt['videos'])} videos)")
+    print(f"numba kernels: compiled or loaded from cache in {_warm_up(gt, res, evaluate_tracking):.2f} s "
+          "(not timed below)")
+    layout = Path(tempfile.mkdtemp(prefix="avis_bench_trackeval_"))
+    write_trackeval_layout(gt, res, layout)  # TrackEval's folders and its GT form (not timed)
+    del gt, res  # TrackEval runs alone in the process (the cyclic GC would also walk our objects)
+    gc.collect()
+    timings = {}
+    te = _timed(timings, "TrackEval: read its JSON files + evaluate", lambda: run_trackeval(layout))
+    gc.collect()
+    ours = _timed(timings, "avis: load + validate the JSON files + HOTA",
+                  lambda: evaluate_tracking(*load())[0])
+    gt, res = load()
+    gc.freeze()  # as avis score does after loading
+    ours_only = _timed(timings, "avis: HOTA on the loaded files (scoring alone)", lambda: evaluate_tracking(gt, res)[0])
+    if args.workers > 1:
+        _timed(timings, f"avis: HOTA, {args.workers} processes", lambda: evaluate_tracking(gt, res, workers=args.workers))
+    rng = np.random.default_rng(args.seed)
+    for a in gt["annotations"]:
+        a["sounding"] = (rng.random(len(a["segmentations"])) < 0.7).tolist()
+    fsla = _timed(timings, "avis: FSLA on the loaded files (random 'sounding')",
+                  lambda: evaluate_tracking(gt, res, hota=False, fsla=True)[1])
+    gc.unfreeze()
+    ref = te["cls_comb_cls_av"]
+    for h in (ours, ours_only):
+        worst = max(float(np.max(np.abs(np.asarray(h.class_averaged[f]) - ref[f]))) for f in ARRAY_FIELDS)
+        assert worst < 1e-9, f"HOTA differs from TrackEval by {worst}"
+    print(f"class-averaged fields equal TrackEval's (largest difference {worst:.1e}):",
+          {k: round(v, 4) for k, v in ours.stats.items()})
+    print("FSLA:", {k: round(v, 4) for k, v in fsla.items()})
+    _print_timings(timings, "TrackEval: read its JSON files + evaluate")
+    shutil.rmtree(layout, ignore_errors=True)
+
+
+def official_evaluator(cache: Path) -> Path:
+    """A folder with the official ``ytvis.py`` / ``ytviseval.py`` (from the mmdet 3.3.0 wheel, fetched with pip
+    on first use; ``np.float`` -> ``float``, which NumPy 1.24 removed) and ``run_official.py``."""
+    folder = cache / "ytvis_official"
+    if (folder / "run_official.py").exists():
+        return folder
+    wheel_dir = cache / "wheels"
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    if not list(wheel_dir.glob("mmdet-3.3.0-*.whl")):
+        subprocess.run([sys.executable, "-m", "pip", "download", "mmdet==3.3.0", "--no-deps", "-d", str(wheel_dir),
+                        "-q"], check=True)
+    wheel = next(wheel_dir.glob("mmdet-3.3.0-*.whl"))
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheel) as z:
+        for name in ("ytvis.py", "ytviseval.py"):
+            src = z.read(f"mmdet/evaluation/functional/{name}").decode()
+            (folder / name).write_text(re.sub(r"\bnp\.float\b", "float", src))
+    (folder / "run_official.py").write_text(
+        "import json, sys\n"
+        "sys.path.insert(0, sys.argv[4])\n"
+        "from ytvis import YTVIS\n"
+        "from ytviseval import YTVISeval\n"
+        "gt = YTVIS(sys.argv[1])\n"
+        "ev = YTVISeval(gt, gt.loadRes(sys.argv[2]), 'segm')\n"
+        "ev.evaluate(); ev.accumulate(); ev.summarize()\n"
+        "json.dump([float(x) for x in ev.stats], open(sys.argv[3], 'w'))\n")
+    return folder
+
+
+def _process(cmd: list[str], repeat: int) -> tuple[float, float]:
+    """Best wall and best CPU (user + system of the child) seconds of ``repeat`` runs of ``cmd``."""
+    walls, cpus = [], []
+    for _ in range(repeat):
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        w0 = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        walls.append(time.perf_counter() - w0)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
+    return min(walls), min(cpus)
+
+
+def bench_e2e(args) -> None:
+    from avis.evaluation.ytvis_eval import STAT_KEYS
+
+    gt_p, res_p = cached_case(args.e2e_videos, args.seed)
+    print(f"\n== whole process: avis score vs the official evaluator ({args.e2e_videos} videos, results file "
+          f"{res_p.stat().st_size / 1e6:.0f} MB), best of {args.repeat}")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "avis" / "bench_score"
+    official = official_evaluator(cache)
+    out = Path(tempfile.mkdtemp(prefix="avis_bench_e2e_"))
+    env_py = [sys.executable]
+    repo = str(Path(__file__).resolve().parents[1])
+    os.environ["PYTHONPATH"] = repo + os.pathsep + os.environ.get("PYTHONPATH", "")
+    avis_cmd = [*env_py, "-m", "avis", "score", "--gt", str(gt_p), "--results", str(res_p), "--out", str(out / "a.json")]
+    official_cmd = [*env_py, str(official / "run_official.py"), str(gt_p), str(res_p), str(out / "o.json"),
+                    str(official)]
+    subprocess.run(avis_cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # numba's cache
+    timings = {"official evaluator (load + evaluate + accumulate)": _process(official_cmd, args.repeat),
+               "avis score (whole process)": _process(avis_cmd, args.repeat)}
+    ours = json.loads((out / "a.json").read_text())
+    theirs = json.loads((out / "o.json").read_text())
+    assert [ours[k] for k in STAT_KEYS] == theirs, f"avis score differs from the official evaluator:\n{ours}\n{theirs}"
+    print("the 12 numbers are identical:", dict(zip(STAT_KEYS, np.round(theirs, 4).tolist())))
+    _print_timings(timings, "official evaluator (load + evaluate + accumulate)")
+    shutil.rmtree(out, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------------ main
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--videos", type=int, default=300, help="videos of the in-process comparisons (ap, hota)")
+    ap.add_argument("--e2e-videos", type=int, default=100, help="videos of the whole-process comparison")
+    ap.add_argument("--parts", nargs="+", choices=("ap", "hota", "e2e"), default=["ap", "hota", "e2e"])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each process in the e2e part (best taken)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    from importlib.metadata import version
+
+    import numba
+
+    from avis.io.ytvis import load_annotations, load_results
+
+    print(f"python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}, pycocotools "
+          f"{version('pycocotools')}, {platform.machine()}, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f}")
+    if "ap" in args.parts or "hota" in args.parts:
+        gt_p, res_p = cached_case(args.videos, args.seed)
+        # the generated results file (about 1.3 MB per video) may exceed the loader's default 256 MiB JSON limit
+        os.environ.setdefault("AVIS_MAX_JSON_BYTES", str(max(256 << 20, 2 * (gt_p.stat().st_size + res_p.stat().st_size))))
+        gt = load_annotations(gt_p)
+        res = load_results(res_p, gt=gt)
+        print(f"case: {args.videos} videos x {T} frames at {W}x{H}, {len(gt['annotations'])} instances, "
+              f"{len(res)} predictions")
+        if "ap" in args.parts:
+            gc.freeze()  # the inputs of every variant: out of the cyclic GC's walks, as in avis score
+            bench_ap(args, gt, res)
+            gc.unfreeze()
+        del gt, res
+        gc.collect()
+        if "hota" in args.parts:
+            bench_hota(args, gt_p, res_p)
+    if "e2e" in args.parts:
+        bench_e2e(args)
     return 0
 
 

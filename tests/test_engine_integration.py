@@ -51,8 +51,10 @@ def test_rcf_tiny_trains_and_evaluates_from_shards(shards, tmp_path, experiment)
     out = tmp_path / "eval"
     assert avis_cli.main(["eval", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--out", str(out)]) == 0
     summary = json.loads((out / "metrics.json").read_text())
+    from avis.evaluation.hota import HOTA_KEYS
+
     assert set(summary["metrics"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs",
-                                       "ARm", "ARl"}
+                                       "ARm", "ARl", *HOTA_KEYS}  # HOTA beside AP
     gt = json.loads((out / "gt.json").read_text())
     assert summary["timing"]["frames"] == sum(v["length"] for v in gt["videos"]) and summary["timing"]["fps"] > 0
     rows = (out / "samples.csv").read_text().splitlines()

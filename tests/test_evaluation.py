@@ -387,9 +387,10 @@ def test_cli_score_outputs(tmp_path, cli):
             "--samples", tmp_path / "s.csv", "--per-category", "--pr-curves", tmp_path / "pr")
     assert p.returncode == 0, p.stderr
     m = json.loads((tmp_path / "m.json").read_text())
-    assert list(m) == list(STAT_KEYS)
-    expected = evaluate(load_annotations(tmp_path / "gt.json"), load_results(tmp_path / "res.json")).stats
-    assert m == expected and m["AP50"] == pytest.approx(0.5)
+    assert list(m) == [*STAT_KEYS, "per_category"]  # --per-category adds its rows
+    ev = evaluate(load_annotations(tmp_path / "gt.json"), load_results(tmp_path / "res.json"))
+    assert {k: m[k] for k in STAT_KEYS} == ev.stats and m["AP50"] == pytest.approx(0.5)
+    assert m["per_category"] == ev.per_category()
     assert "AP50" in p.stdout and "c2" in p.stdout
     rows = list(csv.DictReader(open(tmp_path / "s.csv")))
     assert [(r["instance_id"], r["score"]) for r in rows] == [("1", "0.9"), ("2", "")]

@@ -157,6 +157,71 @@ def test_each_result_problem_gives_one_clear_message(case):
         assert p in problems[0], (p, problems[0])
 
 
+# the column-at-a-time check that lets a valid results file skip the per-entry validation: it may only say
+# "valid" when the full validation finds nothing
+FAST_EXTRA_CASES = {
+    "float_size": lambda r: r[0]["segmentations"][0].update(size=[float(H), float(W)]),
+    "bool_category": lambda r: r[0].update(category_id=True),
+    "bad_rle_char": lambda r: r[0]["segmentations"][0].update(counts="ab~"),
+    "list_counts": lambda r: r[0]["segmentations"].__setitem__(0, mask_io.to_uncompressed(r[0]["segmentations"][0])),
+    "polygon": lambda r: r[0]["segmentations"].__setitem__(0, [[1, 1, 5, 1, 5, 5]]),
+    "extra_key": lambda r: r[0]["segmentations"][0].update(extra=1),
+    "huge_int_score": lambda r: r[0].update(score=10**400),
+    "huge_video_id": lambda r: r[0].update(video_id=2**64 + 1),
+    "not_unicode_ascii": lambda r: r[0]["segmentations"][0].update(counts="é"),
+    "size_missing": lambda r: r[0]["segmentations"][0].pop("size"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(set(RES_CASES) | set(FAST_EXTRA_CASES)))
+def test_fast_results_check_never_passes_what_validation_refuses(case):
+    r = _results()
+    (RES_CASES[case][0] if case in RES_CASES else FAST_EXTRA_CASES[case])(r)
+    if ytvis.results_certainly_valid(r, _gt()):
+        assert ytvis.validate_results(r, _gt()) == []
+    else:
+        assert case in ("list_counts", "polygon", "extra_key") or ytvis.validate_results(r, _gt()) != []
+
+
+def test_fast_results_path_loads_what_the_full_path_loads(tmp_path, monkeypatch):
+    gtp, rp = tmp_path / "gt.json", tmp_path / "res.json"
+    gtp.write_text(json.dumps(_gt()))
+    r = _results()
+    r[0]["score"] = 1  # an int score becomes a float either way
+    rp.write_text(json.dumps(r))
+    assert ytvis.results_certainly_valid(json.loads(rp.read_text()), _gt())
+    fast = ytvis.load_results(rp, gt=gtp)
+    monkeypatch.setattr(ytvis, "results_certainly_valid", lambda *a, **k: False)
+    full = ytvis.load_results(rp, gt=gtp)
+    assert fast == full and isinstance(fast[0]["score"], float)
+    # what the typed decoder refuses (a polygon, a list-valued extra key) goes the general way, and loads
+    r[0]["segmentations"][0] = [[1, 1, 5, 1, 5, 5]]
+    r[1]["bboxes"] = [[1, 2, 3, 4]]
+    rp.write_text(json.dumps(r))
+    assert ytvis._decode_results_typed(rp.read_bytes()) is None
+    assert ytvis.load_results(rp, gt=gtp)[0]["segmentations"][0]["size"] == [H, W]
+
+
+def test_json_decoding_errors_and_integer_bounds(tmp_path):
+    p = tmp_path / "x.json"
+    for text, msg in [('{"a": [1, 2,\n ]}', "invalid JSON at line 2 column 2"), ("[1] x", "invalid JSON at line 1"),
+                      ('{"a": [1,\n ' + "9" * 5000 + "]}", "an integer longer than 4300 digits \\(5000 digits\\) at "
+                                                             "line 2 column 2"),
+                      ("[NaN, -" + "9" * 4301 + "]", r"\(4301 digits\) at line 1 column 7")]:
+        p.write_text(text)
+        with pytest.raises(InputError, match=msg):
+            ytvis.load_json(p)
+    p.write_bytes(b'["\xff"]')
+    with pytest.raises(InputError, match="not UTF-8"):
+        ytvis.load_json(p)
+    p.write_text('[NaN, 1.5, {"a": null}]')  # Python's parser reads what strict JSON does not, for the validators
+    assert str(ytvis.load_json(p)) == "[nan, 1.5, {'a': None}]"
+    d = _gt()
+    d["annotations"][0]["id"] = 10**30
+    problems = ytvis.validate_annotations(d)
+    assert problems == ["annotations[0]: 'id' must be an integer, got 100000000000... (31 digits, beyond 64 bits)"]
+
+
 def test_results_without_gt_check_structure_and_size_consistency():
     assert _edit_res(lambda r: r[0].update(video_id=5), with_gt=False) == []  # unknowable without the gt
     problems = _edit_res(lambda r: r[0]["segmentations"].__setitem__(1, mask_io.encode(np.zeros((4, 4)))),

@@ -1,5 +1,5 @@
-"""``avis eval``: run a checkpoint online over shards -> results JSON, the 12 YTVIS metrics, per-instance IoU
-samples and timing.
+"""``avis eval``: run a checkpoint online over shards -> results JSON, the 12 YTVIS metrics and HOTA,
+per-instance IoU samples and timing.
 
     avis eval --checkpoint runs/av/checkpoints/last.pt --shards 'shards/val-*.tar' --out runs/av/eval
     avis eval --checkpoint CKPT --out DIR data.test_size=480        # overrides of the checkpoint's config

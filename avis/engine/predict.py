@@ -142,17 +142,17 @@ def predict_videos(model, videos, categories: list[dict], device, *, short: int 
 
 
 def score(gt: dict, results: list[dict]) -> tuple[dict, list[dict]]:
-    """The 12 YTVIS numbers and the per-instance IoU samples (each ground-truth instance's greedy match),
-    through the scorer of :mod:`avis.evaluation`."""
+    """The 12 YTVIS numbers and HOTA (DetA, AssA, LocA, ... as ``avis score --metrics ytvis hota``) and the
+    per-instance IoU samples (each ground-truth instance's greedy match), through :mod:`avis.evaluation`."""
     from avis.evaluation.samples import samples_from_entries
-    from avis.evaluation.ytvis_eval import evaluate
+    from avis.evaluation.score import compute
 
-    ev = evaluate(gt, results)
-    return dict(ev.stats), samples_from_entries(ev.entries, 0.0)
+    numbers, ev, _ = compute(gt, results, ("ytvis", "hota"))
+    return numbers, samples_from_entries(ev.entries, 0.0)
 
 
 def write_evaluation(out_dir: str | Path, pred: dict, gt: dict | None = None, extra: dict | None = None) -> dict:
-    """results.json, gt.json (when the GT came from the shards), metrics.json (12 numbers + timing)."""
+    """results.json, gt.json (when the GT came from the shards), metrics.json (AP/AR, HOTA + timing)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_json(pred["results"], out_dir / "results.json")

@@ -27,6 +27,28 @@ except ImportError:  # pragma: no cover - numba comes with librosa
 _U = np.uint64  # array indices known to be >= 0
 
 
+def skip_blas_probe() -> None:
+    """Let numba initialise its CPU target without importing SciPy.
+
+    The first kernel call of a process (compiled or loaded from the cache) initialises numba's target, whose
+    ``numba.np.arraymath`` probes for BLAS by importing ``scipy.linalg`` (with NumPy's f2py and more: about
+    0.3 s of CPU, as much as decoding every mask of a 100-video case). These kernels use no BLAS. For a process
+    that only scores (``avis score``), the probe is answered "no BLAS", so numba's ``np.dot`` & co. are
+    unavailable to numba functions compiled later in it. Does nothing once numba's target or SciPy's linalg is
+    loaded."""
+    import sys
+
+    if not AVAILABLE or "numba.np.arraymath" in sys.modules or "scipy.linalg" in sys.modules:
+        return
+    sys.modules["scipy.linalg.cython_blas"] = None  # `import` of it raises ImportError at once
+    try:
+        import numba.np.arraymath  # noqa: F401  (runs the probe)
+    except Exception:  # noqa: BLE001 - an optimisation only: numba then probes on first use as usual
+        pass
+    finally:
+        del sys.modules["scipy.linalg.cython_blas"]
+
+
 def _jit(f):
     """numba-compile ``f``, cached on disk when some cache folder is writable (else compiled per process)."""
     if not AVAILABLE:  # pragma: no cover

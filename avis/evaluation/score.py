@@ -1,25 +1,26 @@
-"""``avis score``: YouTube-VIS metrics of a results JSON against ground truth.
+"""``avis score``: metrics of a results JSON against ground truth.
 
-Prints the 12 official numbers; ``--out`` writes them as JSON (fractions in [0, 1], -1 where undefined),
-``--samples`` the per-instance IoU samples (CSV), ``--per-category`` a per-category table, ``--pr-curves`` one
-precision/recall PNG per category plus the overall curve.
+``--metrics`` picks any of ``ytvis`` (the 12 YouTube-VIS numbers, the default), ``hota`` (HOTA, DetA, AssA,
+DetRe, DetPr, AssRe, AssPr, LocA, ... as TrackEval computes them) and ``fsla`` (AVISeg's frame-level sound
+localisation accuracy, needs ``sounding`` flags in the ground truth); all go to one table and, with ``--out``,
+one JSON (fractions in [0, 1], -1 where undefined). ``--samples`` writes the per-instance IoU samples (CSV),
+``--per-category`` a per-category table, ``--pr-curves`` one precision/recall PNG per category plus the
+overall curve.
+
+The scorers (numba kernels) are imported when the command runs, not when ``avis`` builds its parser.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 from pathlib import Path
 
-import numpy as np
-
 from avis.errors import ConfigError
-from avis.evaluation.samples import samples_from_entries, write_samples_csv
-from avis.evaluation.ytvis_eval import AREA_LBL, IOU_THRS, REC_THRS, STAT_KEYS, Evaluation, evaluate
-from avis.io.atomic import atomic_open
-from avis.io.ytvis import load_annotations, load_results, save_json
 
+METRICS = ("ytvis", "hota", "fsla")
 _LABELS = {
     "AP": "AP  @[IoU=0.50:0.95 | area=   all | maxDets=100]",
     "AP50": "AP  @[IoU=0.50      | area=   all | maxDets=100]",
@@ -34,41 +35,77 @@ _LABELS = {
     "ARm": "AR  @[IoU=0.50:0.95 | area=medium | maxDets=100]",
     "ARl": "AR  @[IoU=0.50:0.95 | area= large | maxDets=100]",
 }
+_HOTA_LABELS = {k: f"{k:<5} @[alpha=0.05:0.95 | class-averaged ]" for k in
+                ("HOTA", "DetA", "AssA", "DetRe", "DetPr", "AssRe", "AssPr", "LocA", "OWTA")}
+_HOTA_LABELS.update({"HOTA(0)": "HOTA  @[alpha=0.05      | class-averaged ]",
+                     "LocA(0)": "LocA  @[alpha=0.05      | class-averaged ]",
+                     "HOTALocA(0)": "HOTA x LocA @[alpha=0.05 | class-avg.]"})
+_FSLA_LABELS = {"FSLA": "FSLA  @[alpha=0.05:0.95 | all frames     ]",
+                "FSLAn": "FSLA  @[alpha=0.05:0.95 | no sound source]",
+                "FSLAs": "FSLA  @[alpha=0.05:0.95 | one source     ]",
+                "FSLAm": "FSLA  @[alpha=0.05:0.95 | several sources]"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gt", required=True, help="ground-truth annotations (YouTube-VIS JSON)")
     parser.add_argument("--results", required=True, help="predictions (YouTube-VIS results JSON)")
-    parser.add_argument("--out", help="write the 12 numbers here as JSON")
+    parser.add_argument("--metrics", nargs="+", choices=METRICS, default=["ytvis"], metavar="M",
+                        help="any of: ytvis (AP/AR, default), hota (HOTA, DetA, AssA, LocA, ... as TrackEval), "
+                             "fsla (AVISeg's frame-level sound localisation accuracy; needs 'sounding' flags)")
+    parser.add_argument("--out", help="write the requested numbers here as one JSON")
+    parser.add_argument("--score-threshold", type=float, default=None, metavar="T",
+                        help="score only the predictions with score > T (AVISM writes only those above 0.3; "
+                             "default: all)")
     parser.add_argument("--samples", help="write one CSV row per ground-truth instance: video_id, category_id, "
                         "instance_id, iou and score of its greedy match (empty when none)")
     parser.add_argument("--samples-iou", type=float, default=0.0, metavar="THR",
                         help="minimum IoU for a match in --samples (default 0: best greedy overlap)")
-    parser.add_argument("--per-category", action="store_true", help="print AP / AP50 / AP75 / AR100 per category")
+    parser.add_argument("--per-category", action="store_true",
+                        help="print AP / AP50 / AP75 / AR100 (ytvis) and HOTA / DetA / AssA / LocA (hota) per "
+                             "category; with --out they go to the JSON's 'per_category'")
     parser.add_argument("--pr-curves", metavar="DIR", help="write precision/recall PNGs (overall + per category)")
     parser.add_argument("--workers", type=int, default=1, help="processes over videos (default 1)")
 
 
 def format_table(stats: dict[str, float]) -> str:
-    return "\n".join(f"{_LABELS[k]} = {stats[k]:.3f}   {k}" for k in STAT_KEYS)
+    """The requested numbers, one line each, in the official layout (ytvis first, then HOTA, then FSLA)."""
+    labels = {**_LABELS, **_HOTA_LABELS, **_FSLA_LABELS}
+    return "\n".join(f"{labels[k]} = {stats[k]:.3f}   {k}" for k in labels if k in stats)
 
 
-def format_per_category(ev: Evaluation) -> str:
-    rows = ev.per_category()
+def per_category_rows(ev=None, hota_ev=None) -> list[dict]:
+    """One row per category: AP, AP50, AP75, AR100 and instances (from the YouTube-VIS evaluation ``ev``) and
+    HOTA, DetA, AssA, LocA (from ``hota_ev``), as available."""
+    rows: dict[int, dict] = {}
+    for r in ev.per_category() if ev is not None else []:
+        rows[r["category_id"]] = dict(r)
+    for r in hota_ev.per_category_rows() if hota_ev is not None else []:
+        rows.setdefault(r["category_id"], {}).update(r)
+    return [rows[c] for c in sorted(rows)]
+
+
+def format_per_category(rows: list[dict]) -> str:
+    keys = [k for k in ("AP", "AP50", "AP75", "AR100", "HOTA", "DetA", "AssA", "LocA") if rows and k in rows[0]]
     w = max([len(r["name"]) for r in rows] + [8])
-    lines = [f"{'category':<{w}}  {'id':>4}  {'inst':>5}  {'AP':>6}  {'AP50':>6}  {'AP75':>6}  {'AR100':>6}   (in %)"]
+    inst = bool(rows) and "instances" in rows[0]
+    head = f"{'category':<{w}}  {'id':>4}" + (f"  {'inst':>5}" if inst else "")
+    lines = [head + "".join(f"  {k:>6}" for k in keys) + "   (in %)"]
     for r in rows:
-        vals = "  ".join(f"{r[k] * 100:6.1f}" if r[k] >= 0 else f"{'-':>6}" for k in ("AP", "AP50", "AP75", "AR100"))
-        lines.append(f"{r['name']:<{w}}  {r['category_id']:>4}  {r['instances']:>5}  {vals}")
+        vals = "".join(f"  {r[k] * 100:6.1f}" if r[k] >= 0 else f"  {'-':>6}" for k in keys)
+        lines.append(f"{r['name']:<{w}}  {r['category_id']:>4}" + (f"  {r['instances']:>5}" if inst else "") + vals)
     return "\n".join(lines)
 
 
-def write_pr_curves(ev: Evaluation, out_dir: str | os.PathLike) -> list[Path]:
+def write_pr_curves(ev, out_dir: str | os.PathLike) -> list[Path]:
     """Precision vs recall at IoU 0.50 / 0.75 / mean over thresholds (area all, 100 detections)."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from avis.evaluation.ytvis_eval import AREA_LBL, IOU_THRS, REC_THRS
+    from avis.io.atomic import atomic_open
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -96,19 +133,71 @@ def write_pr_curves(ev: Evaluation, out_dir: str | os.PathLike) -> list[Path]:
     return paths
 
 
+def compute(gt: dict, results: list[dict], metrics=("ytvis",), workers: int = 1, progress: bool = False,
+            gt_path=None, results_path=None):
+    """The requested metrics: ``(numbers, ytvis Evaluation or None, HotaEvaluation or None)``; ``numbers`` has
+    the 12 YouTube-VIS keys, :data:`avis.evaluation.hota.HOTA_KEYS` and the FSLA keys, as requested."""
+    numbers: dict = {}
+    ev = hota_ev = None
+    if "ytvis" in metrics:
+        from avis.evaluation.ytvis_eval import evaluate
+
+        ev = evaluate(gt, results, workers=workers, progress=progress,
+                      path=None if results_path is None else os.fspath(results_path))
+        numbers.update({k: (v if math.isfinite(v) else -1.0) for k, v in ev.stats.items()})
+    if "hota" in metrics or "fsla" in metrics:
+        from avis.evaluation.hota import evaluate_tracking
+
+        hota_ev, fsla = evaluate_tracking(gt, results, hota="hota" in metrics, fsla="fsla" in metrics,
+                                          workers=workers, progress=progress, gt_path=gt_path)
+        if hota_ev is not None:
+            numbers.update(hota_ev.stats)
+        if fsla is not None:
+            numbers.update(fsla)
+    return numbers, ev, hota_ev
+
+
 def run(args: argparse.Namespace) -> int:
+    from avis.io.ytvis import load_annotations, load_results, save_json
+
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
+    metrics = [m for m in METRICS if m in args.metrics]
+    if (args.samples or args.pr_curves) and "ytvis" not in metrics:
+        raise ConfigError("--samples and --pr-curves need the ytvis metrics (add 'ytvis' to --metrics)")
+    if args.score_threshold is not None and not math.isfinite(args.score_threshold):
+        raise ConfigError("--score-threshold must be a finite number")
     gt = load_annotations(args.gt)
+    if "fsla" in metrics:
+        from avis.evaluation.hota import check_sounding
+
+        check_sounding(gt, args.gt)  # before reading a large results file
     results = load_results(args.results, gt=gt)  # unknown videos / categories, frame counts: the file's error
-    ev = evaluate(gt, results, workers=args.workers, progress=True, path=os.fspath(args.results))
-    print(format_table(ev.stats))
-    if args.per_category:
+    if args.score_threshold is not None:
+        results = [r for r in results if r["score"] > args.score_threshold]
+    # the loaded files live until the process ends: their millions of objects stay out of the cyclic
+    # collector's walks, which would otherwise cost more than the scoring (JSON data makes no cycles)
+    gc.freeze()
+    from avis.evaluation.rle_kernels import skip_blas_probe
+
+    skip_blas_probe()  # this process only scores: no SciPy import for numba's BLAS probe
+    numbers, ev, hota_ev = compute(gt, results, metrics, workers=args.workers, progress=True, gt_path=args.gt,
+                                   results_path=args.results)
+    print(format_table(numbers))
+    rows = per_category_rows(ev, hota_ev) if args.per_category else None
+    if rows is not None:
         print()
-        print(format_per_category(ev))
+        print(format_per_category(rows))
     if args.out:
-        save_json({k: (v if math.isfinite(v) else -1.0) for k, v in ev.stats.items()}, args.out, indent=2)
+        out = dict(numbers)
+        if hota_ev is not None:
+            out["HOTA_alpha"] = hota_ev.curves()
+        if rows is not None:
+            out["per_category"] = rows
+        save_json(out, args.out, indent=2)
     if args.samples:
+        from avis.evaluation.samples import samples_from_entries, write_samples_csv
+
         write_samples_csv(samples_from_entries(ev.entries, args.samples_iou), args.samples)
     if args.pr_curves:
         write_pr_curves(ev, args.pr_curves)

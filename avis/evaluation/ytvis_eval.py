@@ -299,6 +299,34 @@ def _frame_index(seqs: list[list]):
     return index, lengths, masks
 
 
+def decode_video_masks(video_id, shape, masks: list, n_gt_masks: int, need=None) -> RleTable:
+    """Every mask of a video (``masks``: RLE dicts, the ``n_gt_masks`` ground-truth masks first) decoded in one
+    compiled call (see :class:`RleTable`; ``need``: which masks keep their intervals, default all), after
+    checking that each is a compressed RLE of the video's ``shape`` (height, width) covering all its pixels."""
+    not_rle = f"video {video_id}: a mask's RLE counts are not a compressed RLE string"
+    try:
+        counts = list(map(itemgetter("counts"), masks))
+    except (KeyError, TypeError):
+        raise InputError(not_rle) from None
+    if shape is not None:
+        try:
+            ok = list(map(itemgetter("size"), masks)).count(list(shape)) == len(masks)
+        except (KeyError, TypeError):
+            raise InputError(f"video {video_id}: a mask has no size") from None
+        if not ok:
+            if msg := _size_error(masks[:n_gt_masks], shape):
+                raise InputError(msg)
+            if msg := _size_error(masks[n_gt_masks:], shape):
+                raise InputError(f"video {video_id}: predictions: {msg}")
+    try:
+        table = RleTable(counts, need, reuse=True)
+    except (UnicodeEncodeError, TypeError):
+        raise InputError(not_rle) from None
+    if shape is not None and len(table.totals) and (table.totals != shape[0] * shape[1]).any():
+        raise InputError(f"video {video_id}: an RLE does not cover {shape[0]}x{shape[1]} pixels")
+    return table
+
+
 def _evaluate_video_compiled(task) -> list[VideoCategoryEval]:
     """:func:`_evaluate_video` with the numba kernels: every mask string of the video decoded in one call, then
     one call for the IoU blocks and the matching of all categories; per category, the entries are views."""
@@ -316,30 +344,10 @@ def _evaluate_video_compiled(task) -> list[VideoCategoryEval]:
     index, lengths, masks = _frame_index([g["segmentations"] for g in gts] + [r["segmentations"] for _, r in dts])
     g_idx, d_idx = index[:G], index[G:]  # rows of the decoded table: ground-truth masks first
     n_gm = int((g_idx >= 0).sum())
-    not_rle = f"video {video_id}: a mask's RLE counts are not a compressed RLE string"
-    try:
-        counts = list(map(itemgetter("counts"), masks))
-    except (KeyError, TypeError):
-        raise InputError(not_rle) from None
-    if shape is not None:
-        try:
-            ok = list(map(itemgetter("size"), masks)).count(list(shape)) == len(masks)
-        except (KeyError, TypeError):
-            raise InputError(f"video {video_id}: a mask has no size") from None
-        if not ok:
-            if msg := _size_error(masks[:n_gm], shape):
-                raise InputError(msg)
-            if msg := _size_error(masks[n_gm:], shape):
-                raise InputError(f"video {video_id}: predictions: {msg}")
     # intervals only for ground truth and detections of a category that has ground truth here
     d_need = np.repeat(np.array(n_gc) > 0, n_dc)
     need = np.concatenate([np.ones(n_gm, np.bool_), np.repeat(d_need, (d_idx >= 0).sum(1))])
-    try:
-        table = RleTable(counts, need, reuse=True)
-    except (UnicodeEncodeError, TypeError):
-        raise InputError(not_rle) from None
-    if shape is not None and len(table.totals) and (table.totals != shape[0] * shape[1]).any():
-        raise InputError(f"video {video_id}: an RLE does not cover {shape[0]}x{shape[1]} pixels")
+    table = decode_video_masks(video_id, shape, masks, n_gm, need)
     # average area over non-empty frames (the official ``if a`` filter)
     dt_out = _dt_out_of_range(np.append(table.areas, 0)[d_idx])  # -1 (absent) reads the appended 0
     gt_ids, gt_crowd, gt_ignore = _gt_arrays(gts)
@@ -594,35 +602,43 @@ def summarize(precision: np.ndarray, recall: np.ndarray) -> dict[str, float]:
 _TASKS = None
 
 
-def _evaluate_task_index(i: int) -> list[VideoCategoryEval]:
-    return _evaluate_video(_TASKS[i])
+def _run_task_index(i: int):
+    fn, tasks = _TASKS
+    return fn(tasks[i])
+
+
+def map_videos(fn, tasks: list, workers: int = 1, progress: bool = False, desc: str = "score") -> list:
+    """``[fn(task) for task in tasks]``, in ``workers`` forked processes when more than one (each task a
+    video); a progress bar when ``progress``."""
+    workers = max(1, min(workers, os.cpu_count() or 1, len(tasks) or 1))
+    bar = tqdm(total=len(tasks), desc=desc, unit="video", disable=not progress)
+    out = []
+    if workers == 1:
+        for task in tasks:
+            out.append(fn(task))
+            bar.update()
+    else:
+        # fork: the workers inherit the grouped inputs instead of receiving them pickled
+        global _TASKS
+        _TASKS = (fn, tasks)
+        try:
+            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                chunk = max(1, len(tasks) // (4 * workers))
+                for res in pool.map(_run_task_index, range(len(tasks)), chunksize=chunk):
+                    out.append(res)
+                    bar.update()
+        finally:
+            _TASKS = None
+    bar.close()
+    return out
 
 
 def match_all(gt: dict, results: list[dict], workers: int = 1, progress: bool = False,
               path: str | None = None):
     """Per-(video, category) matchings in video-id order (parallel over videos when ``workers`` > 1)."""
     vid_ids, cat_ids, tasks = group_inputs(gt, results, path)
-    workers = max(1, min(workers, os.cpu_count() or 1, len(tasks) or 1))
-    bar = tqdm(total=len(tasks), desc="score", unit="video", disable=not progress)
-    entries: list[VideoCategoryEval] = []
-    if workers == 1:
-        for task in tasks:
-            entries.extend(_evaluate_video(task))
-            bar.update()
-    else:
-        # fork: the workers inherit the grouped inputs instead of receiving them pickled
-        global _TASKS
-        _TASKS = tasks
-        try:
-            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-                chunk = max(1, len(tasks) // (4 * workers))
-                for res in pool.map(_evaluate_task_index, range(len(tasks)), chunksize=chunk):
-                    entries.extend(res)
-                    bar.update()
-        finally:
-            _TASKS = None
-    bar.close()
+    entries = [e for video in map_videos(_evaluate_video, tasks, workers, progress) for e in video]
     return vid_ids, cat_ids, entries
 
 

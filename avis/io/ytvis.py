@@ -5,7 +5,8 @@ Formats (JSON Schemas in ``annotations/schemas/``, protocol in ``docs/evaluation
 * annotations: ``{"videos": [...], "annotations": [...], "categories": [...]}``; a video has ``id, width,
   height, length, file_names`` and optionally the builder extensions ``fps`` / ``frame_times`` /
   ``video_file`` / ``audio_file``; an annotation has ``id, video_id, category_id, iscrowd,
-  segmentations [T], bboxes [T], areas [T]`` with ``None`` where the instance is absent.
+  segmentations [T], bboxes [T], areas [T]`` with ``None`` where the instance is absent, and optionally
+  ``sounding [T]`` (booleans: is the instance sounding in the frame; FSLA needs it).
 * results: a list of ``{"video_id", "category_id", "score", "segmentations": [T RLE or None]}``.
 
 :func:`validate_annotations` / :func:`validate_results` return one message per problem, each naming the
@@ -18,11 +19,17 @@ counts; annotations also get ``areas`` and ``bboxes`` filled in where missing, `
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import re
 from collections.abc import Iterable
+from contextlib import contextmanager
+from functools import lru_cache
+from itertools import chain, repeat
+from operator import itemgetter
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, TypedDict
 
 from avis.errors import InputError
 from avis.io import masks as mask_io
@@ -39,10 +46,18 @@ _RLE_CHARS = re.compile(r"[0-o]*")
 
 
 def load_json(path: str | os.PathLike):
-    """Read a JSON file; any problem becomes an :class:`InputError` naming the file."""
-    import json
+    """Read a JSON file; any problem becomes an :class:`InputError` naming the file.
 
+    msgspec decodes it (several times faster than ``json`` on large files); what it refuses (``NaN``, a stray
+    byte) goes through Python's parser, whose messages give the line and column and which reads ``NaN`` for the
+    validators to name. An integer with more digits than Python converts (4300) is refused with its place in
+    the file (a 5000-digit id used to crash every command); the validators bound ids and sizes to 64 bits."""
     path = Path(path)
+    return decode_json(_read_bytes(path), path)
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, refused (naming it) beyond :func:`max_json_bytes`."""
     try:
         size = path.stat().st_size
     except OSError as e:
@@ -54,16 +69,74 @@ def load_json(path: str | os.PathLike):
     from avis.io.files import open_regular
 
     try:
-        with open_regular(path, "r", encoding="utf-8") as f:
-            return json.load(f)
+        with open_regular(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror}", path) from None
+
+
+@contextmanager
+def _gc_paused():
+    """Decoding a large file creates millions of containers, and the cyclic garbage collector would walk them
+    again and again (3x the decoding time) although JSON cannot make cycles."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class _IntTooLong(Exception):
+    pass
+
+
+_INT_DIGITS = 4300  # Python's limit for int(str), which both parsers apply
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits) > _INT_DIGITS:  # refused here, before any conversion
+        raise _IntTooLong
+    return int(digits)
+
+
+def _long_int_where(data: bytes) -> str:
+    """' at line L column C' of the first number token longer than Python reads (or '' if none is found)."""
+    m = re.search(rb'(?<![\w".+-])-?\d{%d,}(?![\w".])' % (_INT_DIGITS + 1), data)
+    if m is None:
+        return ""
+    start = m.start()
+    line, column = data.count(b"\n", 0, start) + 1, start - data.rfind(b"\n", 0, start)
+    return f" ({len(m.group().lstrip(b'-'))} digits) at line {line} column {column}"
+
+
+def decode_json(data: bytes, path=None):
+    """JSON ``data`` -> Python objects (see :func:`load_json`); problems are :class:`InputError` naming ``path``."""
+    import msgspec
+
+    try:
+        with _gc_paused():
+            return msgspec.json.decode(data)
+    except RecursionError:
+        raise InputError("JSON nested too deeply", path) from None
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        # not strict JSON, or a number out of msgspec's range: Python's parser says where, reads NaN / Infinity
+        # / 1e400 (for the validators to name) and refuses an over-long integer before converting it
+        pass
+    import json
+
+    try:
+        with _gc_paused():
+            return json.loads(data.decode("utf-8"), parse_int=_bounded_int)
     except UnicodeDecodeError:
         raise InputError("not UTF-8 text", path) from None
     except json.JSONDecodeError as e:
         raise InputError(f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}", path) from None
+    except _IntTooLong:
+        raise InputError(f"an integer longer than {_INT_DIGITS} digits{_long_int_where(data)}", path) from None
     except RecursionError:
         raise InputError("JSON nested too deeply", path) from None
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror}", path) from None
 
 
 def max_json_bytes() -> int:
@@ -85,12 +158,28 @@ def save_json(obj, path: str | os.PathLike, indent: int | None = None) -> None:
 
 
 # --------------------------------------------------------------------------------------------- validation
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+
+
 def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+    """An integer of 64 bits (ids, sizes and counts become numpy int64 arrays downstream)."""
+    return isinstance(x, int) and not isinstance(x, bool) and _I64_MIN <= x <= _I64_MAX
+
+
+def _show(x) -> str:
+    """``repr(x)`` for a message, short: an integer beyond 64 bits by its first digits and length, anything
+    else cut at 60 characters."""
+    if isinstance(x, int) and not isinstance(x, bool) and not _I64_MIN <= x <= _I64_MAX:
+        digits = str(abs(x))
+        return f"{'-' if x < 0 else ''}{digits[:12]}... ({len(digits)} digits, beyond 64 bits)"
+    r = repr(x)
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
 def _is_finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    if isinstance(x, int) and not isinstance(x, bool):
+        return -1e308 < x < 1e308  # an integer too large for a float is not a usable number either
+    return isinstance(x, float) and math.isfinite(x)
 
 
 def _where(video=None, ann=None, frame=None, result=None) -> str:
@@ -135,7 +224,7 @@ def check_segmentation(seg, height: int | None, width: int | None) -> str | None
             return "RLE needs 'size' and 'counts'"
         size = seg["size"]
         if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v >= 0 for v in size)):
-            return f"RLE size must be [height, width] (two non-negative integers), got {size!r}"
+            return f"RLE size must be [height, width] (two non-negative integers), got {_show(size)}"
         if height is not None and width is not None and size != [height, width]:
             return f"RLE size {size} does not match the video's [height, width] [{height}, {width}]"
         counts = seg["counts"]
@@ -169,7 +258,7 @@ def _video_length(v: dict, where: str, problems: list[str]) -> int | None:
         if _is_int(v["length"]) and v["length"] >= 0:
             counts["length"] = v["length"]
         else:
-            problems.append(f"{where}: 'length' must be a non-negative integer, got {v['length']!r}")
+            problems.append(f"{where}: 'length' must be a non-negative integer, got {_show(v['length'])}")
     if "file_names" in v:
         fn = v["file_names"]
         if isinstance(fn, list) and all(isinstance(f, str) for f in fn):
@@ -207,7 +296,7 @@ def _id_problem(section: str, i: int, entry: dict) -> str | None:
     if _is_int(entry.get("id")):
         return None
     if "id" in entry:
-        return f"{section}[{i}]: 'id' must be an integer, got {entry['id']!r}"
+        return f"{section}[{i}]: 'id' must be an integer, got {_show(entry['id'])}"
     return f"{section}[{i}]: missing 'id'"
 
 
@@ -229,14 +318,14 @@ def _check_video(i: int, v, ids: set, problems: list[str]) -> tuple[object, dict
         if key not in v:
             problems.append(f"{where}: missing '{key}'")
         elif not (_is_int(v[key]) and v[key] > 0):
-            problems.append(f"{where}: '{key}' must be a positive integer, got {v[key]!r}")
+            problems.append(f"{where}: '{key}' must be a positive integer, got {_show(v[key])}")
         elif v[key] > MAX_SIDE:
             problems.append(f"{where}: '{key}' {v[key]} is beyond the {MAX_SIDE} pixel limit")
         else:
             info[key] = v[key]
     info["length"] = _video_length(v, where, problems)
     if "fps" in v and not (_is_finite(v["fps"]) and v["fps"] > 0):
-        problems.append(f"{where}: 'fps' must be a positive number, got {v['fps']!r}")
+        problems.append(f"{where}: 'fps' must be a positive number, got {_show(v['fps'])}")
     for key in ("video_file", "audio_file"):
         if key in v and (msg := check_relpath(v[key])):
             problems.append(f"{where}: '{key}' {msg}")
@@ -263,12 +352,16 @@ def _check_per_frame_list(a: dict, key: str, item: str, T: int | None, where: st
         return
     for t, x in enumerate(xs):
         if x is not None and not item_ok(x):
-            problems.append(f"{where} frame {t}: {item} must be {item_desc}, got {x!r}")
+            problems.append(f"{where} frame {t}: {item} must be {item_desc}, got {_show(x)}")
             break  # one message per list is enough to find the writer's bug
 
 
 def _bbox_ok(b) -> bool:
     return isinstance(b, list) and len(b) == 4 and all(_is_finite(c) for c in b) and b[2] >= 0 and b[3] >= 0
+
+
+def _flag_ok(x) -> bool:
+    return isinstance(x, bool)
 
 
 def _area_ok(x) -> bool:
@@ -313,7 +406,7 @@ def _categories(cats: list, problems: list[str]) -> set:
             problems.append(f"category {cid}: duplicate category id")
         ids.add(cid)
         if not isinstance(c.get("name"), str):
-            problems.append(f"category {cid}: 'name' must be a string, got {c.get('name')!r}")
+            problems.append(f"category {cid}: 'name' must be a string, got {_show(c.get('name'))}")
     return ids
 
 
@@ -347,17 +440,17 @@ def validate_annotations(data) -> list[str]:
             continue
         if not _is_int(vid) or vid not in videos:
             what = "unknown video_id" if _is_int(vid) else "'video_id' must be an integer, got"
-            problems.append(f"annotation {aid}: {what} {vid!r}")
+            problems.append(f"annotation {aid}: {what} {_show(vid)}")
             continue
         where = _where(video=vid, ann=aid)
         if "category_id" not in a:
             problems.append(f"{where}: missing 'category_id'")
         elif not _is_int(a["category_id"]):
-            problems.append(f"{where}: 'category_id' must be an integer, got {a['category_id']!r}")
+            problems.append(f"{where}: 'category_id' must be an integer, got {_show(a['category_id'])}")
         elif a["category_id"] not in cat_ids:
             problems.append(f"{where}: unknown category_id {a['category_id']}")
         if "iscrowd" in a and not (_is_int(a["iscrowd"]) and a["iscrowd"] in (0, 1)):
-            problems.append(f"{where}: 'iscrowd' must be 0 or 1, got {a['iscrowd']!r}")
+            problems.append(f"{where}: 'iscrowd' must be 0 or 1, got {_show(a['iscrowd'])}")
         info = videos[vid]
         T, h, w = info["length"], info["height"], info["width"]
         if "segmentations" not in a:
@@ -367,6 +460,7 @@ def validate_annotations(data) -> list[str]:
                                  lambda t, vid=vid, aid=aid: _where(video=vid, ann=aid, frame=t), problems, where)
         _check_per_frame_list(a, "areas", "area", T, where, problems, _area_ok, "a non-negative number or null")
         _check_per_frame_list(a, "bboxes", "bbox", T, where, problems, _bbox_ok, "[x, y, w, h] (finite, w, h >= 0) or null")
+        _check_per_frame_list(a, "sounding", "sounding flag", T, where, problems, _flag_ok, "true, false or null")
     return problems
 
 
@@ -409,7 +503,7 @@ def validate_results(results, gt: dict | None = None) -> list[str]:
         h = w = T = None
         if "video_id" in r:
             if not _is_int(vid):
-                problems.append(f"result {i}: 'video_id' must be an integer, got {vid!r}")
+                problems.append(f"result {i}: 'video_id' must be an integer, got {_show(vid)}")
                 vid = None
             elif videos is not None:
                 if vid not in videos:
@@ -420,11 +514,11 @@ def validate_results(results, gt: dict | None = None) -> list[str]:
         if "category_id" in r:
             c = r["category_id"]
             if not _is_int(c):
-                problems.append(f"{where}: 'category_id' must be an integer, got {c!r}")
+                problems.append(f"{where}: 'category_id' must be an integer, got {_show(c)}")
             elif cats is not None and c not in cats:
                 problems.append(f"{where}: unknown category_id {c}")
         if "score" in r and not _is_finite(r["score"]):
-            problems.append(f"{where}: 'score' must be a finite number, got {r['score']!r}")
+            problems.append(f"{where}: 'score' must be a finite number, got {_show(r['score'])}")
         if "segmentations" in r:
             segs = r["segmentations"]
             _check_segmentations(segs, T, h, w, lambda t, i=i, vid=vid: _where(result=i, video=vid, frame=t),
@@ -435,6 +529,87 @@ def validate_results(results, gt: dict | None = None) -> list[str]:
                 if len(sizes) > 1:
                     problems.append(f"{where}: RLE sizes differ between frames: {sorted(sizes)}")
     return problems
+
+
+_RLE_BYTES = bytes(range(48, 112))  # '0'..'o', the characters of a compressed RLE string
+
+
+class _Rle(TypedDict):
+    size: list[int]
+    counts: str
+
+
+@lru_cache(maxsize=1)
+def _results_decoder():
+    """msgspec decoder of the common results file: a list of objects whose values are scalars, objects, or
+    lists of (null or ``{size: [int], counts: str}``); it checks these types while decoding (RLE keys beyond
+    ``size`` / ``counts`` are dropped, as normalisation does)."""
+    import msgspec
+
+    return msgspec.json.Decoder(list[dict[str, None | bool | int | float | str | list[_Rle | None] | dict[str, Any]]])
+
+
+def _decode_results_typed(data: bytes):
+    """``data`` decoded by :func:`_results_decoder`, or ``None`` when it is anything else (then the general path
+    decodes it and the full validation names its problems)."""
+    import msgspec
+
+    try:
+        with _gc_paused():
+            return _results_decoder().decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return None
+
+
+def results_certainly_valid(results, gt: dict, typed: bool = False) -> bool:
+    """Whether :func:`validate_results` (with ``gt``) would find nothing, decided a column at a time: entries
+    are objects with integer ids of the ground truth's videos and categories, a finite score, one mask per frame
+    of the video, each null or a compressed RLE (``counts`` a string of pycocotools' characters, ``size`` the
+    video's, and no other keys). ``False`` means "not certain": the full validation then names the problems
+    (polygons and uncompressed RLE, which are valid, also take that path). ``typed``: ``results`` come from
+    :func:`_decode_results_typed`, which already checked the masks' types and keys."""
+    if not isinstance(results, list):
+        return False
+    with _gc_paused():
+        return _certainly_valid(results, gt, typed)
+
+
+def _certainly_valid(results: list, gt: dict, typed: bool) -> bool:
+    videos, cats = _gt_index(gt)
+    try:
+        if set(map(type, results)) - {dict}:
+            return False
+        vids = [r["video_id"] for r in results]
+        cids = [r["category_id"] for r in results]
+        scores = [r["score"] for r in results]
+        segs = [r["segmentations"] for r in results]
+        if (set(map(type, vids)) - {int} or set(map(type, cids)) - {int} or set(map(type, segs)) - {list}
+                or set(map(type, scores)) - {float, int}):
+            return False
+        if not (set(vids) <= videos.keys() and set(cids) <= cats):  # known ids are 64-bit ids
+            return False
+        if not all(-1e308 < x < 1e308 for x in scores):  # finite, and ints that fit a float (NaN compares False)
+            return False
+        shape = [videos[v] for v in vids]
+        if list(map(len, segs)) != [n for _, _, n in shape]:
+            return False
+        flat = list(chain.from_iterable(segs))
+        masks = [m for m in flat if m is not None]
+        if not typed and (set(map(type, masks)) - {dict} or set(map(len, masks)) - {2}):
+            return False
+        sizes = list(map(itemgetter("size"), masks))
+        counts = list(map(itemgetter("counts"), masks))
+    except (KeyError, TypeError):
+        return False
+    present = [len(s) - s.count(None) for s in segs]
+    if sizes != list(chain.from_iterable(repeat([h, w], k) for (h, w, _), k in zip(shape, present))):
+        return False
+    if not typed and (set(map(type, chain.from_iterable(sizes))) - {int} or set(map(type, counts)) - {str}):
+        return False  # (an equal [720.0, 1280.0] or [True, ...] is not a size)
+    try:
+        return not "".join(counts).encode("ascii").translate(None, _RLE_BYTES)
+    except UnicodeEncodeError:
+        return False
 
 
 def _raise_problems(problems: list[str], path) -> None:
@@ -530,7 +705,16 @@ def load_results(path: str | os.PathLike, gt: dict | str | os.PathLike | None = 
     truth: every result's video and category must exist there, frame counts and mask sizes must match."""
     if gt is not None and not isinstance(gt, dict):
         gt = load_annotations(gt)
-    data = _results_list(load_json(path))
+    path = Path(path)
+    raw = _read_bytes(path)
+    if gt is not None:
+        # the common file: types checked while decoding, the rest a column at a time
+        data = _decode_results_typed(raw)
+        if data is not None and results_certainly_valid(data, gt, typed=True):
+            for r in data:  # already compressed RLE with str counts (what normalize_results would make)
+                r["score"] = float(r["score"])
+            return data
+    data = _results_list(decode_json(raw, path))
     _raise_problems(validate_results(data, gt), path)
     return normalize_results(data, gt, os.fspath(path))
 
