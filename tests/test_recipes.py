@@ -78,6 +78,15 @@ def test_both_parts_add_and_the_seed_x_video_noise_is_counted_once():
     assert row["var_seeds"] == pytest.approx(pooled * 2 / 3)
     assert row["var_test"] == pytest.approx(np.var(d, ddof=1) / 6)
     assert row["se"] ** 2 == pytest.approx(row["var_seeds"] + row["var_test"])
+
+    def scaled(k):  # the seed effects times k
+        return two_way_test(scores(inst_a[None] + k * seed_a[:, None], VIDEO),
+                            scores(inst_b[None] + k * seed_b[:, None], VIDEO))
+
+    # Satterthwaite's df when the videos dominate; capped at the seed part's own 2 x (3 - 1) = 4 when it does
+    small, big = scaled(0.1), scaled(10)
+    assert small["var_test"] > small["var_seeds"] and small["df"] > 4
+    assert big["var_seeds"] > big["var_test"] > 0 and big["df"] == pytest.approx(4)
     # pure seed x video noise: it is in the seed part (run-to-run variance on this test set) and must not be
     # counted again in the test-set part, whose expectation is then 0
     var_test = [two_way_test(scores(rng.normal(0, 1, (3, 18)), VIDEO),
