@@ -84,8 +84,8 @@ def _row(test, variant, iou, a, b, res=None, effect=math.nan, ci=(math.nan, math
     df = float(getattr(res, "df", math.nan)) if res is not None else math.nan
     # the t statistics are of A - B, so the upper tail is the one-sided p of "A better than B"
     p1 = float(sps.t.sf(stat, df)) if res is not None and not math.isnan(stat) else math.nan
-    metric = METRIC_OF.get(test, test) + (f"@{iou:g}" if isinstance(iou, float) else "")
-    return {"level": "model", "metric": metric, "test": test, "variant": variant, "iou": iou, "n_a": len(a),
+    name = METRIC_OF.get(test, test) + (f"@{iou:g}" if isinstance(iou, float) else "")
+    return {"level": "model", "metric": name, "test": test, "variant": variant, "iou": iou, "n_a": len(a),
             "n_b": len(b), "mean_a": mean_a, "mean_b": mean_b, "diff": (mean_a - mean_b) if diff is None else diff,
             "statistic": stat, "df": df, "p_value": p, "p_one_sided": p1, "effect": float(effect),
             "ci_low": float(ci[0]), "ci_high": float(ci[1])}
