@@ -293,6 +293,15 @@ def two_way_test(scores_a: Sequence[RunScore], scores_b: Sequence[RunScore], alp
 
 
 # ------------------------------------------------------------------------------------------------- the API
+def _threshold(name: str):
+    """The IoU threshold in a metric's name (``top1@0.5`` -> 0.5), "0.50:0.95" for AP, else ""."""
+    _, _, tau = name.partition("@")
+    try:
+        return float(tau) if tau else ("0.50:0.95" if name == "AP" else "")
+    except ValueError:
+        return tau
+
+
 def default_metrics(ious=(0.5, 0.75), family: str = "top1") -> list[str]:
     """``family@T`` for each threshold (the first is the headline), then AP and AP at each threshold."""
     return [f"{family}@{t:g}" for t in ious] + ["AP"] + [f"AP@{t:g}" for t in ious]
@@ -317,7 +326,5 @@ def compare_recipes(gt: dict, runs_a: Sequence[list[dict]], runs_b: Sequence[lis
     rows = []
     for m in ms:
         row = two_way_test([m(r) for r in evals_a], [m(r) for r in evals_b], alpha)
-        _, _, tau = m.name.partition("@")
-        rows.append({"metric": m.name, "iou": float(tau) if tau else ("0.50:0.95" if m.name == "AP" else ""),
-                     **row, "alpha": alpha, "note": NOTES[row["level"]]})
+        rows.append({"metric": m.name, "iou": _threshold(m.name), **row, "alpha": alpha, "note": NOTES[row["level"]]})
     return {"headline": rows[0], "rows": rows}
