@@ -7,7 +7,8 @@ Stages (each a Python call into the piece that does it, progress shown throughou
     3 pretrain     pretrain_audio                   the audio arm's log-mel network on the train split's sound labels
     4 train        avis.engine.train                RCF tiny, audio-visual and visual-only (same seed, same data)
     5 evaluate     avis.engine.evaluate             both checkpoints online over the val shards -> YTVIS metrics, HOTA
-    6 significance avis.evaluation.ttest.compare    paired t-test over instances (headline), the paper's test, ...
+    6 significance avis.evaluation.ttest           the verdict (compare_recipes; model level with one seed per arm)
+                                                   and the per-model diagnostics (compare)
     7 export       data_tools.export.export         YTVIS results of both arms, one overlay video with sound
     8 report       DIR/report.md                    the Table X / XII style table, plots, links
 
@@ -214,17 +215,32 @@ def pretrain_audio(experiment: str, train_pattern, annotations: dict, out_path: 
             "accuracy": acc}
 
 
-def significance(gt: dict, res_a: list[dict], res_b: list[dict], out: Path, bootstrap: int, seed: int) -> dict:
+def significance(gt: dict, runs_a: list[list[dict]], runs_b: list[list[dict]], out: Path, bootstrap: int,
+                 seed: int) -> dict:
+    """The verdict of ``avis ttest`` (A = audio-visual, B = visual-only; ``runs_*``: the results of each seed;
+    recipe level with >= 2 seeds per arm, else model level) and the per-model diagnostics of the first seed
+    of each arm -> ``out``/ttest.json (``{headline, rows}``), ttest.csv, ttest.md, iou_distributions.png.
+    Returns ``{"headline", "rows" (verdict), "diagnostics" (rows)}``."""
     from avis.evaluation import ttest
+    from avis.io.ytvis import save_json
 
-    cmp = ttest.compare(gt, res_a, res_b, IOUS, bootstrap=bootstrap, seed=seed)
+    verdict = ttest.compare_recipes(gt, runs_a, runs_b, IOUS, av_table_metrics())
+    diag = ttest.compare(gt, runs_a[0], runs_b[0], IOUS, bootstrap=bootstrap, seed=seed)
+    rows = verdict["rows"] + diag["rows"]
+    save_json(ttest.jsonable({"headline": verdict["headline"], "rows": rows}), out / "ttest.json", indent=2)
     with atomic_open(out / "ttest.csv", "w") as f:
-        f.write(ttest.to_csv(cmp["rows"]))
+        f.write(ttest.to_csv(rows))
     with atomic_open(out / "ttest.md", "w") as f:
-        f.write(ttest.format_table(cmp["rows"], markdown=True) + "\n")
-    ttest.plot_distributions(cmp["ious_a"], cmp["ious_b"], out / "iou_distributions.png",
+        f.write(ttest.format_table(rows, markdown=True) + "\n")
+    ttest.plot_distributions(diag["ious_a"], diag["ious_b"], out / "iou_distributions.png",
                              ("audio-visual", "visual-only"))
-    return cmp
+    return {**verdict, "diagnostics": diag["rows"]}
+
+
+def av_table_metrics() -> list[str]:
+    from avis.evaluation.av_table import table_metrics
+
+    return table_metrics("top1", IOUS)
 
 
 def export_arm(results: list[dict], gt: dict, synth_dir: Path, out_dir: Path, overlay_video: int | None) -> dict:
@@ -247,16 +263,6 @@ def export_arm(results: list[dict], gt: dict, synth_dir: Path, out_dir: Path, ov
         written["overlay"] = str(mp4s[0])
     res_path.unlink(missing_ok=True)
     return written
-
-
-def headline_p(rows: list[dict], tau: float, test: str | None = None) -> float:
-    from avis.evaluation.ttest import HEADLINE
-
-    test = test or HEADLINE
-    for r in rows:
-        if r["test"] == test and r["iou"] == tau:
-            return float(r["p_value"])
-    return math.nan
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -318,10 +324,10 @@ def run_demo(out, audio_dependence: float = 1.0, seed: int = 0, settings: DemoSe
                                          f"HOTA {100 * m['HOTA']:.1f}")
 
     t0 = _stage(6, "significance (avis.evaluation.ttest: audio-visual = A, visual-only = B)")
-    cmp = significance(gt, evals["av"]["results"], evals["visual"]["results"], out, settings.bootstrap, seed)
+    cmp = significance(gt, [evals["av"]["results"]], [evals["visual"]["results"]], out, settings.bootstrap, seed)
     h = cmp["headline"]
-    times["ttest"] = _done(t0, f"{h['test']} IoU>0.5: {h['mean_a']:.3f} vs {h['mean_b']:.3f}, "
-                               f"p = {h['p_value']:.3g}")
+    times["ttest"] = _done(t0, f"{h['metric']} ({h['level']} level): {h['mean_a']:.3f} vs {h['mean_b']:.3f}, "
+                               f"diff {h['diff']:+.3f}, p(audio-visual better) = {h['p_one_sided']:.3g}")
 
     t0 = _stage(7, "export (data_tools.export: YTVIS results, one overlay video with sound)")
     overlay_video = _pick_overlay_video(gt, evals["av"]["results"])
@@ -331,18 +337,14 @@ def run_demo(out, audio_dependence: float = 1.0, seed: int = 0, settings: DemoSe
 
     t0 = _stage(8, "report")
     ma, mb = evals["av"]["metrics"], evals["visual"]["metrics"]
-    from avis.evaluation.ytvis_eval import evaluate
-
-    p_ap = av_table.bootstrap_ap_p(evaluate(gt, evals["av"]["results"]), evaluate(gt, evals["visual"]["results"]),
-                                   settings.bootstrap, seed) if settings.bootstrap > 0 else math.nan
-    row = av_table.table_row(1, mb["AP"], mb["AP50"], ma["AP"], ma["AP50"], headline_p(cmp["rows"], 0.5),
-                             headline_p(cmp["rows"], 0.75), p_ap=p_ap)
+    row = av_table.table_row(1, cmp)
     with atomic_open(out / "table.csv", "w") as f:
         f.write(av_table.to_csv([row]))
     times["total"] = time.perf_counter() - t_start
     times["total_cpu"] = time.process_time() - cpu_start  # all threads of this process: the load-free cost
     summary = {"audio_dependence": audio_dependence, "seed": seed, "quick": quick, "settings": asdict(settings),
                "metrics": {"av": ma, "visual": mb}, "table": row, "headline": h, "tests": cmp["rows"],
+               "diagnostics": cmp["diagnostics"],
                "overlay_video": overlay_video, "audio_pretrain": audio_pretrain, "exports": exports, "seconds": times,
                "report": str(out / "report.md")}
     _write_report(out, summary)
@@ -379,23 +381,13 @@ def _rel(path, out: Path) -> str:
 
 def _write_report(out: Path, s: dict) -> None:
     from avis.evaluation import av_table
-    from avis.evaluation.ttest import format_table
+    from avis.evaluation.ttest import format_table, headline_text
 
     d, h, row = s["audio_dependence"], s["headline"], s["table"]
     ma, mb = s["metrics"]["av"], s["metrics"]["visual"]
     st = s["settings"]
-    significant = h["p_value"] < 0.05
-    if h["mean_a"] > h["mean_b"] and significant:
-        verdict = "**the audio-visual model is significantly better** (p < 0.05)"
-    elif h["mean_a"] < h["mean_b"] and significant:
-        verdict = "**the visual-only model is significantly better** (p < 0.05)"
-    else:
-        verdict = "**no significant difference** (p >= 0.05)"
-    p_ap = row["p_ap"]
-    if p_ap is not None and not math.isnan(p_ap) and p_ap < 0.05:
-        ap_verdict = "**significant** (p < 0.05)"
-    else:
-        ap_verdict = "**not significant** (p >= 0.05)"
+    ap = next((r for r in s["tests"] if r["metric"] == "AP"), None)
+    arms = ("audio-visual", "visual-only")
     lines = [
         f"# avis demo: does sound help? (audio dependence d = {d:g})",
         "",
@@ -410,17 +402,21 @@ def _write_report(out: Path, s: dict) -> None:
         "",
         av_table.to_markdown([row]),
         "",
-        f"p-values: paired t-test over ground-truth instances (`{h['test']}`, the headline of `avis ttest`): "
-        "predictions are matched to instances ignoring the category (greedy by score), and an instance scores the "
-        "IoU of its match when the match has the right category, 0 otherwise or when missed. At IoU > 0.5: "
-        f"mean {h['mean_a']:.3f} (audio-visual) vs "
-        f"{h['mean_b']:.3f} (visual-only), n = {h['n_a']} instances, p = {h['p_value']:.3g}: {verdict}.",
+        f"**Verdict** (the headline of `avis ttest`, A = audio-visual, B = visual-only): "
+        f"{headline_text(_nan_row(h), arms)}.",
         "",
-        f"AP: {100 * ma['AP']:.1f} (audio-visual) vs {100 * mb['AP']:.1f} (visual-only), difference "
-        f"{100 * (ma['AP'] - mb['AP']):+.1f} points, two-sided bootstrap p = {_p(row['p_ap'])} (videos resampled; "
-        f"{st['bootstrap']} resamples): {ap_verdict}. The headline t-test pairs each object with itself and judges "
-        "it by the most confident prediction on it (a wrong label there scores 0); AP also charges every other "
-        "false positive, so read both.",
+        f"`{h['metric']}` is the mean top-1 sample: predictions are matched to ground-truth instances ignoring "
+        "the category (greedy by score), and an instance scores the IoU of its match when the match has the right "
+        "category, 0 otherwise or when missed. "
+        + (f"The test is recipe-level: {h['n_a']} vs {h['n_b']} training seeds, {h['n_videos']} val videos; its "
+           "null is 'the two recipes are equally good on this data distribution', with both the training seeds "
+           "and the test videos random." if h["level"] == "recipe" else
+           "With one training seed per arm the test is over the val videos only: another seed could reverse it; "
+           "several seeds per arm give the recipe-level verdict."),
+        "",
+        (f"AP: {headline_text(_nan_row(ap), arms)}. The top-1 sample judges each object by the most confident "
+         "prediction on it (a wrong label there scores 0); AP also charges every other false positive, so read "
+         "both." if ap else ""),
         "",
         "| metric | audio-visual | visual-only |",
         "|---|---|---|",
@@ -428,11 +424,12 @@ def _write_report(out: Path, s: dict) -> None:
         "",
         "## All tests (`avis ttest`, A = audio-visual, B = visual-only)",
         "",
-        format_table([_nan_row(r) for r in s["tests"]], markdown=True),
+        format_table([_nan_row(r) for r in s["tests"] + s["diagnostics"]], markdown=True),
         "",
-        "`paper` = the RCF paper's unpaired test on the IoUs of matched predictions above the threshold "
-        "(Student / Welch); `paired-video` averages per video first; `bootstrap` = 95 % CI of the AP difference "
-        "resampling videos.",
+        "Rows of level `model` after the verdict are per-model diagnostics of one seed per arm (instances "
+        "treated as independent): `paper` = the RCF paper's unpaired test on the IoUs of matched predictions above "
+        "the threshold (Student / Welch); `paired-video` averages per video first; `bootstrap` = 95 % CI of the "
+        "AP difference resampling videos. `diff` is A - B; `p_one_sided` is for 'A better than B'.",
         "",
         "## Plots and files",
         "",
@@ -460,10 +457,6 @@ def torch_threads() -> int:
     import torch
 
     return torch.get_num_threads()
-
-
-def _p(v) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"
 
 
 def _pct(v) -> str:

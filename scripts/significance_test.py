@@ -12,12 +12,18 @@ the digits); ``<arm>``: ``av`` and ``visual`` (``--arms`` renames them; the firs
 be better); ``<seed>``: any name (``seed0``, ``seed1``...). Results are YouTube-VIS results JSON against the
 ``--gt`` annotations (default: the ``gt.json`` that ``avis eval`` wrote next to the first results).
 
-Writes ``OUT/table.md`` and ``OUT/table.csv`` (one row per group: AP, AP50 without and with audio in %, their
-difference, p at IoU > 0.5 and > 0.75) and per group the full ``avis ttest`` output (``tests_<group>.md/.csv``,
-``iou_<group>.png``). The p columns come from ``--test``: ``paired-instance-top1`` (default, the headline of
-``avis ttest``: paired over ground-truth instances, class-agnostic matching, the match's IoU if its category is
-right else 0, averaged over the seeds of an arm), ``paired-instance`` (the IoU of the same-category match) or
-``paper`` (the RCF paper's unpaired test on matched IoUs above the threshold, Welch, runs pooled).
+Writes ``OUT/table.md`` and ``OUT/table.csv``: one row per group with AP, AP50 without and with audio (%, means
+over seeds), and for AP and the mean top-1 sample at IoU > 0.5 and > 0.75 the signed difference (audio-visual
+- visual-only) beside a ONE-SIDED p-value for "audio-visual is better" (the CSV adds the two-sided p-values
+and 95 % confidence intervals). The p-values are the verdict of ``avis ttest``
+(``avis.evaluation.recipes.compare_recipes``): with >= 2 seeds per arm a recipe-level test (null: the two
+recipes are equally good on this data distribution; training seeds and test videos both random); with one
+seed per arm a model-level test (it compares the two trained models, not the recipes; the table says so).
+``--metric iou`` puts the per-category match's IoU in the IoU columns instead of the top-1 sample.
+
+Per group, also ``verdict_<group>.json`` (the verdict: headline and rows), ``tests_<group>.md/.csv`` (the
+verdict rows, then the per-model diagnostics of ``avis ttest`` on the first seed of each arm, e.g. the RCF
+paper's unpaired test) and ``iou_<group>.png``.
 """
 
 from __future__ import annotations
@@ -40,9 +46,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gt", help="ground-truth YTVIS JSON (default: gt.json beside the first results)")
     p.add_argument("--out", help="output folder (default: RUNS/tables)")
     p.add_argument("--arms", nargs=2, default=["av", "visual"], metavar=("A", "B"), help="arm folder names")
-    p.add_argument("--test", choices=av_table.TESTS, default=av_table.TESTS[0], help="test behind the p columns")
+    p.add_argument("--metric", choices=av_table.METRICS, default=av_table.METRICS[0],
+                   help="per-instance sample behind the IoU columns (top1: the headline; iou: per-category match)")
     p.add_argument("--iou", type=float, nargs=2, default=[0.5, 0.75], help="the two IoU thresholds")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CI (0: off)")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="bootstrap resamples for the diagnostics' AP CI (0: off)")
     return p.parse_args(argv)
 
 
@@ -64,7 +72,7 @@ def main(argv=None) -> int:
         gt = load_annotations(args.gt or find_gt(runs, args.arms))
         out = Path(args.out) if args.out else runs / "tables"
         try:
-            rows = av_table.summarize_runs(runs, gt, out, tuple(args.arms), args.test, tuple(args.iou),
+            rows = av_table.summarize_runs(runs, gt, out, tuple(args.arms), args.metric, tuple(args.iou),
                                            args.bootstrap)
         except FileNotFoundError as e:
             raise InputError(str(e), runs) from None
@@ -72,7 +80,8 @@ def main(argv=None) -> int:
         print(f"significance_test: error: {e}", file=sys.stderr)
         return e.exit_code
     print(av_table.to_markdown(rows))
-    print(f"\nwritten: {out / 'table.md'}, {out / 'table.csv'} (+ tests_<group>.md/.csv, iou_<group>.png)")
+    print(f"\nwritten: {out / 'table.md'}, {out / 'table.csv'} (+ verdict_<group>.json, tests_<group>.md/.csv, "
+          "iou_<group>.png)")
     return 0
 
 

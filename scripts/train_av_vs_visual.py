@@ -16,7 +16,7 @@ evaluator (``avis.engine.evaluate.evaluate_checkpoint``, the same as ``avis eval
     OUT/ref<k>/<av|visual>/seed<s>/         the run: config.yaml, metrics.jsonl, checkpoints/
     OUT/ref<k>/<av|visual>/seed<s>/eval/    results.json, metrics.json, samples.csv, gt.json (val split)
     OUT/tables/table.md, table.csv           the Table X / XII style table (scripts/significance_test.py)
-    OUT/tables/tests_ref<k>.md/.csv, iou_ref<k>.png   every test of ``avis ttest`` per setting
+    OUT/tables/verdict_ref<k>.json, tests_ref<k>.md/.csv, iou_ref<k>.png   the verdict and every test per setting
 
 A run whose ``eval/metrics.json`` exists is skipped, so an interrupted sweep resumes where it stopped (the
 engine's ``trainer.resume`` continues a run that stopped mid-training). Extra ``key=value`` arguments are
@@ -53,9 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0)")
     p.add_argument("--refs", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="reference frames (1..5)")
     p.add_argument("--steps", type=int, help="training steps per run (default: the preset's trainer)")
-    p.add_argument("--test", choices=("paired-instance-top1", "paired-instance", "paper"),
-                   default="paired-instance-top1",
-                   help="test behind the table's p columns (see scripts/significance_test.py)")
+    p.add_argument("--metric", choices=("top1", "iou"), default="top1",
+                   help="per-instance sample behind the table's IoU columns (see scripts/significance_test.py)")
     p.add_argument("--device", default="auto", help="evaluation device (training: trainer.device)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     p.add_argument("overrides", nargs="*", help="hydra overrides for every run (key=value)")
@@ -129,7 +128,7 @@ def _main(args) -> int:
         print(f"    AP {100 * m.get('AP', float('nan')):.1f}, AP50 {100 * m.get('AP50', float('nan')):.1f} "
               f"({time.perf_counter() - t0:.0f} s)")
     first = run_dir(out, args.refs[0], "av", args.seeds[0]) / "eval" / "gt.json"
-    rows = av_table.summarize_runs(out, load_annotations(first), out / "tables", ARMS, args.test)
+    rows = av_table.summarize_runs(out, load_annotations(first), out / "tables", ARMS, args.metric)
     print("\n" + av_table.to_markdown(rows))
     print(f"\nwritten: {out / 'tables' / 'table.md'}, {out / 'tables' / 'table.csv'}")
     return 0

@@ -1,5 +1,5 @@
-"""avis ttest: the samples each test is built from (matching, thresholds, pairing), with scipy as the oracle
-for the formulas."""
+"""avis ttest: the samples each per-model test is built from (matching, thresholds, pairing), with scipy as the
+oracle for the formulas; the CLI (verdict + diagnostics). The verdict's statistics: tests/test_recipes.py."""
 
 from __future__ import annotations
 
@@ -82,7 +82,9 @@ def test_paired_tests_pair_by_instance_and_count_misses_as_zero():
         va, vb = [xa[0::2].mean(), xa[1::2].mean()], [xb[0::2].mean(), xb[1::2].mean()]
         row = by(out["rows"], "paired-video", "paired", tau)
         assert row["mean_a"] == pytest.approx(np.mean(va)) and row["p_value"] == pytest.approx(sps.ttest_rel(va, vb).pvalue)
-    assert out["headline"]["test"] == "paired-instance-top1" and out["headline"]["iou"] == 0.5
+        # every p carries its direction: the one-sided p of "A better" is the upper tail of the same t
+        assert row["diff"] == pytest.approx(np.mean(va) - np.mean(vb)) and row["level"] == "model"
+        assert row["p_one_sided"] == pytest.approx(sps.ttest_rel(va, vb, alternative="greater").pvalue)
 
 
 def test_matching_is_greedy_by_score_at_the_threshold():
@@ -96,17 +98,11 @@ def test_matching_is_greedy_by_score_at_the_threshold():
     assert sorted(out["ious_a"][0.75]) == pytest.approx([1.0, 1.0])
 
 
-def test_seeds_and_bootstrap(tmp_path, cli):
+def test_bootstrap_and_the_cli_with_one_run_per_arm(tmp_path, cli):
     gt, a, b = case(ROWS_A, ROWS_B)
-    runs_a = [a, case([10, 10, 9, 9, 9, 9, 9, 9, 9, 9], ROWS_B)[1]]
-    runs_b = [b, case(ROWS_A, [5] * 10)[2]]
-    out = compare(gt, a, b, ious=(0.5,), runs_a=runs_a, runs_b=runs_b, bootstrap=50)
-    row = by(out["rows"], "seeds-AP", "welch", "0.50:0.95")
+    out = compare(gt, a, b, ious=(0.5,), bootstrap=50)
     from avis.evaluation.ytvis_eval import evaluate
 
-    ap_a = [evaluate(gt, r).stats["AP"] for r in runs_a]
-    ap_b = [evaluate(gt, r).stats["AP"] for r in runs_b]
-    assert row["p_value"] == pytest.approx(sps.ttest_ind(ap_a, ap_b, equal_var=False).pvalue)
     boot = by(out["rows"], "bootstrap-AP", "videos", "0.50:0.95")
     d = evaluate(gt, a).stats["AP"] - evaluate(gt, b).stats["AP"]
     assert boot["diff"] == pytest.approx(d) and boot["ci_low"] <= boot["ci_high"]
@@ -119,17 +115,27 @@ def test_seeds_and_bootstrap(tmp_path, cli):
             "--bootstrap", "20", "--markdown", tmp_path / "t.md", "--csv", tmp_path / "t.csv", "--json",
             tmp_path / "t.json", "--plot", tmp_path / "t.png")
     assert p.returncode == 0, p.stderr
-    assert "headline (paired-instance" in p.stdout
+    assert "headline: top1@0.5 (MODEL level" in p.stdout and "says nothing about the recipes" in p.stdout
     j = json.loads((tmp_path / "t.json").read_text())
-    assert j["headline"]["p_value"] == pytest.approx(
-        sps.ttest_rel([iou(r) if iou(r) >= 0.5 else 0 for r in ROWS_A],
-                      [iou(r) if iou(r) >= 0.5 else 0 for r in ROWS_B]).pvalue)
-    assert (tmp_path / "t.md").read_text().startswith("| test |")
-    assert (tmp_path / "t.csv").read_text().startswith("test,variant,iou")
+    # one run per arm: the verdict is a paired t-test over the 2 videos (equal sizes: jackknife = video means)
+    xa = np.array([iou(r) if iou(r) >= 0.5 else 0 for r in ROWS_A])
+    xb = np.array([iou(r) if iou(r) >= 0.5 else 0 for r in ROWS_B])
+    va, vb = [xa[0::2].mean(), xa[1::2].mean()], [xb[0::2].mean(), xb[1::2].mean()]
+    h = j["headline"]
+    assert h["level"] == "model" and "says nothing about the recipes" in h["note"]
+    assert h["p_value"] == pytest.approx(sps.ttest_rel(va, vb).pvalue)
+    assert h["p_one_sided"] == pytest.approx(sps.ttest_rel(va, vb, alternative="greater").pvalue)
+    assert h["diff"] == pytest.approx(xa.mean() - xb.mean()) and h == j["rows"][0]
+    # the per-model diagnostics follow the verdict rows, labelled as such
+    diag = [r for r in j["rows"] if r["test"] == "paired-instance-top1"]
+    assert diag[0]["level"] == "model" and diag[0]["p_value"] == pytest.approx(sps.ttest_rel(xa, xb).pvalue)
+    assert (tmp_path / "t.md").read_text().startswith("| level | metric | test |")
+    assert (tmp_path / "t.csv").read_text().startswith("level,metric,test,variant,iou")
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
-    bad = cli("ttest", "--gt", tmp_path / "gt.json", "--a", tmp_path / "a.json", "--b", tmp_path / "b.json",
-              "--runs-a", tmp_path / "a.json")
-    assert bad.returncode == 2 and "runs" in bad.stderr
+    for args in (["--runs-a", tmp_path / "a.json"], [], ["--a", tmp_path / "a.json"],
+                 ["--runs-a", tmp_path / "a.json", "--runs-b", tmp_path / "b.json", "--metrics", "mAP"]):
+        bad = cli("ttest", "--gt", tmp_path / "gt.json", *args)
+        assert bad.returncode == 2 and "error" in bad.stderr and "Traceback" not in bad.stderr
 
 
 # ------------------------------------------------------------------ class-aware top-1 (the headline test)
@@ -182,7 +188,6 @@ def test_top1_scores_the_most_confident_label_so_hedging_does_not_pay():
         assert row["n_a"] == 8 and row["p_value"] == pytest.approx(ref.pvalue)
         assert row["statistic"] == pytest.approx(ref.statistic)
         assert row["effect"] == pytest.approx(cohen_dz(np.array(xa) - np.array(xb)))
-        assert out["headline"] is row
         # the per-category test gives B every object through its right-label prediction: the hedge is free
         per_cat = by(out["rows"], "paired-instance", "paired", tau)
         assert per_cat["mean_b"] == pytest.approx(np.mean([r / 10 if r / 10 >= tau else 0.0 for r in ROWS_B1]))
@@ -237,5 +242,5 @@ def test_top1_excludes_crowd_instances():
     keep = [i for i in range(8) if i != 3]
     xa = [ROWS_A1[i] / 10 for i in keep]
     xb = [0.0 if WRONG_FIRST[i] else ROWS_B1[i] / 10 for i in keep]
-    row = out["headline"]
+    row = by(out["rows"], "paired-instance-top1", "paired", 0.5)
     assert row["n_a"] == 7 and row["p_value"] == pytest.approx(sps.ttest_rel(xa, xb).pvalue)

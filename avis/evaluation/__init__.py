@@ -2,7 +2,9 @@
 
 * :func:`evaluate` (``ytvis_eval``): results vs ground truth -> the 12 numbers, precision / recall arrays.
 * :func:`instance_samples` (``samples``): per ground-truth instance, the IoU and score of its greedy match.
-* :func:`compare` (``ttest``): the significance tests of ``avis ttest``.
+* :func:`compare_recipes` (``recipes``): the verdict of ``avis ttest``: is recipe A better than B, over seeds
+  and test videos (one run per arm: the two models).
+* :func:`compare` (``ttest``): the per-model diagnostic tests of ``avis ttest``.
 
 See ``docs/evaluation.md``.
 """
@@ -11,7 +13,7 @@ import importlib
 
 # imported on first use, so that ``avis --help`` (which looks up the subcommand modules) stays light
 _LAZY = {"evaluate": "ytvis_eval", "Evaluation": "ytvis_eval", "STAT_KEYS": "ytvis_eval",
-         "instance_samples": "samples", "compare": "ttest"}
+         "instance_samples": "samples", "compare": "ttest", "compare_recipes": "recipes"}
 __all__ = sorted(_LAZY)
 
 

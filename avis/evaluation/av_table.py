@@ -2,15 +2,17 @@
 
 One row per number of reference frames (the paper's "Ref. number")::
 
-    Ref. | AP w/o audio | AP50 w/o audio | AP with audio | AP50 with audio | diff AP | diff AP50 | p (IoU>0.5) | p (IoU>0.75)
+    Ref. | seeds | AP w/o audio | AP50 w/o audio | AP with audio | AP50 with audio | diff AP | p AP (AV > visual)
+         | diff (IoU > 0.5) | p AV > visual (IoU > 0.5) | diff (IoU > 0.75) | p AV > visual (IoU > 0.75) | level
 
-AP / AP50 are in percent, averaged over the seeds of each arm. The p-values come from the headline test of
-``avis ttest`` (:mod:`avis.evaluation.ttest`), ``paired-instance-top1``: a paired t-test over ground-truth
-instances of the top-1 sample (class-agnostic greedy matching at the threshold; the IoU of the match when its
-category is right, else 0, 0 when missed); with several seeds per arm the instance's sample is first averaged
-over the seeds of that arm (the instance stays the unit; seeds only reduce noise). ``test="paired-instance"``
-uses the per-category matching's IoU instead (blind to wrong-label predictions). The paper's
-own test (unpaired, matched IoUs above the threshold) can be picked with ``test="paper"`` (Welch).
+AP / AP50 are in percent, averaged over the seeds of each arm. Every p comes from the verdict of ``avis ttest``
+(:func:`avis.evaluation.recipes.compare_recipes`, A = audio-visual, B = visual-only) and is ONE-SIDED, for the
+question asked: "is audio-visual better than visual-only?"; the signed difference (audio-visual - visual-only)
+stands beside it. With >= 2 seeds per arm the test is recipe-level (seeds and test videos both random); with one
+seed it compares the two trained models (``level`` = model) and the table says so. ``p AP``: the same test on
+AP; the IoU columns: on the mean top-1 sample at that threshold (``metric="top1"``, the headline; ``"iou"``: the
+per-category match's IoU, blind to wrong-label predictions), differences in points (x 100). The CSV adds the
+two-sided p-values (``p2_*``) and the 95 % confidence intervals of the differences.
 """
 
 from __future__ import annotations
@@ -22,123 +24,60 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from avis.evaluation import ttest
-from avis.evaluation.samples import samples_from_entries, top1_context, top1_samples, top1_scores
-from avis.evaluation.ytvis_eval import evaluate
+from avis.evaluation.recipes import NOTES, compare_recipes
 
-COLUMNS = (("ref", "Ref. number"), ("AP_visual", "AP w/o audio"), ("AP50_visual", "AP50 w/o audio"),
-           ("AP_av", "AP with audio"), ("AP50_av", "AP50 with audio"), ("dAP", "diff AP"),
-           ("dAP50", "diff AP50"), ("p_iou50", "p (IoU > 0.5)"), ("p_iou75", "p (IoU > 0.75)"),
-           ("p_ap", "p (AP, bootstrap)"), ("seeds", "seeds"))
-TESTS = (ttest.HEADLINE, "paired-instance", "paper")
-
-
-def table_row(ref, ap_visual: float, ap50_visual: float, ap_av: float, ap50_av: float, p50: float, p75: float,
-              seeds: int = 1, p_ap: float = math.nan) -> dict:
-    """One row; AP values are fractions in [0, 1] (the scorer's), the row holds percent as in the paper."""
-    return {"ref": ref, "AP_visual": 100 * ap_visual, "AP50_visual": 100 * ap50_visual, "AP_av": 100 * ap_av,
-            "AP50_av": 100 * ap50_av, "dAP": 100 * (ap_av - ap_visual), "dAP50": 100 * (ap50_av - ap50_visual),
-            "p_iou50": p50, "p_iou75": p75, "p_ap": p_ap, "seeds": seeds}
+COLUMNS = (("ref", "Ref. number"), ("seeds", "seeds (AV / visual)"), ("AP_visual", "AP w/o audio"),
+           ("AP50_visual", "AP50 w/o audio"), ("AP_av", "AP with audio"), ("AP50_av", "AP50 with audio"),
+           ("dAP", "diff AP"), ("p_ap", "p AP (AV > visual)"), ("d_iou50", "diff (IoU > 0.5)"),
+           ("p_iou50", "p AV > visual (IoU > 0.5)"), ("d_iou75", "diff (IoU > 0.75)"),
+           ("p_iou75", "p AV > visual (IoU > 0.75)"), ("level", "level"))
+CSV_EXTRA = ("dAP50", "p2_ap", "p2_iou50", "p2_iou75", "ci_ap_low", "ci_ap_high", "ci_iou50_low", "ci_iou50_high",
+             "ci_iou75_low", "ci_iou75_high", "metric")
+METRICS = ("top1", "iou")
 
 
-def bootstrap_ap_p(ev_a, ev_b, n: int = 1000, seed: int = 0) -> float:
-    """Two-sided percentile-bootstrap p-value of AP(A) - AP(B) = 0: videos resampled with replacement (the
-    same videos for both arms, as ``avis ttest``'s bootstrap CI), p = 2 (min(#diff <= 0, #diff >= 0) + 1) /
-    (n + 1). Unlike the IoU t-tests it sees false positives (AP's precision), e.g. a model that labels one
-    object with both look-alike classes."""
-    from collections import defaultdict
-
-    by_a, by_b = defaultdict(list), defaultdict(list)
-    for e in ev_a.entries:
-        by_a[e.video_id].append(e)
-    for e in ev_b.entries:
-        by_b[e.video_id].append(e)
-    vids = list(ev_a.video_ids)
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(n):
-        pick = np.sort(rng.integers(0, len(vids), len(vids)))
-        ea = [e for i in pick for e in by_a[vids[i]]]
-        eb = [e for i in pick for e in by_b[vids[i]]]
-        diffs.append(ttest._ap_values(ea, ev_a.category_ids, ())[0] - ttest._ap_values(eb, ev_b.category_ids, ())[0])
-    d = np.asarray(diffs)
-    d = d[~np.isnan(d)]
-    if len(d) == 0:
-        return math.nan
-    k = min(int((d <= 0).sum()), int((d >= 0).sum()))
-    return min(1.0, 2 * (k + 1) / (len(d) + 1))
+def table_metrics(metric: str = "top1", ious=(0.5, 0.75)) -> list[str]:
+    """The verdict metrics behind a row: ``metric@T`` per threshold (the first is the headline), AP, AP@0.5."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    return [f"{metric}@{t:g}" for t in ious] + ["AP", "AP@0.5"]
 
 
-def instance_ious(ev, tau: float) -> dict[tuple, float]:
-    """(video, category, instance) -> IoU of its match at ``tau`` (0 when missed)."""
-    return ttest.instance_scores(samples_from_entries(ev.entries, tau))
+def table_row(ref, verdict: dict, metric: str = "top1") -> dict:
+    """One row from :func:`~avis.evaluation.recipes.compare_recipes` output whose metrics include ``AP``,
+    ``AP@0.5`` and ``metric@0.5`` / ``metric@0.75`` (missing ones: NaN). A = audio-visual, B = visual-only;
+    AP values and differences in percent (points)."""
+    by = {r["metric"]: r for r in verdict["rows"]}
+    nan = math.nan
 
+    def get(name, key, scale=1.0):
+        r = by.get(name)
+        v = None if r is None else r.get(key)
+        return nan if v is None else scale * v
 
-def paired_over_seeds(evs_a: Sequence, evs_b: Sequence, tau: float) -> dict:
-    """Paired t-test over instances of the seed-averaged per-instance IoU at ``tau`` (a ttest row)."""
-    return _paired_mean([instance_ious(ev, tau) for ev in evs_a], [instance_ious(ev, tau) for ev in evs_b],
-                        "paired-instance", tau)
-
-
-def top1_over_seeds(ctxs_a: Sequence, ctxs_b: Sequence, tau: float) -> dict:
-    """As :func:`paired_over_seeds` with the top-1 samples (``ctxs_*``: :func:`~avis.evaluation.samples.
-    top1_context` of each run)."""
-    return _paired_mean([top1_scores(top1_samples(c, tau)) for c in ctxs_a],
-                        [top1_scores(top1_samples(c, tau)) for c in ctxs_b], ttest.HEADLINE, tau)
-
-
-def _paired_mean(per_a: list[dict], per_b: list[dict], test: str, tau: float) -> dict:
-    def mean_scores(per):
-        keys = sorted(per[0])
-        if any(set(p) != set(keys) for p in per):
-            raise ValueError("runs were scored against different ground truth")
-        return keys, np.mean([[p[k] for k in keys] for p in per], axis=0)
-
-    ka, a = mean_scores(per_a)
-    kb, b = mean_scores(per_b)
-    if ka != kb:
-        raise ValueError("A and B were scored against different ground truth")
-    return ttest.paired_row(test, tau, a, b)
-
-
-def paper_test(evs_a: Sequence, evs_b: Sequence, tau: float) -> dict:
-    """The paper's test: matched IoUs above ``tau`` of every run of each arm pooled, Welch t-test."""
-    a = np.concatenate([ttest.matched_ious(samples_from_entries(ev.entries, tau)) for ev in evs_a])
-    b = np.concatenate([ttest.matched_ious(samples_from_entries(ev.entries, tau)) for ev in evs_b])
-    return ttest.two_sample_rows("paper", tau, a, b)[1]
+    h = verdict["headline"]
+    row = {"ref": ref, "seeds": f"{h['n_a']}/{h['n_b']}", "level": h["level"], "metric": metric,
+           "AP_visual": get("AP", "mean_b", 100), "AP50_visual": get("AP@0.5", "mean_b", 100),
+           "AP_av": get("AP", "mean_a", 100), "AP50_av": get("AP@0.5", "mean_a", 100),
+           "dAP": get("AP", "diff", 100), "dAP50": get("AP@0.5", "diff", 100),
+           "p_ap": get("AP", "p_one_sided"), "p2_ap": get("AP", "p_value"),
+           "ci_ap_low": get("AP", "ci_low", 100), "ci_ap_high": get("AP", "ci_high", 100)}
+    for tau, key in ((0.5, "iou50"), (0.75, "iou75")):
+        name = f"{metric}@{tau:g}"
+        row.update({f"d_{key}": get(name, "diff", 100), f"p_{key}": get(name, "p_one_sided"),
+                    f"p2_{key}": get(name, "p_value"), f"ci_{key}_low": get(name, "ci_low", 100),
+                    f"ci_{key}_high": get(name, "ci_high", 100)})
+    return row
 
 
 def compare_arms(gt: dict, runs_av: Sequence[list[dict]], runs_visual: Sequence[list[dict]], ref,
-                 test: str = ttest.HEADLINE, ious=(0.5, 0.75), bootstrap: int = 1000) -> tuple[dict, list[dict]]:
+                 metric: str = "top1", ious=(0.5, 0.75), alpha: float = 0.05) -> tuple[dict, dict]:
     """One table row for one reference-frame setting; ``runs_*``: the results (YTVIS lists) of each seed.
-    ``p_ap``: :func:`bootstrap_ap_p` of the first seed of each arm (``bootstrap`` resamples; 0: not computed).
 
-    Returns the row and the test rows behind its p-values.
-    """
-    if test not in TESTS:
-        raise ValueError(f"test must be one of {TESTS}, got {test!r}")
-    if not runs_av or not runs_visual:
-        raise ValueError("each arm needs at least one run")
-    evs_a = [evaluate(gt, r) for r in runs_av]
-    evs_b = [evaluate(gt, r) for r in runs_visual]
-
-    def mean_stat(evs, key):
-        return float(np.mean([ev.stats[key] for ev in evs]))
-
-    if test == ttest.HEADLINE:
-        ctxs_a, ctxs_b = [top1_context(gt, r) for r in runs_av], [top1_context(gt, r) for r in runs_visual]
-        tests = [top1_over_seeds(ctxs_a, ctxs_b, tau) for tau in ious]
-    else:
-        fn = paired_over_seeds if test == "paired-instance" else paper_test
-        tests = [fn(evs_a, evs_b, tau) for tau in ious]
-    p = {tau: t["p_value"] for tau, t in zip(ious, tests)}
-    row = table_row(ref, mean_stat(evs_b, "AP"), mean_stat(evs_b, "AP50"), mean_stat(evs_a, "AP"),
-                    mean_stat(evs_a, "AP50"), p.get(0.5, math.nan), p.get(0.75, math.nan),
-                    seeds=min(len(runs_av), len(runs_visual)),
-                    p_ap=bootstrap_ap_p(evs_a[0], evs_b[0], bootstrap) if bootstrap > 0 else math.nan)
-    return row, tests
+    Returns the row and the verdict behind it (:func:`~avis.evaluation.recipes.compare_recipes` output)."""
+    verdict = compare_recipes(gt, runs_av, runs_visual, ious, table_metrics(metric, ious), alpha)
+    return table_row(ref, verdict, metric), verdict
 
 
 def _cell(key: str, v) -> str:
@@ -146,23 +85,36 @@ def _cell(key: str, v) -> str:
         return v
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
-    if key == "ref" or key == "seeds":
+    if key == "ref":
         return str(v)
-    if key.startswith("p_"):
+    if key.startswith(("p_", "p2_")):
         return f"{v:.2g}" if v < 1e-3 else f"{v:.3f}"
-    return f"{v:+.1f}" if key.startswith("d") else f"{v:.1f}"
+    return f"{v:+.1f}" if key.startswith(("d", "ci_")) else f"{v:.1f}"
+
+
+def notes(rows: list[dict]) -> list[str]:
+    """What the p columns mean, and a warning when a row compares single models."""
+    metric = rows[0].get("metric", "top1") if rows else "top1"
+    sample = ("the mean top-1 sample (class-agnostic greedy match: its IoU if the label is right, else 0)"
+              if metric == "top1" else "the mean IoU of each instance's same-category match (0 when missed)")
+    out = ["p: one-sided, 'audio-visual better than visual-only', beside the signed difference (audio-visual - "
+           f"visual-only, points); IoU columns: {sample} at that threshold; AP: the same test on AP."]
+    out += [f"{NOTES[level]}." for level in ("recipe", "model") if any(r.get("level") == level for r in rows)]
+    return out
 
 
 def to_markdown(rows: list[dict]) -> str:
+    """The table, then the notes on what its p-values mean."""
     head = "| " + " | ".join(t for _, t in COLUMNS) + " |"
     sep = "|" + "---|" * len(COLUMNS)
     body = ["| " + " | ".join(_cell(k, r.get(k)) for k, _ in COLUMNS) + " |" for r in rows]
-    return "\n".join([head, sep, *body])
+    return "\n".join([head, sep, *body, "", *notes(rows)])
 
 
 def to_csv(rows: list[dict]) -> str:
+    fields = [k for k, _ in COLUMNS] + list(CSV_EXTRA)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=[k for k, _ in COLUMNS], lineterminator="\n", extrasaction="ignore")
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
     w.writeheader()
     for r in rows:
         w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
@@ -203,13 +155,14 @@ def ref_label(group: str) -> str:
     return m.group(1) if m else group
 
 
-def summarize_runs(root, gt: dict, out_dir, arms: tuple[str, str] = ("av", "visual"),
-                   test: str = ttest.HEADLINE, ious=(0.5, 0.75), bootstrap: int = 1000) -> list[dict]:
+def summarize_runs(root, gt: dict, out_dir, arms: tuple[str, str] = ("av", "visual"), metric: str = "top1",
+                   ious=(0.5, 0.75), bootstrap: int = 1000) -> list[dict]:
     """The table of every group under ``root`` (see :func:`collect_runs`) -> ``out_dir``/table.md, table.csv,
-    and per group the full ``avis ttest`` output (first seed of each arm as A/B, every seed for the seeds
-    test) as tests_<group>.md/.csv and iou_<group>.png. Returns the table rows."""
+    and per group: ``verdict_<group>.json`` (the :func:`compare_arms` verdict, every seed of each arm),
+    ``tests_<group>.md/.csv`` (the verdict rows, then the per-model diagnostics of ``avis ttest`` on the first
+    seed of each arm) and ``iou_<group>.png``. Returns the table rows."""
     from avis.io.atomic import atomic_open
-    from avis.io.ytvis import load_results
+    from avis.io.ytvis import load_results, save_json
 
     runs = collect_runs(root, arms)
     if not runs:
@@ -218,18 +171,18 @@ def summarize_runs(root, gt: dict, out_dir, arms: tuple[str, str] = ("av", "visu
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for group, arm_runs in runs.items():
-        res_a = [load_results(p) for _, p in arm_runs[arms[0]]]
-        res_b = [load_results(p) for _, p in arm_runs[arms[1]]]
-        row, _ = compare_arms(gt, res_a, res_b, ref_label(group), test, ious, bootstrap)
+        res_a = [load_results(p, gt=gt) for _, p in arm_runs[arms[0]]]
+        res_b = [load_results(p, gt=gt) for _, p in arm_runs[arms[1]]]
+        row, verdict = compare_arms(gt, res_a, res_b, ref_label(group), metric, ious)
         rows.append(row)
-        several = len(res_a) >= 2 and len(res_b) >= 2
-        cmp = ttest.compare(gt, res_a[0], res_b[0], ious, res_a if several else None, res_b if several else None,
-                            bootstrap=bootstrap)
+        save_json(ttest.jsonable(verdict), out_dir / f"verdict_{group}.json", indent=2)
+        diag = ttest.compare(gt, res_a[0], res_b[0], ious, bootstrap=bootstrap)
+        tests = verdict["rows"] + diag["rows"]
         with atomic_open(out_dir / f"tests_{group}.md", "w") as f:
-            f.write(ttest.format_table(cmp["rows"], markdown=True) + "\n")
+            f.write(ttest.format_table(tests, markdown=True) + "\n")
         with atomic_open(out_dir / f"tests_{group}.csv", "w") as f:
-            f.write(ttest.to_csv(cmp["rows"]))
-        ttest.plot_distributions(cmp["ious_a"], cmp["ious_b"], out_dir / f"iou_{group}.png", arms)
+            f.write(ttest.to_csv(tests))
+        ttest.plot_distributions(diag["ious_a"], diag["ious_b"], out_dir / f"iou_{group}.png", arms)
     with atomic_open(out_dir / "table.md", "w") as f:
         f.write(to_markdown(rows) + "\n")
     with atomic_open(out_dir / "table.csv", "w") as f:
