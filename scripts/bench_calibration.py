@@ -54,7 +54,9 @@ ALPHA = 0.05
 # ------------------------------------------------------------------------------------------- real runs
 def collect(out: Path, seeds: list[int]) -> tuple[dict, list[list[dict]]]:
     """Train and evaluate the control-set runs (resumable); returns the val ground truth and each run's results."""
-    from avis.demo import FULL, build_shards, evaluate_arm, synthesize, train_arm
+    from avis.demo import FULL, build_shards, synthesize
+    from avis.engine.evaluate import evaluate_checkpoint
+    from avis.engine.train import train_experiment
     from avis.io.ytvis import load_annotations, load_results
 
     out.mkdir(parents=True, exist_ok=True)
@@ -67,9 +69,9 @@ def collect(out: Path, seeds: list[int]) -> tuple[dict, list[list[dict]]]:
         res = rd / "eval" / "results.json"
         if not res.is_file():
             t0 = time.time()
-            ckpt = train_arm("rcf_visual_tiny", rd, out / "shards" / "train", s, FULL.steps, FULL.overrides,
-                             progress=False)
-            evaluate_arm(ckpt, out / "shards" / "val", gt, rd / "eval", "auto", progress=False)
+            ckpt = train_experiment("rcf_visual_tiny", rd, out / "shards" / "train", s, FULL.steps,
+                                    FULL.overrides, progress=False)
+            evaluate_checkpoint(ckpt, rd / "eval", shards=out / "shards" / "val", gt=gt, progress=False)
             print(f"  trained and evaluated seed {s} ({time.time() - t0:.0f} s)", flush=True)
         runs.append(load_results(res, gt=gt))
     return gt, runs
