@@ -41,6 +41,24 @@ log = logging.getLogger(__name__)
 TIME_EPS = 1e-6  # seconds; a frame whose time equals a target up to float rounding is shown at that target
 AUDIO_RATE = 16_000
 MAX_BAD_PACKETS = 10  # undecodable packets skipped per stream before the file counts as corrupt
+MAX_FPS = 1000.0  # frames per second: above any source's rate a sampling rate only repeats frames
+
+
+def check_fps(fps, what: str = "fps") -> float:
+    """A frame rate given by a user or an annotation file -> float, or :class:`InputError` saying ``what`` is
+    wrong: it must be a finite number in (0, ``MAX_FPS``]. The one check of ``avis build --fps``, an
+    annotation's ``fps``, ``avis infer --fps`` and :func:`decode`: an infinite rate made the frame sampler
+    loop forever (every target k / inf is 0), 1e9 asked for a billion frames a second of video."""
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)):
+        raise InputError(f"{what} must be a number of frames per second, got {type(fps).__name__}")
+    try:
+        value = float(fps)
+    except OverflowError:  # an integer of hundreds of digits
+        raise InputError(f"{what} must be a frame rate in (0, {MAX_FPS:g}] per second, got a number of "
+                         f"{fps.bit_length()} bits") from None
+    if not (math.isfinite(value) and 0 < value <= MAX_FPS):
+        raise InputError(f"{what} must be a frame rate in (0, {MAX_FPS:g}] per second, got {value:g}")
+    return value
 
 
 @dataclass
@@ -275,8 +293,8 @@ def decode(path: str | os.PathLike, times=None, fps: float | None = None, max_si
         times = np.asarray(times, dtype=np.float64)
         if times.ndim != 1 or (len(times) > 1 and np.any(np.diff(times) < 0)):
             raise ValueError("times must be a sorted 1-D sequence")
-    if fps is not None and not fps > 0:
-        raise ValueError(f"fps must be positive, got {fps}")
+    if fps is not None:
+        fps = check_fps(fps)
     with _open(path) as c:
         if not c.streams.video:
             raise InputError("no video stream", path)
@@ -320,7 +338,11 @@ def decode(path: str | os.PathLike, times=None, fps: float | None = None, max_si
         if last_dur is None or last_dur <= 0:
             last_dur = 1.0 / rate if rate else 0.0
         duration = last_t + last_dur
-        # A file cut short still decodes, to fewer frames than its header announces.
+        # A file cut short still decodes, to fewer frames than its header announces. An edit list can present
+        # fewer frames than the samples the header counts (a cut keeping 15 of 30 frames, the first at -1 s):
+        # the header's duration is the presented one, so the frames that duration holds are what to expect.
+        if header_frames > 0 and header_duration > 0 and rate:
+            header_frames = min(header_frames, math.ceil(header_duration * rate - 1e-6))
         if header_frames > 0 and n_frames < 0.9 * header_frames - 1:
             raise InputError(f"truncated: {n_frames} of the {header_frames} frames its header announces decode", path)
         if header_duration > 0 and duration < 0.9 * header_duration - 0.1:

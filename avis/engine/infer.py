@@ -47,8 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from avis.engine.session import load_trained
     from avis.io.ytvis import save_json
 
-    if args.fps <= 0:
-        raise InputError(f"--fps must be positive, got {args.fps}")
+    dec.check_fps(args.fps, "--fps")  # the build's rule: finite, in (0, 1000]
     paths = [Path(v) for v in args.videos]
     for p in paths:
         if not p.is_file():
