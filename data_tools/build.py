@@ -323,6 +323,7 @@ def process(job: dict, settings: dict, ctx: dict) -> dict:
     times, fps = _frame_times(job, settings["fps"])
     if not job["source"]:
         raise InputError(f"video {job['video_id']}: no video_file or file_names")
+    check_masks(job, settings["annotations"])
     src = media_path(ctx["root"], job["source"])
     q = settings["jpeg_quality"]
     # frames are converted to RGB and encoded in other threads (the codecs release the GIL) while decoding goes on
@@ -350,22 +351,35 @@ def process(job: dict, settings: dict, ctx: dict) -> dict:
     return sample
 
 
-def _check_rle_coverage(instances: list[dict], h: int, w: int, vid, annotations) -> None:
-    """Every stored RLE must cover exactly h x w pixels: pycocotools decodes counts without bounds checks, so a
-    mask whose counts run past h * w writes past its buffer in every reader (the scorer refuses them, training
-    would not). Decoded with the scorer's kernel (:class:`avis.evaluation.rle_kernels.RleTable`)."""
-    where = [(a, t) for a in instances for t, s in enumerate(a["segmentations"]) if s is not None]
-    if not where:
+def check_masks(job: dict, annotations: str | None) -> None:
+    """Before anything is decoded: every RLE of the video's annotations must cover exactly its own ``size``
+    (h x w pixels). pycocotools decodes counts without bounds checks, so counts that run past h * w write past
+    the mask's buffer in every later reader (``avis score`` refuses them, training did not); counts that stop
+    short leave pixels undefined. Compressed strings are decoded with the scorer's kernel
+    (:class:`avis.evaluation.rle_kernels.RleTable`); the rest is :func:`avis.io.ytvis.check_segmentation`'s.
+    Errors name the annotation file."""
+    from avis.io.ytvis import check_segmentation
+
+    where, counts = [], []
+    for a in job["annotations"] or []:
+        segs = a.get("segmentations") if isinstance(a, dict) else None
+        for t, seg in enumerate(segs if isinstance(segs, list) else []):
+            if (msg := check_segmentation(seg, None, None)) is not None:
+                raise InputError(f"video {job['video_id']} annotation {a.get('id')} frame {t}: {msg}", annotations)
+            if isinstance(seg, dict) and isinstance(seg["counts"], str):
+                where.append((a.get("id"), t, seg["size"]))
+                counts.append(seg["counts"])
+    if not counts:
         return
     from avis.evaluation.rle_kernels import RleTable
 
-    totals = RleTable([instances_seg["segmentations"][t]["counts"] for instances_seg, t in where],
-                      need_intervals=np.zeros(len(where), np.bool_)).totals
-    bad = np.flatnonzero(totals != h * w)
+    totals = RleTable(counts, need_intervals=np.zeros(len(counts), np.bool_)).totals
+    expected = np.array([h * w for _, _, (h, w) in where], dtype=np.int64)
+    bad = np.flatnonzero(totals != expected)
     if len(bad):
-        a, t = where[bad[0]]
-        raise InputError(f"video {vid} annotation {a.get('id')} frame {t}: RLE counts cover {int(totals[bad[0]])} "
-                         f"pixels, not {h}x{w} = {h * w}", annotations)
+        aid, t, (h, w) = where[bad[0]]
+        raise InputError(f"video {job['video_id']} annotation {aid} frame {t}: RLE counts cover "
+                         f"{int(totals[bad[0]])} pixels, not {h}x{w} = {h * w}", annotations)
 
 
 def _sample(job, settings, key, src, times, fps, frames, audio, has_audio, orig_w, orig_h, duration, extra):
@@ -395,15 +409,13 @@ def _sample(job, settings, key, src, times, fps, frames, audio, has_audio, orig_
                                       "categories": []})["annotations"]
         cat_ids = set(settings["category_ids"])
         for a in anns:
-            if len(a["segmentations"]) != T:
-                raise InputError(f"video {v['id']} annotation {a.get('id')}: {len(a['segmentations'])} "
-                                 f"segmentations for {T} frames")
+            segs = a["segmentations"]
+            if len(segs) != T:
+                raise InputError(f"video {v['id']} annotation {a.get('id')}: {len(segs)} segmentations for "
+                                 f"{T} frames")
             if a.get("category_id") not in cat_ids:
                 raise InputError(f"video {v['id']} annotation {a.get('id')}: unknown category_id "
                                  f"{a.get('category_id')}")
-        _check_rle_coverage(anns, orig_h, orig_w, v["id"], settings["annotations"])
-        for a in anns:
-            segs = a["segmentations"]
             if (W, H) != (orig_w, orig_h):
                 segs = [None if s is None else mask_io.encode(_resize_mask(mask_io.decode(s), H, W)) for s in segs]
             instances.append({"id": a.get("id"), "category_id": a["category_id"],
