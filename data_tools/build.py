@@ -27,9 +27,11 @@ the state in order, so that a killed driver resumes from the parts already writt
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import hashlib
 import io
+import itertools
 import json
 import logging
 import multiprocessing
@@ -64,6 +66,7 @@ VIDEO_EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".m
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus")  # --audio-dir, in this order
 EXIT_SOME_FAILED = 3
 JPEG_THREADS = 2
+LOOKAHEAD = 1  # --workers 1: videos decoded ahead of the one being finished, in threads of this process
 MAX_KEY_CHARS = 80  # a member name (key + ".00000.jpg") must fit the 100 characters of a ustar header
 
 
@@ -255,6 +258,13 @@ def _encode_jpeg(img, quality: int) -> bytes:
     return buf.getvalue()
 
 
+@functools.cache
+def _jpeg_pool() -> ThreadPoolExecutor:
+    """The JPEG threads of this process, shared by the videos it encodes (one pool per video cost a thread
+    start per video, and two videos in flight share the cores anyway)."""
+    return ThreadPoolExecutor(max_workers=JPEG_THREADS, thread_name_prefix="avis-jpeg")
+
+
 def _encode_flac(audio: np.ndarray, sample_rate: int) -> bytes:
     import soundfile as sf
 
@@ -327,25 +337,25 @@ def process(job: dict, settings: dict, ctx: dict) -> dict:
     src = media_path(ctx["root"], job["source"])
     q = settings["jpeg_quality"]
     # frames are converted to RGB and encoded in other threads (the codecs release the GIL) while decoding goes on
-    with ThreadPoolExecutor(max_workers=JPEG_THREADS) as pool:
-        jpegs: dict = {}
+    pool = _jpeg_pool()
+    jpegs: dict = {}
 
-        def encode(i, img):
-            jpegs[i] = pool.submit(_encode_jpeg, img, q)
+    def encode(i, img):
+        jpegs[i] = pool.submit(_encode_jpeg, img, q)
 
-        try:
-            frames, audio, has_audio, (orig_w, orig_h), duration, extra = _read_input(job, settings, ctx, src, times,
-                                                                                       fps, encode)
-            sample = _sample(job, settings, key, src, times, fps, frames, audio, has_audio, orig_w, orig_h,
-                             duration, extra)
-            for t in range(len(frames)):
-                if t not in jpegs:
-                    encode(t, frames[t])
-            files = sample.pop("files") + [(f"{key}.{t:05d}.jpg", jpegs[t].result()) for t in range(len(frames))]
-        except BaseException:
-            for f in jpegs.values():
-                f.cancel()
-            raise
+    try:
+        frames, audio, has_audio, (orig_w, orig_h), duration, extra = _read_input(job, settings, ctx, src, times,
+                                                                                   fps, encode)
+        sample = _sample(job, settings, key, src, times, fps, frames, audio, has_audio, orig_w, orig_h,
+                         duration, extra)
+        for t in range(len(frames)):
+            if t not in jpegs:
+                encode(t, frames[t])
+        files = sample.pop("files") + [(f"{key}.{t:05d}.jpg", jpegs[t].result()) for t in range(len(frames))]
+    except BaseException:
+        for f in jpegs.values():
+            f.cancel()  # those running end on their own and are dropped
+        raise
     sample["blocks"] = tar_blocks(files)
     sample["size"] = sum(map(len, sample["blocks"]))
     return sample
@@ -627,6 +637,17 @@ def _report(index: int, job: dict, res: dict | None, error: str | None, write) -
             write(f"avis build: warning: {w}")
 
 
+def _in_order(pool: ThreadPoolExecutor, fn, items, ahead: int):
+    """``map(fn, items)`` run in ``pool`` with ``ahead`` items started beyond the one being consumed."""
+    it = iter(items)
+    futures = collections.deque(pool.submit(fn, x) for x in itertools.islice(it, ahead + 1))
+    while futures:
+        res = futures.popleft().result()
+        for x in itertools.islice(it, 1):
+            futures.append(pool.submit(fn, x))  # before handing out res: it keeps going while res is written
+        yield res
+
+
 def _run_local(args, out: Path, jobs, settings, ctx, state: BuildState, bar) -> None:
     """The per-video work in this process or a pool of ``--workers`` processes; shards written here."""
     from tqdm import tqdm
@@ -649,8 +670,9 @@ def _run_local(args, out: Path, jobs, settings, ctx, state: BuildState, bar) -> 
         pool = multiprocessing.get_context("spawn").Pool(min(workers, len(todo)))
         results = pool.imap(_work, todo, chunksize=1)
     else:
-        pool = None
-        results = map(_work, todo)
+        # one process, the next video decoded in a thread while this one's JPEG encoding ends and it is written
+        pool = ThreadPoolExecutor(max_workers=1 + LOOKAHEAD, thread_name_prefix="avis-video")
+        results = _in_order(pool, _work, todo, LOOKAHEAD)
     try:
         for index, res, error in results:
             bar.update(1)
@@ -674,7 +696,9 @@ def _run_local(args, out: Path, jobs, settings, ctx, state: BuildState, bar) -> 
         if writer is not None:  # stopped by an error: the temporary file goes, finished shards stay
             writer.f.close()
             writer.tmp.unlink(missing_ok=True)
-        if pool is not None:
+        if isinstance(pool, ThreadPoolExecutor):
+            pool.shutdown(wait=False, cancel_futures=True)  # a video being decoded ends on its own
+        else:
             pool.terminate()
             pool.join()
 

@@ -24,6 +24,7 @@ handle of the file in a thread beside it; only the frames that are shown at a ta
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -310,29 +311,28 @@ def decode(path: str | os.PathLike, times=None, fps: float | None = None, max_si
         # The sound is decoded from a second handle of the file in a thread (PyAV releases the GIL while
         # decoding): interleaving audio packets with the frame-threaded video decoder stalled its pipeline
         # and cost 3-4x the audio's own decode time.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            sound = pool.submit(_decode_sound, path) if audio and c.streams.audio else None
-            try:
-                for decoded in _decoded_packets(c, vs):
-                    for frame in decoded:
-                        ft = frame.time
-                        if ft is None:  # no timestamp: continue at the nominal rate
-                            ft = (last_t + (last_dur or 0)) if last_t is not None else 0.0
-                        if t0 is None:
-                            t0 = ft
-                        t = ft - t0
-                        sampler.push(t, frame)
-                        if frame.duration:
-                            last_dur = float(frame.duration * frame.time_base)
-                        elif last_t is not None and t > last_t:
-                            last_dur = t - last_t
-                        last_t = t if last_t is None else max(last_t, t)
-                        n_frames += 1
-            except av.FFmpegError as e:
-                if sound is not None:
-                    sound.cancel()
-                raise InputError(f"corrupt or truncated media ({_reason(e)})", path) from None
-            chunks, native_rate = sound.result() if sound is not None else ([], 0)
+        sound = _sound_pool().submit(_decode_sound, path) if audio and c.streams.audio else None
+        try:
+            for decoded in _decoded_packets(c, vs):
+                for frame in decoded:
+                    ft = frame.time
+                    if ft is None:  # no timestamp: continue at the nominal rate
+                        ft = (last_t + (last_dur or 0)) if last_t is not None else 0.0
+                    if t0 is None:
+                        t0 = ft
+                    t = ft - t0
+                    sampler.push(t, frame)
+                    if frame.duration:
+                        last_dur = float(frame.duration * frame.time_base)
+                    elif last_t is not None and t > last_t:
+                        last_dur = t - last_t
+                    last_t = t if last_t is None else max(last_t, t)
+                    n_frames += 1
+        except av.FFmpegError as e:
+            if sound is not None:
+                sound.cancel()  # or, running, it ends on its own and is dropped
+            raise InputError(f"corrupt or truncated media ({_reason(e)})", path) from None
+        chunks, native_rate = sound.result() if sound is not None else ([], 0)
         if n_frames == 0:
             raise InputError("the video stream has no decodable frames", path)
         if last_dur is None or last_dur <= 0:
@@ -364,6 +364,13 @@ def decode(path: str | os.PathLike, times=None, fps: float | None = None, max_si
                        rotation=sampler.rotation,
                        info={"video_start": t0, "audio_start": chunks[0][0] if chunks else None,
                              "native_audio_rate": native_rate, "decoded_frames": n_frames})
+
+
+@functools.cache
+def _sound_pool() -> ThreadPoolExecutor:
+    """The threads that decode sounds beside the videos, kept for the process (starting threads for every
+    video showed in the build's profile); two, for two videos decoded at once."""
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="avis-sound")
 
 
 def _decoded_packets(container, stream, max_bad: int = MAX_BAD_PACKETS):
@@ -411,13 +418,32 @@ def _decode_sound(path: str) -> tuple[list[tuple[float | None, np.ndarray]], int
         return _mono_chunks(c, path, "media")
 
 
+_THREADS_LOCK = threading.Lock()
+_THREADS_USERS = [0, 1]  # resamplings running, torch's thread count before the first of them
+
+
 def _resample(x: np.ndarray, orig: int, new: int) -> np.ndarray:
+    """torchaudio's resampler, on one torch thread: with torch's default pool of one thread per core, its
+    OpenMP threads spun beside the video decoder's and the builder's JPEG threads and made a resampling of a
+    few ms take 20-50 times longer on 2 busy cores. The count is restored when no resampling runs (they may
+    run in several threads at once); the result does not depend on it."""
     if orig == new:
         return x
     import torch
     import torchaudio.functional as AF
 
-    return AF.resample(torch.from_numpy(np.ascontiguousarray(x)), orig, new).numpy()
+    with _THREADS_LOCK:
+        if _THREADS_USERS[0] == 0:
+            _THREADS_USERS[1] = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _THREADS_USERS[0] += 1
+    try:
+        return AF.resample(torch.from_numpy(np.ascontiguousarray(x)), orig, new).numpy()
+    finally:
+        with _THREADS_LOCK:
+            _THREADS_USERS[0] -= 1
+            if _THREADS_USERS[0] == 0:
+                torch.set_num_threads(_THREADS_USERS[1])
 
 
 def _place_audio(chunks, native_rate, t0, n, sample_rate) -> np.ndarray:
