@@ -704,7 +704,6 @@ def _run_local(args, out: Path, jobs, settings, ctx, state: BuildState, bar) -> 
 
 
 def run(args) -> int:
-    from tqdm import tqdm
 
     videos = Path(args.videos)
     if not videos.is_dir():
@@ -718,6 +717,21 @@ def run(args) -> int:
     # absolute: Ray tasks run in other working directories, possibly on other machines (same shared paths)
     ctx = {"root": os.path.abspath(videos),
            "audio_root": None if args.audio_dir is None else os.path.abspath(args.audio_dir)}
+    ray = None
+    if args.ray is not None:  # before --out is touched: an unreachable cluster leaves it as it was
+        from data_tools.build_ray import connect
+
+        ray = connect(args.ray, args.workers)
+    try:
+        return _build(args, out, jobs, cats, settings, ctx, ray)
+    finally:
+        if ray is not None:
+            ray.shutdown()
+
+
+def _build(args, out: Path, jobs, cats, settings, ctx, ray) -> int:
+    from tqdm import tqdm
+
     out.mkdir(parents=True, exist_ok=True)
     digest = _jobs_digest(jobs)
     data = _load_state(out, settings, digest) if args.resume else None
@@ -736,10 +750,10 @@ def run(args) -> int:
     bar = tqdm(total=len(jobs), initial=data["next_index"], unit="video", desc="avis build", disable=None,
                file=sys.stderr)
     try:
-        if args.ray is not None:
+        if ray is not None:
             from data_tools.build_ray import run_ray
 
-            run_ray(args, out, jobs, settings, ctx, state, bar)
+            run_ray(ray, args, out, jobs, settings, ctx, state, bar)
         else:
             _run_local(args, out, jobs, settings, ctx, state, bar)
     finally:

@@ -69,7 +69,9 @@ def shard_task(out: str, shard_index: int, items: list[tuple[str, str, int]]) ->
         raise
 
 
-def _init(address: str, workers: int | None):
+def connect(address: str, workers: int | None):
+    """Start a local Ray instance (``address`` "local") or join a cluster -> the ``ray`` module. Called before
+    the output folder is touched: a cluster that cannot be reached leaves an earlier build there as it was."""
     try:
         import ray
     except ImportError:
@@ -112,7 +114,9 @@ def _reusable_parts(parts: Path, start: int, n: int) -> dict[int, dict]:
     return done
 
 
-def run_ray(args, out: Path, jobs: list[dict], settings: dict, ctx: dict, state: B.BuildState, bar) -> None:
+def run_ray(ray, args, out: Path, jobs: list[dict], settings: dict, ctx: dict, state: B.BuildState,
+            bar) -> None:
+    """The build's per-video work as Ray tasks on ``ray`` (from :func:`connect`; the caller shuts it down)."""
     from tqdm import tqdm
 
     def write(msg):
@@ -124,87 +128,83 @@ def run_ray(args, out: Path, jobs: list[dict], settings: dict, ctx: dict, state:
     parts.mkdir(exist_ok=True)
     outcomes = _reusable_parts(parts, start, n)  # index -> outcome, placed in order below
     bar.update(len(outcomes))
-    ray = _init(args.ray, args.workers)
-    try:
-        vtask = ray.remote(num_cpus=1, max_retries=RAY_RETRIES)(video_task)
-        # joining parts is file I/O: it takes no CPU slot from the videos
-        stask = ray.remote(num_cpus=0, max_retries=RAY_RETRIES)(shard_task)
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        todo = iter(i for i in range(start, n) if i not in outcomes)
-        videos: dict = {}  # ObjectRef -> input index
-        shards: dict = {}  # ObjectRef -> (shard index, next_index, failed, no_audio)
-        finished: dict = {}  # shard index -> (record, next_index, failed, no_audio)
-        cursor, next_shard, next_commit = start, len(state.data["shards"]), len(state.data["shards"])
-        current: list = []  # (key, part path, frames) of the shard being filled
-        current_bytes = 0
-        pending_failed: list = []
-        pending_no_audio: list = []
+    vtask = ray.remote(num_cpus=1, max_retries=RAY_RETRIES)(video_task)
+    # joining parts is file I/O: it takes no CPU slot from the videos
+    stask = ray.remote(num_cpus=0, max_retries=RAY_RETRIES)(shard_task)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    todo = iter(i for i in range(start, n) if i not in outcomes)
+    videos: dict = {}  # ObjectRef -> input index
+    shards: dict = {}  # ObjectRef -> (shard index, next_index, failed, no_audio)
+    finished: dict = {}  # shard index -> (record, next_index, failed, no_audio)
+    cursor, next_shard, next_commit = start, len(state.data["shards"]), len(state.data["shards"])
+    current: list = []  # (key, part path, frames) of the shard being filled
+    current_bytes = 0
+    pending_failed: list = []
+    pending_no_audio: list = []
 
-        def close_shard(next_index):
-            nonlocal next_shard, current, current_bytes
-            ref = stask.remote(str(out.resolve()), next_shard, current)
-            shards[ref] = (next_shard, next_index, pending_failed[:], pending_no_audio[:])
-            pending_failed.clear()
-            pending_no_audio.clear()
-            next_shard += 1
-            current, current_bytes = [], 0
+    def close_shard(next_index):
+        nonlocal next_shard, current, current_bytes
+        ref = stask.remote(str(out.resolve()), next_shard, current)
+        shards[ref] = (next_shard, next_index, pending_failed[:], pending_no_audio[:])
+        pending_failed.clear()
+        pending_no_audio.clear()
+        next_shard += 1
+        current, current_bytes = [], 0
 
-        while True:
-            while len(videos) < TASKS_PER_CPU * cpus and (i := next(todo, None)) is not None:
-                videos[vtask.remote(i, jobs[i], settings, ctx, str(parts))] = i
-            while cursor < n and cursor in outcomes:  # place finished videos in input order
-                o = outcomes.pop(cursor)
-                if o["error"] is None and B.starts_new_shard(current_bytes, len(current), o["size"], args.shard_size):
-                    close_shard(cursor)
-                failed, no_audio = state.outcome(cursor, o["error"], o.get("has_audio", True))
-                pending_failed += failed
-                pending_no_audio += no_audio
-                if o["error"] is None:
-                    current.append((B._key(jobs[cursor]["video_id"]), str(_part(parts, cursor, "tar")),
-                                    o["num_frames"]))
-                    current_bytes += o["size"]
-                cursor += 1
-            if cursor == n and current:
-                close_shard(n)
-            while next_commit in finished:  # commit in shard order, then drop the parts it holds
-                rec, next_index, failed, no_audio = finished.pop(next_commit)
-                first = state.data["next_index"]
-                state.commit(rec, next_index, failed, no_audio)
-                for i in range(first, next_index):
-                    for ext in ("tar", "json"):
-                        _part(parts, i, ext).unlink(missing_ok=True)
-                next_commit += 1
-            if not videos and not shards:
-                break
-            ready, _ = ray.wait(list(videos) + list(shards), num_returns=1)
-            ref = ready[0]
-            if ref in videos:
-                i = videos.pop(ref)
-                try:
-                    o = ray.get(ref)
-                except ray.exceptions.RayTaskError as e:
-                    _raise_os_error(e)
-                    o = {"index": i, "error": f"internal error: {type(e.cause).__name__}: {e.cause}"}
-                except ray.exceptions.RayError as e:  # the worker died on every attempt (crash, out of memory)
-                    o = {"index": i, "error": f"the Ray worker decoding it died {RAY_RETRIES + 1} times "
-                                              f"({type(e).__name__})"}
-                outcomes[i] = o
-                bar.update(1)
-                B._report(i, jobs[i], o, o["error"], write)
-            else:
-                shard_index, next_index, failed, no_audio = shards.pop(ref)
-                try:
-                    rec = ray.get(ref)
-                except ray.exceptions.RayTaskError as e:
-                    _raise_os_error(e)
-                    raise
-                finished[shard_index] = (rec, next_index, failed, no_audio)
-        if cursor < n:  # pragma: no cover - every input is placed above
-            raise RuntimeError("the Ray build ended before every input was placed")
-        if state.data["next_index"] != n:  # inputs after the last shard (failed ones, or no shard at all)
-            state.commit(None, n, pending_failed, pending_no_audio)
-    finally:
-        ray.shutdown()
+    while True:
+        while len(videos) < TASKS_PER_CPU * cpus and (i := next(todo, None)) is not None:
+            videos[vtask.remote(i, jobs[i], settings, ctx, str(parts))] = i
+        while cursor < n and cursor in outcomes:  # place finished videos in input order
+            o = outcomes.pop(cursor)
+            if o["error"] is None and B.starts_new_shard(current_bytes, len(current), o["size"], args.shard_size):
+                close_shard(cursor)
+            failed, no_audio = state.outcome(cursor, o["error"], o.get("has_audio", True))
+            pending_failed += failed
+            pending_no_audio += no_audio
+            if o["error"] is None:
+                current.append((B._key(jobs[cursor]["video_id"]), str(_part(parts, cursor, "tar")),
+                                o["num_frames"]))
+                current_bytes += o["size"]
+            cursor += 1
+        if cursor == n and current:
+            close_shard(n)
+        while next_commit in finished:  # commit in shard order, then drop the parts it holds
+            rec, next_index, failed, no_audio = finished.pop(next_commit)
+            first = state.data["next_index"]
+            state.commit(rec, next_index, failed, no_audio)
+            for i in range(first, next_index):
+                for ext in ("tar", "json"):
+                    _part(parts, i, ext).unlink(missing_ok=True)
+            next_commit += 1
+        if not videos and not shards:
+            break
+        ready, _ = ray.wait(list(videos) + list(shards), num_returns=1)
+        ref = ready[0]
+        if ref in videos:
+            i = videos.pop(ref)
+            try:
+                o = ray.get(ref)
+            except ray.exceptions.RayTaskError as e:
+                _raise_os_error(e)
+                o = {"index": i, "error": f"internal error: {type(e.cause).__name__}: {e.cause}"}
+            except ray.exceptions.RayError as e:  # the worker died on every attempt (crash, out of memory)
+                o = {"index": i, "error": f"the Ray worker decoding it died {RAY_RETRIES + 1} times "
+                                          f"({type(e).__name__})"}
+            outcomes[i] = o
+            bar.update(1)
+            B._report(i, jobs[i], o, o["error"], write)
+        else:
+            shard_index, next_index, failed, no_audio = shards.pop(ref)
+            try:
+                rec = ray.get(ref)
+            except ray.exceptions.RayTaskError as e:
+                _raise_os_error(e)
+                raise
+            finished[shard_index] = (rec, next_index, failed, no_audio)
+    if cursor < n:  # pragma: no cover - every input is placed above
+        raise RuntimeError("the Ray build ended before every input was placed")
+    if state.data["next_index"] != n:  # inputs after the last shard (failed ones, or no shard at all)
+        state.commit(None, n, pending_failed, pending_no_audio)
 
 
 def _raise_os_error(e) -> None:

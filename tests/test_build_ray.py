@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -178,3 +179,17 @@ def test_parts_left_by_a_killed_driver_are_reused(inputs, tmp_path):
     assert sorted(done) == [1, 2] and done[2]["error"] == "unreadable"
     assert sorted(p.name for p in parts.iterdir()) == ["000000001.json", "000000001.tar", "000000002.json"]
     assert np.all(np.frombuffer((parts / "000000001.tar").read_bytes(), np.uint8) == ord("x"))
+
+
+def test_unreachable_cluster_is_one_line_and_leaves_out_alone(inputs, reference, tmp_path, capsys, monkeypatch):
+    """``--ray auto`` with no cluster to join: refused before ``--out`` is touched (an earlier build stays)."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    rc = avis_cli.main(_args(inputs, out, "--ray", "auto"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "avis build: error: --ray auto: cannot start or join Ray (" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
