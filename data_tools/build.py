@@ -226,19 +226,38 @@ def _frame_times(job: dict, default_fps: float) -> tuple[np.ndarray | None, floa
 
 @functools.cache
 def _torch_jpeg_encoder():
-    """torchvision's ``encode_jpeg`` (libjpeg-turbo, the same bytes as Pillow's), or None where it is gone.
+    """torchvision's JPEG encoder op (libjpeg-turbo, the same bytes as Pillow's), or None where it is gone.
 
     Preferred because it releases the GIL while encoding: Pillow's encoder holds it, so its encoding thread
-    stalled the decoding loop instead of running beside it. torchvision 0.29 marks its image codecs as
-    deprecated (superseded by TorchCodec, not installable here); Pillow remains the fallback.
+    stalled the decoding loop instead of running beside it. The op's library (``image_stable``) is loaded
+    without importing the ``torchvision`` package, whose ``__init__`` imports its models and with them
+    ``torch._dynamo``: 1.6 s of CPU at the start of every build process (the ``torchvision.io.encode_jpeg``
+    function only checks its input and calls the same op). torchvision 0.29 marks its image codecs as
+    deprecated (superseded by TorchCodec, not installable here); ``torchvision.io`` then Pillow are the
+    fallbacks.
     """
+    import importlib.machinery
+    import importlib.util
+
+    import torch
+
+    try:
+        spec = importlib.util.find_spec("torchvision")
+        finder = importlib.machinery.FileFinder(
+            spec.submodule_search_locations[0],
+            (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES))
+        torch.ops.load_library(finder.find_spec("image_stable").origin)
+        op = torch.ops.image.encode_jpeg
+        return lambda chw, quality: op(chw, quality)
+    except (AttributeError, ImportError, OSError, RuntimeError, TypeError):
+        pass
     try:
         from torchvision.io import encode_jpeg
     except ImportError:
         return None
     warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
                             category=DeprecationWarning)
-    return encode_jpeg
+    return lambda chw, quality: encode_jpeg(chw, quality=quality)
 
 
 def _encode_jpeg(img, quality: int) -> bytes:
@@ -250,7 +269,7 @@ def _encode_jpeg(img, quality: int) -> bytes:
         import torch
 
         # a C x H x W view of the H x W x C array: torchvision permutes it back without a copy
-        return encode(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), quality=quality).numpy().tobytes()
+        return encode(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), quality).numpy().tobytes()
     from PIL import Image
 
     buf = io.BytesIO()
