@@ -70,8 +70,16 @@ def write_synthetic(path: Path, seconds: float, size: tuple[int, int], rate: int
             c.mux(p)
 
 
-def bare_decode(files: list[Path], fps: float) -> int:
-    """Decode every frame; keep (as RGB arrays) the frame shown at each k / fps. -> frames kept."""
+def bare_decode(files: list[Path], fps: float, in_flight: int = 1) -> int:
+    """Decode every frame; keep (as RGB arrays) the frame shown at each k / fps. -> frames kept.
+
+    ``in_flight`` > 1: that many files at once in threads (as ``avis build --workers 1`` overlaps the next
+    video with the end of the current one), a reference for what the overlap alone gains."""
+    if in_flight > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(in_flight) as pool:
+            return sum(pool.map(lambda f: bare_decode([f], fps), files))
     kept = 0
     for path in files:
         with av.open(str(path)) as c:
@@ -94,6 +102,54 @@ def bare_decode(files: list[Path], fps: float) -> int:
     return kept
 
 
+def breakdown(files: list[Path], fps: float, repeats: int) -> dict[str, float]:
+    """CPU seconds of each piece of the build's work on ``files``, each run alone on one thread (best of
+    ``repeats``; CPU time, so little disturbed by other jobs): where the build spends beyond the bare decode."""
+    import hashlib
+
+    import torch
+
+    from data_tools import build as B
+    from data_tools import decode as dec
+
+    torch.set_num_threads(1)
+    frames = []  # the kept frames as decoded PyAV frames' RGB arrays
+    for path in files:
+        d = dec.decode(path, fps=fps, audio=False)
+        frames += list(d.frames)
+    sounds = []
+    for path in files:
+        with dec._open(path) as c:
+            if c.streams.audio:
+                sounds.append(dec._mono_chunks(c, str(path), "media"))
+
+    def cpu(fn) -> float:
+        best = float("inf")
+        for _ in range(repeats):
+            c = time.process_time()
+            fn()
+            best = min(best, time.process_time() - c)
+        return best
+
+    def audio_decode():
+        for path in files:
+            with dec._open(path) as c:
+                if c.streams.audio:
+                    dec._mono_chunks(c, str(path), "media")
+
+    waves = [dec._resample(np.concatenate([x for _, x in ch]), rate, 16000) for ch, rate in sounds]
+    blobs = [B._encode_jpeg(f, 90) for f in frames]
+    return {
+        "JPEG q90 encode": cpu(lambda: [B._encode_jpeg(f, 90) for f in frames]),
+        "sound decode + down-mix": cpu(audio_decode),
+        "resample to 16 kHz": cpu(lambda: [dec._resample(np.concatenate([x for _, x in ch]), rate, 16000)
+                                           for ch, rate in sounds]),
+        "FLAC encode": cpu(lambda: [B._encode_flac(w, 16000) for w in waves]),
+        "tar blocks + sha256": cpu(lambda: hashlib.sha256(b"".join(B.tar_blocks(
+            [(f"k.{i:05d}.jpg", b) for i, b in enumerate(blobs)]))).hexdigest()),
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--videos", type=int, default=4)
@@ -103,6 +159,7 @@ def main() -> int:
     ap.add_argument("--fps", type=float, default=6.0, help="sampling rate of the build")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--processes", action="store_true", help="also time whole processes (start-up included)")
+    ap.add_argument("--breakdown", action="store_true", help="also the CPU time of each piece of the work")
     args = ap.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
     tmp = Path(tempfile.mkdtemp(prefix="avis-bench-build-"))
@@ -118,7 +175,8 @@ def main() -> int:
         except ImportError:
             pass
         files = sorted(src.iterdir())
-        best = {k: float("inf") for k in ("bare", "build", "bare_cpu", "build_cpu", "bare_proc", "build_proc")}
+        best = {k: float("inf") for k in ("bare", "build", "bare_cpu", "build_cpu", "bare_proc", "build_proc",
+                                          "bare2")}
         frames = 0
         load0 = os.getloadavg()
         avis_cli.main(["build", "--videos", str(src), "--out", str(tmp / "warm"), "--fps", str(args.fps)])
@@ -127,6 +185,9 @@ def main() -> int:
             frames = bare_decode(files, args.fps)
             best["bare"] = min(best["bare"], time.perf_counter() - t)
             best["bare_cpu"] = min(best["bare_cpu"], time.process_time() - c)
+            t = time.perf_counter()
+            bare_decode(files, args.fps, in_flight=2)
+            best["bare2"] = min(best["bare2"], time.perf_counter() - t)
             out = tmp / f"out{r}"
             t, c = time.perf_counter(), time.process_time()
             rc = avis_cli.main(["build", "--videos", str(src), "--out", str(out), "--fps", str(args.fps),
@@ -166,6 +227,13 @@ def main() -> int:
               f"({frames / best['build']:.1f} kept frames/s)")
         print(f"ratio build/bare speed: {ratio:.2f} wall-clock, {best['bare_cpu'] / best['build_cpu']:.2f} CPU time "
               "(goal >= 0.85)")
+        print(f"bare decode, 2 files at a time: {best['bare2']:.3f} s wall; build/that: "
+              f"{best['bare2'] / best['build']:.2f} (what overlapping files alone gives a decoder)")
+        if args.breakdown:
+            parts = breakdown(files, args.fps, args.repeats)
+            print("CPU seconds of the build's own work, each piece alone on one thread: " +
+                  ", ".join(f"{k} {v:.3f}" for k, v in parts.items()) +
+                  f"; sum {sum(parts.values()):.3f} (build - bare CPU: {best['build_cpu'] - best['bare_cpu']:.3f})")
         if args.processes:
             print(f"whole processes: bare {best['bare_proc']:.3f} s, avis build {best['build_proc']:.3f} s, ratio "
                   f"{best['bare_proc'] / best['build_proc']:.2f} (start-up included)")

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -33,13 +34,18 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from bench_build import write_synthetic  # noqa: E402
 
+CPU = {}  # label -> CPU seconds of the last build process of that kind (and its children)
+
 
 def build(src: Path, out: Path, *extra: str) -> float:
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     p = subprocess.run([sys.executable, "-m", "avis", "build", "--videos", str(src), "--out", str(out), "--fps",
                         ARGS.fps, "--shard-size", str(64 << 20), *extra], env=env, capture_output=True, text=True)
     dt = time.perf_counter() - t
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU[" ".join(extra)] = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
     if p.returncode != 0:
         raise SystemExit(f"build failed ({' '.join(extra)}):\n{p.stderr[-3000:]}")
     return dt
@@ -105,7 +111,13 @@ def main() -> int:
         print(f"inputs: {ARGS.videos} synthetic {ARGS.size} {ARGS.rate} fps {ARGS.seconds:g} s H.264 + AAC 48 kHz "
               f"stereo, {in_bytes / ARGS.videos / 1e6:.2f} MB each; sampling {ARGS.fps} fps -> {frames} frames, "
               f"{out_bytes / ARGS.videos / 1e6:.2f} MB of shard per video")
-        print(f"per-video work (--workers 1, whole process {one:.2f} s): {one / ARGS.videos:.3f} s per video")
+        start1 = subprocess.run([sys.executable, "-c", "import time; t = time.perf_counter(); import torch, "
+                                 "torchaudio.functional, data_tools.build; print(time.perf_counter() - t)"],
+                                env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True)
+        imports = float(start1.stdout)
+        print(f"per-video work (--workers 1, whole process {one:.2f} s, {CPU['--workers 1']:.2f} CPU-s; its imports "
+              f"take {imports:.2f} s): {(one - imports) / ARGS.videos:.3f} s and "
+              f"{CPU['--workers 1'] / ARGS.videos:.3f} CPU-s per video")
         for k, label in (("workers", "--workers 2       "), ("ray", "--ray --workers 2 ")):
             print(f"{label}: {best[k]:.2f} s wall, {ARGS.videos / best[k]:.2f} videos/s, "
                   f"{frames / best[k]:.1f} frames/s")
