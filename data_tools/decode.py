@@ -24,6 +24,7 @@ handle of the file in a thread beside it; only the frames that are shown at a ta
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -42,6 +43,24 @@ log = logging.getLogger(__name__)
 TIME_EPS = 1e-6  # seconds; a frame whose time equals a target up to float rounding is shown at that target
 AUDIO_RATE = 16_000
 MAX_BAD_PACKETS = 10  # undecodable packets skipped per stream before the file counts as corrupt
+MAX_FPS = 1000.0  # frames per second: above any source's rate a sampling rate only repeats frames
+
+
+def check_fps(fps, what: str = "fps") -> float:
+    """A frame rate given by a user or an annotation file -> float, or :class:`InputError` saying ``what`` is
+    wrong: it must be a finite number in (0, ``MAX_FPS``]. The one check of ``avis build --fps``, an
+    annotation's ``fps``, ``avis infer --fps`` and :func:`decode`: an infinite rate made the frame sampler
+    loop forever (every target k / inf is 0), 1e9 asked for a billion frames a second of video."""
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)):
+        raise InputError(f"{what} must be a number of frames per second, got {type(fps).__name__}")
+    try:
+        value = float(fps)
+    except OverflowError:  # an integer of hundreds of digits
+        raise InputError(f"{what} must be a frame rate in (0, {MAX_FPS:g}] per second, got a number of "
+                         f"{fps.bit_length()} bits") from None
+    if not (math.isfinite(value) and 0 < value <= MAX_FPS):
+        raise InputError(f"{what} must be a frame rate in (0, {MAX_FPS:g}] per second, got {value:g}")
+    return value
 
 
 @dataclass
@@ -274,8 +293,8 @@ def decode(path: str | os.PathLike, times=None, fps: float | None = None, max_si
         times = np.asarray(times, dtype=np.float64)
         if times.ndim != 1 or (len(times) > 1 and np.any(np.diff(times) < 0)):
             raise ValueError("times must be a sorted 1-D sequence")
-    if fps is not None and not fps > 0:
-        raise ValueError(f"fps must be positive, got {fps}")
+    if fps is not None:
+        fps = check_fps(fps)
     with _open(path) as c:
         if not c.streams.video:
             raise InputError("no video stream", path)
@@ -291,35 +310,38 @@ def decode(path: str | os.PathLike, times=None, fps: float | None = None, max_si
         # The sound is decoded from a second handle of the file in a thread (PyAV releases the GIL while
         # decoding): interleaving audio packets with the frame-threaded video decoder stalled its pipeline
         # and cost 3-4x the audio's own decode time.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            sound = pool.submit(_decode_sound, path) if audio and c.streams.audio else None
-            try:
-                for decoded in _decoded_packets(c, vs):
-                    for frame in decoded:
-                        ft = frame.time
-                        if ft is None:  # no timestamp: continue at the nominal rate
-                            ft = (last_t + (last_dur or 0)) if last_t is not None else 0.0
-                        if t0 is None:
-                            t0 = ft
-                        t = ft - t0
-                        sampler.push(t, frame)
-                        if frame.duration:
-                            last_dur = float(frame.duration * frame.time_base)
-                        elif last_t is not None and t > last_t:
-                            last_dur = t - last_t
-                        last_t = t if last_t is None else max(last_t, t)
-                        n_frames += 1
-            except av.FFmpegError as e:
-                if sound is not None:
-                    sound.cancel()
-                raise InputError(f"corrupt or truncated media ({_reason(e)})", path) from None
-            chunks, native_rate = sound.result() if sound is not None else ([], 0)
+        sound = _sound_pool().submit(_decode_sound, path) if audio and c.streams.audio else None
+        try:
+            for decoded in _decoded_packets(c, vs):
+                for frame in decoded:
+                    ft = frame.time
+                    if ft is None:  # no timestamp: continue at the nominal rate
+                        ft = (last_t + (last_dur or 0)) if last_t is not None else 0.0
+                    if t0 is None:
+                        t0 = ft
+                    t = ft - t0
+                    sampler.push(t, frame)
+                    if frame.duration:
+                        last_dur = float(frame.duration * frame.time_base)
+                    elif last_t is not None and t > last_t:
+                        last_dur = t - last_t
+                    last_t = t if last_t is None else max(last_t, t)
+                    n_frames += 1
+        except av.FFmpegError as e:
+            if sound is not None:
+                sound.cancel()  # or, running, it ends on its own and is dropped
+            raise InputError(f"corrupt or truncated media ({_reason(e)})", path) from None
+        chunks, native_rate = sound.result() if sound is not None else ([], 0)
         if n_frames == 0:
             raise InputError("the video stream has no decodable frames", path)
         if last_dur is None or last_dur <= 0:
             last_dur = 1.0 / rate if rate else 0.0
         duration = last_t + last_dur
-        # A file cut short still decodes, to fewer frames than its header announces.
+        # A file cut short still decodes, to fewer frames than its header announces. An edit list can present
+        # fewer frames than the samples the header counts (a cut keeping 15 of 30 frames, the first at -1 s):
+        # the header's duration is the presented one, so the frames that duration holds are what to expect.
+        if header_frames > 0 and header_duration > 0 and rate:
+            header_frames = min(header_frames, math.ceil(header_duration * rate - 1e-6))
         if header_frames > 0 and n_frames < 0.9 * header_frames - 1:
             raise InputError(f"truncated: {n_frames} of the {header_frames} frames its header announces decode", path)
         if header_duration > 0 and duration < 0.9 * header_duration - 0.1:
@@ -341,6 +363,13 @@ def decode(path: str | os.PathLike, times=None, fps: float | None = None, max_si
                        rotation=sampler.rotation,
                        info={"video_start": t0, "audio_start": chunks[0][0] if chunks else None,
                              "native_audio_rate": native_rate, "decoded_frames": n_frames})
+
+
+@functools.cache
+def _sound_pool() -> ThreadPoolExecutor:
+    """The threads that decode sounds beside the videos, kept for the process (starting threads for every
+    video showed in the build's profile); two, for two videos decoded at once."""
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="avis-sound")
 
 
 def _decoded_packets(container, stream, max_bad: int = MAX_BAD_PACKETS):
@@ -388,13 +417,32 @@ def _decode_sound(path: str) -> tuple[list[tuple[float | None, np.ndarray]], int
         return _mono_chunks(c, path, "media")
 
 
+_THREADS_LOCK = threading.Lock()
+_THREADS_USERS = [0, 1]  # resamplings running, torch's thread count before the first of them
+
+
 def _resample(x: np.ndarray, orig: int, new: int) -> np.ndarray:
+    """torchaudio's resampler, on one torch thread: with torch's default pool of one thread per core, its
+    OpenMP threads spun beside the video decoder's and the builder's JPEG threads and made a resampling of a
+    few ms take 20-50 times longer on 2 busy cores. The count is restored when no resampling runs (they may
+    run in several threads at once); the result does not depend on it."""
     if orig == new:
         return x
     import torch
     import torchaudio.functional as AF
 
-    return AF.resample(torch.from_numpy(np.ascontiguousarray(x)), orig, new).numpy()
+    with _THREADS_LOCK:
+        if _THREADS_USERS[0] == 0:
+            _THREADS_USERS[1] = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _THREADS_USERS[0] += 1
+    try:
+        return AF.resample(torch.from_numpy(np.ascontiguousarray(x)), orig, new).numpy()
+    finally:
+        with _THREADS_LOCK:
+            _THREADS_USERS[0] -= 1
+            if _THREADS_USERS[0] == 0:
+                torch.set_num_threads(_THREADS_USERS[1])
 
 
 def _place_audio(chunks, native_rate, t0, n, sample_rate) -> np.ndarray:

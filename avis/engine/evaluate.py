@@ -3,6 +3,7 @@ per-instance IoU samples and timing.
 
     avis eval --checkpoint runs/av/checkpoints/last.pt --shards 'shards/val-*.tar' --out runs/av/eval
     avis eval --checkpoint CKPT --out DIR data.test_size=480        # overrides of the checkpoint's config
+    torchrun --nproc-per-node 4 -m avis eval --checkpoint CKPT ...  # videos split over 4 GPUs (eval_split.py)
 
 The ground truth is the annotations carried in the shards (written to ``gt.json``) unless ``--gt`` names a
 YTVIS JSON; masks are written at the ground truth's video size.
@@ -45,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     summary = evaluate_checkpoint(args.checkpoint, args.out, shards=args.shards, gt=args.gt, device=args.device,
                                   limit=args.limit, amp=not args.no_amp, overrides=args.overrides,
                                   keep_attention=args.keep_attention)
+    if summary is None:  # a torchrun rank other than 0: rank 0 writes the merged evaluation
+        return 0
     summary.pop("results")
     print(json.dumps(summary))
     return 0
@@ -56,7 +59,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
                         keep_attention: bool = False) -> dict:
     """A checkpoint online over ``shards`` (default: its config's ``data.val``), scored against ``gt`` (a YTVIS
     dict or file; None: the annotations in the shards) -> ``out_dir``/results.json, metrics.json,
-    samples.csv (+ gt.json). ``overrides``: ``key=value`` changes of the checkpoint's config.
+    samples.csv (+ gt.json). Under ``torchrun`` the videos are split over the processes and rank 0 writes the
+    merged evaluation, identical to one process (:mod:`avis.engine.eval_split`; other ranks return None).
+    ``overrides``: ``key=value`` changes of the checkpoint's config.
     ``keep_attention``: also write ``attention.npz`` (RCF's attention maps, for ``avis view``). Returns the
     summary written to metrics.json plus ``results`` (the YTVIS results).
 
@@ -69,7 +74,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
 
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be a number of videos >= 1, got {limit}")
-    trained = load_trained(checkpoint, device, list(overrides))
+    from avis.engine import eval_split
+
+    trained = load_trained(checkpoint, eval_split.rank_device(device), list(overrides))
     cfg = trained.cfg
     if shards:
         source = ShardSource(shards if isinstance(shards, (list, tuple)) else str(shards),
@@ -88,6 +95,15 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
     else:  # the ground truth comes from the shards: their categories must be the checkpoint's
         _check_manifest_categories(source, trained.categories, checkpoint)
         check = _video_categories_check(trained.categories, checkpoint)
+    extra = {"checkpoint": {"path": str(checkpoint), "step": trained.step}}
+    if eval_split.world_size() > 1:  # under torchrun: this rank's videos; rank 0 merges and writes
+        if keep_attention:
+            raise ConfigError("--keep-attention is for a single process, not a torchrun evaluation")
+        pred = eval_split.predict_split(trained.model, source, limit, trained.categories, trained.device,
+                                        check=check, **_predict_options(cfg.data, gt, amp))
+        if pred is None:
+            return None
+        return {**write_evaluation_of(out_dir, pred, gt, extra), "results": pred["results"]}
     videos, recorder = iter_eval_videos(source, limit, check), None
     if keep_attention:  # its copies to the host count in the timing
         from avis.view.attention import AttentionRecorder
@@ -95,8 +111,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
         recorder = AttentionRecorder(trained.model)
         videos = recorder.videos(videos)
     summary = evaluate_model(trained.model, videos, trained.categories, trained.device, cfg.data, out_dir, gt=gt,
-                             amp=amp, progress=progress,
-                             extra={"checkpoint": {"path": str(checkpoint), "step": trained.step}})
+                             amp=amp, progress=progress, extra=extra)
     if recorder is not None:
         recorder.save(Path(out_dir) / "attention.npz")
     return summary
@@ -106,13 +121,23 @@ def evaluate_model(model, videos, categories: list[dict], device, data_cfg: Dict
                    gt: dict | None = None, amp: bool = False, progress: bool = True, extra: dict | None = None) -> dict:
     """``model`` online over ``videos`` at the test size of ``data_cfg`` (``test_size``, ``test_max_size``,
     ``eta``) -> ``out_dir`` (see :func:`evaluate_checkpoint`). Returns the summary plus ``results``."""
-    from avis.engine.predict import predict_videos, write_evaluation
+    from avis.engine.predict import predict_videos
 
-    pred = predict_videos(model, videos, categories, device, short=data_cfg.get("test_size"),
-                          max_size=data_cfg.get("test_max_size"), eta=float(data_cfg.get("eta", DEFAULT_ETA)), amp=amp,
-                          progress=progress, with_gt=gt is None, sizes=_gt_sizes(gt))
-    summary = write_evaluation(Path(out_dir), pred, gt, extra=extra)
-    return {**summary, "results": pred["results"]}
+    pred = predict_videos(model, videos, categories, device, progress=progress, **_predict_options(data_cfg, gt, amp))
+    return {**write_evaluation_of(out_dir, pred, gt, extra), "results": pred["results"]}
+
+
+def _predict_options(data_cfg: DictConfig, gt: dict | None, amp: bool) -> dict:
+    """``predict_videos``'s options: the test size of ``data_cfg``, and the ground truth's video sizes."""
+    return {"short": data_cfg.get("test_size"), "max_size": data_cfg.get("test_max_size"),
+            "eta": float(data_cfg.get("eta", DEFAULT_ETA)), "amp": amp, "with_gt": gt is None,
+            "sizes": _gt_sizes(gt)}
+
+
+def write_evaluation_of(out_dir, pred: dict, gt: dict | None, extra: dict | None) -> dict:
+    from avis.engine.predict import write_evaluation
+
+    return write_evaluation(Path(out_dir), pred, gt, extra=extra)
 
 
 def build_val_source(data_cfg: DictConfig):

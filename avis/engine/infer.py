@@ -24,7 +24,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from avis.errors import InputError
 from avis.io.files import regular_file
 from avis.models.audio.windows import DEFAULT_ETA
 
@@ -53,8 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from avis.io.ytvis import save_json
     from data_tools import decode as dec
 
-    if args.fps <= 0:
-        raise InputError(f"--fps must be positive, got {args.fps}")
+    dec.check_fps(args.fps, "--fps")  # the build's rule: finite, in (0, 1000]
     paths = [Path(v) for v in args.videos]
     for p in paths:
         regular_file(p)

@@ -32,6 +32,42 @@ def audio_only(path: Path) -> Path:
     return path
 
 
+def edit_list(path: Path, gop: int | None = None) -> Path:
+    """30 frames at 15 fps whose timestamps start at -1 s, and AAC sound starting at -0.5 s (a click there and
+    one at +0.5 s). FFmpeg's mp4 muxer writes an edit list (``elst``) that starts the presentation at 0 s: the
+    container presents the last 15 frames (grey levels of frames 15..29, see ``tests.avmedia.level``) and the
+    sound from 0 s. ``gop=1``: every frame a key frame, so the demuxer drops the 15 cut samples (the header
+    still counts 30); default GOP: they are demuxed flagged 'discard' and decoded only as references."""
+    from tests.avmedia import clicks_audio, level
+
+    with av.open(str(path), "w", format="mp4") as c:
+        vs = c.add_stream("libx264", rate=15)
+        vs.width, vs.height, vs.pix_fmt, vs.time_base = 64, 48, "yuv420p", Fraction(1, 15)
+        if gop:
+            vs.options = {"g": str(gop)}
+        aus = c.add_stream("aac", rate=48000)
+        aus.layout = "mono"
+        for i in range(30):
+            img = np.full((48, 64, 3), level(i), np.uint8)
+            img[:8, :8] = 255
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts, f.time_base = i - 15, Fraction(1, 15)
+            for p in vs.encode(f):
+                c.mux(p)
+        for p in vs.encode():
+            c.mux(p)
+        x = clicks_audio(1.5, [0.0, 1.0], channels=1)
+        for s in range(0, x.shape[1], 1024):
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(x[:, s:s + 1024]), format="fltp", layout="mono")
+            af.sample_rate, af.pts, af.time_base = 48000, s - 24000, Fraction(1, 48000)
+            for p in aus.encode(af):
+                c.mux(p)
+        for p in aus.encode():
+            c.mux(p)
+    assert b"elst" in path.read_bytes()
+    return path
+
+
 def _packet_ranges(path: Path, kind: str) -> list[tuple[int, int]]:
     with av.open(str(path)) as c:
         st = c.streams.audio[0] if kind == "audio" else c.streams.video[0]

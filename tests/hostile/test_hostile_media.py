@@ -92,7 +92,9 @@ BUILD_JSON_CASES = {
     "rle-wrong-size": (3, r"video 1 annotation 1 frame 1: RLE size \[8, 8\] does not match the video's \[48, 64\]"),
     "duplicate-ids": (2, r"duplicate annotation id 1"),
     "missing-fields": (3, r"video 1: annotations are 64xNone but the frames are 64x48"),
-    "absurd-dimensions": (3, r"video 2: annotations are 100000x100000 but the frames are 64x48"),
+    # its masks ("counts": "0") cover no pixel of their 1e5 x 1e5 size: refused before the video is decoded
+    "absurd-dimensions": (3, r"gt_absurd-dimensions.json: video 2 annotation 3 frame 0: RLE counts cover 0 "
+                             r"pixels, not 100000x100000 = 10000000000"),
     "deep-nesting": (2, r"JSON nested too deeply"),
     "not-json": (2, r"invalid JSON at line 1 column 13"),
     "zero-byte": (2, r"invalid JSON at line 1 column 1"),
