@@ -434,6 +434,9 @@ def generate(out_dir: str | Path, num_videos: int = 16, seed: int = 0, audio_dep
         n_dep = math.floor(audio_dependence * n + 0.5)  # round half up (Python's round() halves to even)
         dep[np.random.default_rng(np.random.SeedSequence([seed, si, 1 << 20])).permutation(n)[:n_dep]] = True
         jobs += [(split, si, k, bool(dep[k])) for k in range(n)]
+    # video ids run on across the splits (train 1..n, val n+1..N): results of one split scored against the
+    # other's annotations then name unknown videos instead of scoring 0 on look-alike ids
+    first_id = {split: 1 + sum(sizes[s] for s in SPLITS[:si]) for si, split in enumerate(SPLITS)}
 
     made: list[SynthVideo] = []
     data = {s: {"info": _info(seed, audio_dependence, cfg, s), "videos": [], "annotations": [],
@@ -445,7 +448,7 @@ def generate(out_dir: str | Path, num_videos: int = 16, seed: int = 0, audio_dep
         name = f"{split}_{k:04d}"
         write_mp4(out / "videos" / f"{name}.mp4", img, wav, cfg.fps, cfg.sample_rate)
         d = data[split]
-        vid = k + 1
+        vid = first_id[split] + k
         d["videos"].append({
             "id": vid, "width": cfg.width, "height": cfg.height, "length": cfg.frames,
             "file_names": [f"{name}/{i:05d}.jpg" for i in range(cfg.frames)],

@@ -183,6 +183,12 @@ def run(args: argparse.Namespace) -> int:
     skip_blas_probe()  # this process only scores: no SciPy import for numba's BLAS probe
     numbers, ev, hota_ev = compute(gt, results, metrics, workers=args.workers, progress=True, gt_path=args.gt,
                                    results_path=args.results)
+    from avis.evaluation.pairing import check_results_belong
+
+    # results made on other videos: a warning for videos without predictions; an error when no mask touches
+    # an object (only looked at when nothing matched: a single match proves overlap)
+    matched = any(numbers.get(k, 0) > 0 for k in ("AR100", "DetRe"))
+    check_results_belong(gt, results, args.results, args.gt, check_overlap=not matched)
     print(format_table(numbers))
     rows = per_category_rows(ev, hota_ev) if args.per_category else None
     if rows is not None:
