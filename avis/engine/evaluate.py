@@ -141,11 +141,29 @@ def write_evaluation_of(out_dir, pred: dict, gt: dict | None, extra: dict | None
 
 
 def build_val_source(data_cfg: DictConfig):
-    """``data.val``, or None when there is none (no node, or a node whose ``pattern`` is null)."""
+    """``data.val``, or None when there is none (no node, or a node whose ``pattern`` is null). A source that
+    cannot be made is the user's error (the shards are not there, ...), not hydra's wrapped exception; a
+    relative pattern (runs before avis stored absolute ones) says where it was looked for."""
+    from hydra.errors import InstantiationException
+
+    from avis.errors import AvisError
+
     val = data_cfg.get("val")
     if val is None or ("pattern" in val and val.pattern is None):
         return None
-    return instantiate(val)
+    try:
+        return instantiate(val)
+    except InstantiationException as e:
+        cause = e.__cause__
+        pattern = val.get("pattern") if "pattern" in val else None
+        relative = isinstance(pattern, str) and not os.path.isabs(pattern) and ":" not in pattern
+        hint = (f" (data.val.pattern '{pattern}' is relative: it was looked for from {os.getcwd()}; run from the "
+                "folder the run was trained in, or give --shards)") if relative else ""
+        if isinstance(cause, AvisError):
+            raise type(cause)(f"{cause.message}{hint}", cause.path) from cause
+        what = f"{type(cause).__name__}: {cause}" if cause is not None else str(e)
+        raise ConfigError(f"cannot make the validation data (data.val): {' '.join(what.split())[:300]}{hint}") \
+            from e
 
 
 def _refuse_commands(cfg: DictConfig, overrides, checkpoint) -> None:
