@@ -118,6 +118,9 @@ class Trainer:
         self.last: StepOutput | None = None  # the last step's output
         self.scalars: dict | None = None  # the last logged training scalars (avis.engine.hooks.LogScalars)
         self.last_eval: dict | None = None  # the last periodic evaluation's scalars (avis.engine.hooks.PeriodicEval)
+        self.last_eval_step: int | None = None  # ... and its step
+        self.best: dict | None = None  # the best evaluation so far (avis.engine.hooks.BestCheckpoint)
+        self.completed = False  # the loop reached max_steps (hooks' after_train also runs after an error)
 
     def _load(self, path: Path):
         state = ckpt_io.load(path, require=("step", "model", "optimizer", "scheduler"))
@@ -167,6 +170,7 @@ class Trainer:
                 self.run_step()
                 for h in self.hooks:
                     h.after_step()
+            self.completed = True
         finally:
             self._batches.close()
             for h in self.hooks:
