@@ -315,3 +315,16 @@ def test_infer_names_a_missing_input(toy_run, tmp_path, capsys):
     assert avis_cli.main(["infer", str(tmp_path / "empty"), "--checkpoint", str(toy_run / "all_cat1.pt"),
                           "--out", str(tmp_path / "o")]) == 2
     assert "a folder without frames" in capsys.readouterr().err
+
+
+def test_view_of_infer_output_finds_the_media(synth, toy_run, tmp_path):
+    out = tmp_path / "infer"
+    assert avis_cli.main(["infer", str(synth / "videos" / "val_0000.mp4"), "--checkpoint",
+                          str(toy_run / "all_cat1.pt"), "--out", str(out), "--no-overlay"]) == 0
+    assert avis_cli.main(["view", str(out), "--out", str(tmp_path / "page")]) == 0
+    media = list((tmp_path / "page" / "media").glob("*.mp4"))
+    assert len(media) == 1
+    import av
+
+    with av.open(str(media[0])) as c:
+        assert sum(1 for _ in c.decode(video=0)) >= 6 and c.streams.audio
