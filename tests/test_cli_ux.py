@@ -81,3 +81,17 @@ def test_train_help_lists_the_experiments_and_the_common_keys(capsys):
     for key in ("data.train.pattern", "trainer.max_steps", "hydra.run.dir", "data.val_pattern",
                 "trainer.resume", "trainer.best_metric"):
         assert key in out
+
+
+def test_values_no_builder_accepts_are_one_line(tmp_path, capsys):
+    # a mandatory value left unset (data.train.pattern: ??? in configs/data/shards.yaml)
+    assert avis_cli.main(["train", f"hydra.run.dir={tmp_path / 'a'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["avis train: error: data.train.pattern is not set: give data.train.pattern=... (the training "
+                   "shards: a folder, glob or URL)"]
+    # shards that are not there: the reader's own line, not hydra's report of the builder's exception
+    assert avis_cli.main(["train", "experiment=rcf_av_tiny", f"data.train.pattern={tmp_path / 'nope'}",
+                          f"hydra.run.dir={tmp_path / 'b'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("avis train: error: ") and "nope" in err[0]
+    assert "Set the environment variable HYDRA_FULL_ERROR" not in "".join(err)

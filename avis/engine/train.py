@@ -110,6 +110,8 @@ def run(args: argparse.Namespace, hooks=()) -> int:
             results.append(train(cfg, hooks))
         except (AvisError, OSError) as e:  # hand one-line errors (ours, a full disk) to the CLI, not hydra's report
             errors.append(e)
+        except Exception as e:  # noqa: BLE001 - config values hydra composed but no builder accepts: one line too
+            errors.append(config_error(e))
 
     saved = sys.argv
     sys.argv = ["avis train", *overrides]
@@ -143,6 +145,32 @@ def train_experiment(experiment: str, run_dir: str | os.PathLike, train_pattern,
     check_config(cfg)
     train(cfg)
     return run_dir / "checkpoints" / "last.pt"
+
+
+def config_error(e: Exception) -> Exception:
+    """An error raised while a composed config is built into the run, as the CLI should show it: a builder's
+    own :class:`~avis.errors.AvisError` (hydra wraps it), a value left unset (``???``) or of the wrong type as
+    a :class:`~avis.errors.ConfigError` naming the key; anything else unchanged (the CLI's last resort)."""
+    from hydra.errors import InstantiationException
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+    cause = e
+    while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(cause, (AvisError, OSError)):
+        return cause
+    if isinstance(cause, MissingMandatoryValue):
+        key = getattr(cause, "full_key", None) or "a value"
+        hint = " (the training shards: a folder, glob or URL)" if key == "data.train.pattern" else ""
+        return ConfigError(f"{key} is not set: give {key}=...{hint}")
+    if isinstance(cause, OmegaConfBaseException):
+        first = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        key = getattr(cause, "full_key", None)
+        return ConfigError(f"{key}: {first}" if key and key not in first else first)
+    if isinstance(e, InstantiationException):
+        what = f"{type(cause).__name__}: {cause}" if cause is not e else str(e)
+        return ConfigError(" ".join(what.split())[:400])
+    return e
 
 
 # --------------------------------------------------------------------------- config errors, before hydra runs
