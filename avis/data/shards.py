@@ -620,11 +620,14 @@ class ShardSource:
         """The frame rate of the data (its first video's: the ``fps`` it was built at, else the mean rate of
         its frame times); None when it cannot be read. Recorded in checkpoints, so that ``avis infer`` runs
         at the rate the model was trained on."""
+        videos = self.videos(self.files[0], strict=True)
         try:
-            video = next(iter(self.videos(self.files[0], strict=True)), None)
+            video = next(videos, None)
         except (InputError, OSError) as e:
             log.debug("no frame rate from %s: %s", self.files[0], e)
             return None
+        finally:
+            videos.close()  # the shard's stream is released now, not when the generator is collected
         if video is None:
             return None
         if video.fps:
