@@ -7,7 +7,13 @@ and light commands stay fast. A subcommand module provides::
     def run(args: argparse.Namespace) -> int: ...      # the exit code
 
 Errors a user can act on (:class:`avis.errors.AvisError`) are printed as one line,
-``avis <command>: error: <file>: <what is wrong>``, with a non-zero exit code; ``--debug`` shows the traceback.
+``avis <command>: error: <file>: <what is wrong>``, with a non-zero exit code; ``--debug`` (anywhere on the
+line: ``avis --debug score ...``, ``avis train experiment=x --debug``) shows the traceback.
+
+A reader that stops early (``avis inspect ... | head -1``) ends the command quietly: the broken pipe is not an
+error of the command, so nothing is printed and the exit code is 141 (128 + SIGPIPE, as ``grep`` or ``cat``
+killed by the signal report it). The signal itself stays ignored: a socket closed under a remote shard reader
+must be an error there, not a silent death of the process.
 
 What a command prints comes partly from untrusted files (category names, media paths, messages quoting a
 file). While a command runs, its stdout and stderr pass through :func:`avis.io.text.printable`, the one place
@@ -19,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import logging
+import os
 import sys
 import traceback
 
@@ -41,6 +49,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("avis.demo", "the whole workflow on the embedded synthetic dataset"),
     "view": ("avis.view", "a static HTML page to browse results with their sound (masks, IoU, attention)"),
 }
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a process ended by SIGPIPE
 
 
 class _PrintableStream:
@@ -64,7 +73,7 @@ class _PrintableStream:
 def _top_help() -> str:
     width = max(len(n) for n in COMMANDS)
     lines = [
-        "usage: avis [--version] <command> [options]   (avis <command> --help for its options)",
+        "usage: avis [--version] [--debug] <command> [options]   (avis <command> --help for its options)",
         "",
         "audio-visual video instance segmentation toolkit",
         "",
@@ -81,26 +90,45 @@ def _load(name: str):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(_top_help())
-        return 0 if argv else 2
-    if argv[0] == "--version":
-        print(f"avis {__version__}")
-        return 0
-    name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        print(f"avis: error: unknown command '{name}' (choose from {', '.join(COMMANDS)})", file=sys.stderr)
-        return 2
+    # --debug is the CLI's, wherever it stands (before the command, among hydra overrides): taken out here
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     streams = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _PrintableStream(sys.stdout), _PrintableStream(sys.stderr)
     try:
-        return _run(name, rest)
+        if not argv or argv[0] in ("-h", "--help", "help"):
+            print(_top_help())
+            return 0 if argv else 2
+        if argv[0] == "--version":
+            print(f"avis {__version__}")
+            return 0
+        name, rest = argv[0], argv[1:]
+        if name not in COMMANDS:
+            print(f"avis: error: unknown command '{name}' (choose from {', '.join(COMMANDS)})", file=sys.stderr)
+            return 2
+        sys.stdout, sys.stderr = _PrintableStream(sys.stdout), _PrintableStream(sys.stderr)
+        code = _run(name, rest, debug)
+        sys.stdout.flush()  # a pipe closed early shows here for output still buffered
+        return code
+    except BrokenPipeError:
+        return _broken_pipe(streams)
     finally:
         sys.stdout, sys.stderr = streams
 
 
-def _run(name: str, rest: list[str]) -> int:
-    debug = "--debug" in rest
+def _broken_pipe(streams=None) -> int:
+    """The reader of our output went away: send what is still buffered (and anything printed at exit) to
+    /dev/null, so that Python does not report the failed flush when it exits."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in streams or (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            pass
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
+def _run(name: str, rest: list[str], debug: bool = False) -> int:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         mod = _load(name)
@@ -108,12 +136,15 @@ def _run(name: str, rest: list[str]) -> int:
         parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
         mod.add_arguments(parser)
         args = parser.parse_args(rest)
+        args.debug = debug or args.debug
         return int(mod.run(args) or 0)
     except AvisError as e:
         if debug:
             traceback.print_exc()
         print(f"avis {name}: error: {printable(str(e), one_line=True)}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # before OSError: a closed pipe is the reader's choice, not an error to report
+        return _broken_pipe()
     except OSError as e:  # the machine, not our code: a full disk, a read-only folder, a missing permission
         if debug:
             traceback.print_exc()

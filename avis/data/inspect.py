@@ -1,4 +1,7 @@
-"""``avis inspect SHARDS...``: one JSON line per video (reads metadata and the audio header, not the frames).
+"""``avis inspect SHARDS...``: one JSON line per video (reads metadata and the audio header, not the frames):
+``video_id``, ``source`` (the file it was built from, relative to the build's ``--videos``: a video file, or
+the first frame of a JPEG folder), ``num_frames``, ``fps``, ``height``, ``width``, ``has_audio``,
+``audio_sample_rate``, ``audio_num_samples``, ``num_instances``.
 
 Shards may be paths or URLs (``http(s)://``, ``s3://``, ``pipe:``, ...; see :mod:`avis.data.shards`); each
 sample is checked against the schema (:mod:`avis.data.schema`) as it is read.
@@ -40,8 +43,10 @@ def video_record(sample: dict) -> dict:
     t = meta["frame_times"]
     if not fps and len(t) > 1 and t[-1] > t[0]:  # irregular frame times: report the mean rate
         fps = (len(t) - 1) / (t[-1] - t[0])
-    return {"video_id": meta["video_id"], "num_frames": n_jpg, "fps": fps, "height": meta["height"],
-            "width": meta["width"], "has_audio": meta["has_audio"], "audio_sample_rate": meta["sample_rate"],
+    source = meta.get("source")  # the builder's: the media file (or first frame) relative to its --videos
+    return {"video_id": meta["video_id"], "source": source if isinstance(source, str) else None,
+            "num_frames": n_jpg, "fps": fps, "height": meta["height"], "width": meta["width"],
+            "has_audio": meta["has_audio"], "audio_sample_rate": meta["sample_rate"],
             "audio_num_samples": int(n_audio), "num_instances": len(meta.get("instances", []))}
 
 

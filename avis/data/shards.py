@@ -34,7 +34,7 @@ import os
 import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -614,6 +614,26 @@ class ShardSource:
 
     def units(self) -> list[str]:
         return list(self.files)
+
+    @cached_property
+    def fps(self) -> float | None:
+        """The frame rate of the data (its first video's: the ``fps`` it was built at, else the mean rate of
+        its frame times); None when it cannot be read. Recorded in checkpoints, so that ``avis infer`` runs
+        at the rate the model was trained on."""
+        videos = self.videos(self.files[0], strict=True)
+        try:
+            video = next(videos, None)
+        except (InputError, OSError) as e:
+            log.debug("no frame rate from %s: %s", self.files[0], e)
+            return None
+        finally:
+            videos.close()  # the shard's stream is released now, not when the generator is collected
+        if video is None:
+            return None
+        if video.fps:
+            return float(video.fps)
+        t = np.asarray(video.frame_times, np.float64)
+        return float((len(t) - 1) / (t[-1] - t[0])) if len(t) > 1 and t[-1] > t[0] else None
 
     def videos(self, unit: str, strict: bool = False):
         """The shard's videos, lazy (frames decoded on ``select`` / ``load``)."""

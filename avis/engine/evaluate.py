@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     parser.add_argument("--keep-attention", action="store_true",
                         help="also write attention.npz, RCF's attention maps of every frame, for avis view")
+    parser.add_argument("--json", action="store_true",
+                        help="print the summary (metrics, timing) as one JSON line instead of the table")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the checkpoint's config")
 
 
@@ -49,8 +51,27 @@ def run(args: argparse.Namespace) -> int:
     if summary is None:  # a torchrun rank other than 0: rank 0 writes the merged evaluation
         return 0
     summary.pop("results")
-    print(json.dumps(summary))
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(format_summary(summary, args.out))
     return 0
+
+
+def format_summary(summary: dict, out_dir) -> str:
+    """What ``avis eval`` prints: the metrics table (as ``avis score`` prints it), the timing and where the
+    files are."""
+    from avis.evaluation.score import format_table
+
+    tm = summary["timing"]
+    lines = [format_table(summary["metrics"])] if summary.get("metrics") else ["(no ground truth: nothing scored)"]
+    fps = f"{tm['fps']:.1f} frames/s" if tm.get("fps") else "no frames"
+    ck = summary.get("checkpoint") or {}
+    lines += ["", f"{tm['videos']} videos, {tm['frames']} frames, model {tm['seconds']:.2f} s ({fps})"
+              + (f"; checkpoint {ck['path']} at step {ck['step']}" if ck else ""),
+              f"written to {out_dir}: " + ", ".join(n for n in ("results.json", "gt.json", "metrics.json", "samples.csv",
+                                                                 "attention.npz") if (Path(out_dir) / n).exists())]
+    return "\n".join(lines)
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, shards=None,
@@ -111,19 +132,22 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
         recorder = AttentionRecorder(trained.model)
         videos = recorder.videos(videos)
     summary = evaluate_model(trained.model, videos, trained.categories, trained.device, cfg.data, out_dir, gt=gt,
-                             amp=amp, progress=progress, extra=extra)
+                             amp=amp, progress=progress, extra=extra, total=count_videos(source, limit))
     if recorder is not None:
         recorder.save(Path(out_dir) / "attention.npz")
     return summary
 
 
 def evaluate_model(model, videos, categories: list[dict], device, data_cfg: DictConfig, out_dir, *,
-                   gt: dict | None = None, amp: bool = False, progress: bool = True, extra: dict | None = None) -> dict:
+                   gt: dict | None = None, amp: bool = False, progress: bool = True, extra: dict | None = None,
+                   total: int | None = None) -> dict:
     """``model`` online over ``videos`` at the test size of ``data_cfg`` (``test_size``, ``test_max_size``,
-    ``eta``) -> ``out_dir`` (see :func:`evaluate_checkpoint`). Returns the summary plus ``results``."""
+    ``eta``) -> ``out_dir`` (see :func:`evaluate_checkpoint`). Returns the summary plus ``results``.
+    ``total``: the number of videos, for the progress bar (:func:`count_videos`)."""
     from avis.engine.predict import predict_videos
 
-    pred = predict_videos(model, videos, categories, device, progress=progress, **_predict_options(data_cfg, gt, amp))
+    pred = predict_videos(model, videos, categories, device, progress=progress, total=total,
+                          **_predict_options(data_cfg, gt, amp))
     return {**write_evaluation_of(out_dir, pred, gt, extra), "results": pred["results"]}
 
 
@@ -141,11 +165,29 @@ def write_evaluation_of(out_dir, pred: dict, gt: dict | None, extra: dict | None
 
 
 def build_val_source(data_cfg: DictConfig):
-    """``data.val``, or None when there is none (no node, or a node whose ``pattern`` is null)."""
+    """``data.val``, or None when there is none (no node, or a node whose ``pattern`` is null). A source that
+    cannot be made is the user's error (the shards are not there, ...), not hydra's wrapped exception; a
+    relative pattern (runs before avis stored absolute ones) says where it was looked for."""
+    from hydra.errors import InstantiationException
+
+    from avis.errors import AvisError
+
     val = data_cfg.get("val")
     if val is None or ("pattern" in val and val.pattern is None):
         return None
-    return instantiate(val)
+    try:
+        return instantiate(val)
+    except InstantiationException as e:
+        cause = e.__cause__
+        pattern = val.get("pattern") if "pattern" in val else None
+        relative = isinstance(pattern, str) and not os.path.isabs(pattern) and ":" not in pattern
+        hint = (f" (data.val.pattern '{pattern}' is relative: it was looked for from {os.getcwd()}; run from the "
+                "folder the run was trained in, or give --shards)") if relative else ""
+        if isinstance(cause, AvisError):
+            raise type(cause)(f"{cause.message}{hint}", cause.path) from cause
+        what = f"{type(cause).__name__}: {cause}" if cause is not None else str(e)
+        raise ConfigError(f"cannot make the validation data (data.val): {' '.join(what.split())[:300]}{hint}") \
+            from e
 
 
 def _refuse_commands(cfg: DictConfig, overrides, checkpoint) -> None:
@@ -158,6 +200,31 @@ def _refuse_commands(cfg: DictConfig, overrides, checkpoint) -> None:
     if not given and "pipe:" in str(pattern):
         raise InputError("the checkpoint's config reads its validation shards through a command (data.val.pattern "
                          "is a pipe: URL); avis runs no command a checkpoint names: give --shards", checkpoint)
+
+
+def count_videos(source, limit: int | None = None) -> int | None:
+    """How many videos :func:`iter_eval_videos` will give, when the source says without being read: the
+    ``num_videos`` of its shards in their manifest (only the shards it reads), a source's own ``num_videos``;
+    None when unknown (a ``pipe:`` shard, shards without a manifest)."""
+    n = None
+    files = getattr(source, "files", None)
+    if files:
+        from avis.data.shards import load_manifest
+
+        try:
+            manifest = load_manifest(files)
+        except (InputError, OSError):
+            manifest = None
+        by_name = {s.get("name"): s.get("num_videos") for s in (manifest or {}).get("shards") or []
+                   if isinstance(s, dict)}
+        counts = [by_name.get(str(f).replace("\\", "/").rsplit("/", 1)[-1]) for f in files]
+        if counts and all(isinstance(c, int) and c >= 0 for c in counts):
+            n = sum(counts)
+    elif isinstance(getattr(source, "num_videos", None), int):
+        n = source.num_videos
+    if n is not None and limit is not None:
+        n = min(n, limit)
+    return n
 
 
 def iter_eval_videos(source, limit: int | None = None, check=None):

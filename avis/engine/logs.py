@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from avis.io.atomic import atomic_open
@@ -63,3 +66,71 @@ def _record(line: str) -> dict | None:
 def read_jsonl(path: str | os.PathLike, kind: str | None = "train") -> list[dict]:
     recs = [r for line in Path(path).read_text().splitlines() if (r := _record(line)) is not None]
     return [r for r in recs if kind is None or r.get("kind") == kind]
+
+
+# ------------------------------------------------------------------------------------------ console output
+class ConsoleFormatter(logging.Formatter):
+    """The console of ``avis train`` (``configs/hydra/job_logging/avis.yaml``): messages as they are; warnings
+    and errors with their level and logger, as the other commands print them. ``train.log`` keeps hydra's
+    format with the time of every line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = super().format(record)
+        return msg if record.levelno < logging.WARNING else f"{record.levelname} {record.name}: {msg}"
+
+
+def _console_handlers() -> list[logging.StreamHandler]:
+    return [h for h in logging.getLogger().handlers
+            if type(h) is logging.StreamHandler and getattr(h, "stream", None) in (sys.stdout, sys.stderr)]
+
+
+class _AboveBars:
+    """A console stream whose lines are written above tqdm's progress bars (``tqdm.write`` clears and redraws
+    them), so that log lines do not cut a bar in two."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        from tqdm import tqdm
+
+        if text.strip():
+            tqdm.write(text.rstrip("\n"), file=self._stream)
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+def _not_step_line(record: logging.LogRecord) -> bool:
+    return getattr(record, "console", True)
+
+
+@contextmanager
+def console_above_bars(step_lines: bool):
+    """While training: the console's log lines go above the progress bar; with ``step_lines`` False the
+    per-step scalar lines (``extra={"console": False}``) go to ``train.log`` only (the bar shows them)."""
+    handlers = _console_handlers()
+    saved = [h.stream for h in handlers]
+    for h in handlers:
+        h.setStream(_AboveBars(h.stream))
+        if not step_lines:
+            h.addFilter(_not_step_line)
+    try:
+        yield
+    finally:
+        for h, s in zip(handlers, saved):
+            h.setStream(s)
+            h.removeFilter(_not_step_line)
+
+
+def duration(seconds: float) -> str:
+    """``1h 02m``, ``3m 05s``, ``12.3s``."""
+    s = float(seconds)
+    if s < 60:
+        return f"{s:.1f}s"
+    m, s = divmod(int(round(s)), 60)
+    if m < 60:
+        return f"{m}m {s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h {m:02d}m"

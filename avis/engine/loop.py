@@ -71,8 +71,10 @@ class Trainer:
         set_deterministic(bool(tc.deterministic))
         self.amp = bool(tc.amp) and device.type == "cuda"
 
+        absolute_data_paths(cfg)  # the saved config must work from any folder (avis eval elsewhere)
         train_source = instantiate(cfg.data.train)
         self.categories = [{"id": int(c["id"]), "name": str(c["name"])} for c in train_source.categories]
+        self.data_fps = data_fps(train_source) if info.is_main else None  # avis infer's default rate
         set_num_classes(cfg, len(self.categories))
 
         seed_all(int(cfg.seed))  # the same initial weights on every rank
@@ -116,6 +118,9 @@ class Trainer:
         self.last: StepOutput | None = None  # the last step's output
         self.scalars: dict | None = None  # the last logged training scalars (avis.engine.hooks.LogScalars)
         self.last_eval: dict | None = None  # the last periodic evaluation's scalars (avis.engine.hooks.PeriodicEval)
+        self.last_eval_step: int | None = None  # ... and its step
+        self.best: dict | None = None  # the best evaluation so far (avis.engine.hooks.BestCheckpoint)
+        self.completed = False  # the loop reached max_steps (hooks' after_train also runs after an error)
 
     def _load(self, path: Path):
         state = ckpt_io.load(path, require=("step", "model", "optimizer", "scheduler"))
@@ -145,7 +150,7 @@ class Trainer:
         return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "rng": [g["rng"] for g in gathered],
                 "data": [g["data"] for g in gathered], "world_size": self.info.world_size,
-                "config": self.config_yaml, "categories": self.categories}
+                "config": self.config_yaml, "categories": self.categories, "data_fps": self.data_fps}
 
     def train(self) -> None:
         if self.step >= self.max_steps:
@@ -165,6 +170,7 @@ class Trainer:
                 self.run_step()
                 for h in self.hooks:
                     h.after_step()
+            self.completed = True
         finally:
             self._batches.close()
             for h in self.hooks:
@@ -248,6 +254,51 @@ def set_num_classes(cfg: DictConfig, n: int) -> None:
             cfg.data.num_classes = n
     elif int(given) != n:
         raise ConfigError(f"data.num_classes={given} but the training data has {n} categories")
+
+
+def data_fps(source) -> float | None:
+    """The frame rate of a training source (``source.fps``: :attr:`avis.data.shards.ShardSource.fps`), if it
+    knows one."""
+    try:
+        fps = getattr(source, "fps", None)
+        return float(fps) if fps else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _absolute(path):
+    """A local path made absolute (``~`` expanded); URLs (``https:``, ``s3:``, ``pipe:``, ``file:``), lists
+    of paths and anything else as given. Globs and brace patterns keep their pattern part."""
+    from avis.data.shards import is_url
+
+    if isinstance(path, str) and path and not is_url(path):
+        return os.path.abspath(os.path.expanduser(path))
+    return path
+
+
+def absolute_data_paths(cfg: DictConfig) -> None:
+    """The data paths of ``cfg`` (``data.train`` / ``data.val``'s ``pattern`` and ``categories``,
+    ``data.val_pattern``) made absolute in place: the run's saved config and checkpoints name the shards
+    wherever ``avis eval`` later runs from. Interpolations (``data.val.pattern: ${data.val_pattern}``) are
+    left to follow their source."""
+    data = cfg.get("data")
+    if not isinstance(data, DictConfig):
+        return
+    with open_dict(cfg):
+        if isinstance(data.get("val_pattern"), str):
+            data.val_pattern = _absolute(data.val_pattern)
+        for name in ("train", "val"):
+            node = data.get(name)
+            if not isinstance(node, DictConfig):
+                continue
+            for key in ("pattern", "categories"):
+                if key not in node or OmegaConf.is_interpolation(node, key):
+                    continue
+                value = node[key]
+                if isinstance(value, str):
+                    node[key] = _absolute(value)
+                elif OmegaConf.is_list(value):
+                    node[key] = [_absolute(v) for v in value]
 
 
 def check_config(cfg: DictConfig) -> None:

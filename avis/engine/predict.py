@@ -105,17 +105,19 @@ def _sync(device):
 @torch.no_grad()
 def predict_videos(model, videos, categories: list[dict], device, *, short: int | None = None,
                    max_size: int | None = None, eta: float = DEFAULT_ETA, amp: bool = False, progress: bool = True,
-                   with_gt: bool = True, sizes: dict | None = None) -> dict:
+                   with_gt: bool = True, sizes: dict | None = None, total: int | None = None) -> dict:
     """Run ``model.predict_video`` over ``videos``.
 
     Returns ``{"results": [...], "gt": {...} | None, "timing": {"frames", "seconds", "fps"}}``; seconds count
     the model only (decoding, resizing and RLE encoding are excluded). ``sizes``: video id -> (height, width,
-    length) of the ground truth the masks must match (default: the decoded frames' size).
+    length) of the ground truth the masks must match (default: the decoded frames' size). ``total``: the
+    number of videos for the progress bar (default: ``len(videos)`` when it has one).
     """
     model.eval()
     results, gt_videos, gt_anns = [], [], []
     frames_total, seconds, n_videos = 0, 0.0, 0
-    for video in tqdm(videos, desc="predict", unit="video", disable=not progress, leave=False):
+    total = total if total is not None else (len(videos) if hasattr(videos, "__len__") else None)
+    for video in tqdm(videos, desc="predict", unit="video", total=total, disable=not progress, leave=False):
         frames, audio, (h, w) = model_inputs(video, short, max_size, eta)
         frames = frames.to(device)
         audio = None if audio is None else audio.to(device)

@@ -39,6 +39,7 @@ class Loaded:
     categories: list[dict]
     step: int
     device: torch.device
+    fps: float | None = None  # the frame rate of the training data (checkpoints from before it was recorded: None)
 
 
 def _first_line(e: BaseException) -> str:
@@ -197,4 +198,6 @@ def load_trained(path, device: str = "auto", overrides: list[str] | None = None)
     except RuntimeError as e:
         raise InputError(f"weights do not fit the model of its config: {str(e).splitlines()[0]}", path) from None
     model.to(dev).eval()
-    return Loaded(model, cfg, [dict(c) for c in state["categories"]], int(state["step"]), dev)
+    fps = state.get("data_fps")
+    fps = float(fps) if _number(fps) and 0 < fps <= 1000 else None  # the build's bound (decode.check_fps)
+    return Loaded(model, cfg, [dict(c) for c in state["categories"]], int(state["step"]), dev, fps)

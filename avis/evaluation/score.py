@@ -73,6 +73,19 @@ def format_table(stats: dict[str, float]) -> str:
     return "\n".join(f"{labels[k]} = {stats[k]:.3f}   {k}" for k in labels if k in stats)
 
 
+COMPACT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "HOTA", "DetA", "AssA", "LocA")
+
+
+def format_compact(stats: dict[str, float], keys=COMPACT_KEYS) -> str:
+    """Two lines, names over values in % (``-`` where undefined): the metrics table of a training run's
+    periodic evaluation."""
+    keys = [k for k in keys if k in stats]
+    w = [max(len(k), 5) for k in keys]
+    head = "  ".join(f"{k:>{n}}" for k, n in zip(keys, w))
+    vals = "  ".join((f"{stats[k] * 100:>{n}.1f}" if stats[k] >= 0 else f"{'-':>{n}}") for k, n in zip(keys, w))
+    return f"{head}\n{vals}"
+
+
 def per_category_rows(ev=None, hota_ev=None) -> list[dict]:
     """One row per category: AP, AP50, AP75, AR100 and instances (from the YouTube-VIS evaluation ``ev``) and
     HOTA, DetA, AssA, LocA (from ``hota_ev``), as available."""
@@ -183,6 +196,12 @@ def run(args: argparse.Namespace) -> int:
     skip_blas_probe()  # this process only scores: no SciPy import for numba's BLAS probe
     numbers, ev, hota_ev = compute(gt, results, metrics, workers=args.workers, progress=True, gt_path=args.gt,
                                    results_path=args.results)
+    from avis.evaluation.pairing import check_results_belong
+
+    # results made on other videos: a warning for videos without predictions; an error when no mask touches
+    # an object (only looked at when nothing matched: a single match proves overlap)
+    matched = any(numbers.get(k, 0) > 0 for k in ("AR100", "DetRe"))
+    check_results_belong(gt, results, args.results, args.gt, check_overlap=not matched)
     print(format_table(numbers))
     rows = per_category_rows(ev, hota_ev) if args.per_category else None
     if rows is not None:

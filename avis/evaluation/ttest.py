@@ -364,6 +364,12 @@ def run(args: argparse.Namespace) -> int:
     runs_b = [load_results(p, gt=gt) for p in args.runs_b]
     ra = load_results(args.a, gt=gt) if args.a else runs_a[0]
     rb = load_results(args.b, gt=gt) if args.b else runs_b[0]
+    from avis.evaluation.pairing import check_results_belong
+
+    named = [*zip(args.runs_a, runs_a), *zip(args.runs_b, runs_b)]
+    named += [(p, r) for p, r in ((args.a, ra if args.a else None), (args.b, rb if args.b else None)) if p]
+    for path, res in named:  # results of other videos would make a test of nothing
+        check_results_belong(gt, res, path, args.gt)
     verdict = compare_recipes(gt, runs_a or [ra], runs_b or [rb], args.iou, metrics, args.alpha, args.workers)
     diag = compare(gt, ra, rb, args.iou, args.bootstrap, args.seed, args.workers)
     rows = verdict["rows"] + diag["rows"]

@@ -7,7 +7,9 @@ Formats (JSON Schemas in ``annotations/schemas/``, protocol in ``docs/evaluation
   ``video_file`` / ``audio_file``; an annotation has ``id, video_id, category_id, iscrowd,
   segmentations [T], bboxes [T], areas [T]`` with ``None`` where the instance is absent, and optionally
   ``sounding [T]`` (booleans: is the instance sounding in the frame; FSLA needs it).
-* results: a list of ``{"video_id", "category_id", "score", "segmentations": [T RLE or None]}``.
+* results: a list of ``{"video_id", "category_id", "score", "segmentations": [T RLE or None]}``, in a JSON
+  file or as ``results.json`` at the root of a zip (what ``avis export --format ytvis-zip`` writes for the
+  evaluation servers): :func:`load_results` reads both.
 
 :func:`validate_annotations` / :func:`validate_results` return one message per problem, each naming the
 video, annotation (or result index) and frame it is about. They check structure and sizes only: masks are
@@ -699,14 +701,52 @@ def load_annotations(path: str | os.PathLike) -> dict:
     return normalize_annotations(data, os.fspath(path))
 
 
+ZIP_MEMBER = "results.json"  # where evaluation servers (and ``avis export --format ytvis-zip``) put the results
+
+
+def _zip_member(raw: bytes, path) -> bytes:
+    """The bytes of ``results.json`` at the root of the zip ``raw`` (the file at ``path``), refused before
+    inflating when it would be larger than the JSON limit: a zip bomb must not allocate gigabytes. (zipfile
+    stops at the declared size, so a member that lies about it cannot inflate further.)"""
+    import io
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as z:
+            names = z.namelist()
+            if ZIP_MEMBER not in names:
+                shown = ", ".join(repr(n) for n in names[:5]) + (" ..." if len(names) > 5 else "")
+                raise InputError(f"the zip has no {ZIP_MEMBER} at its root (it holds {shown or 'nothing'})", path)
+            size, limit = z.getinfo(ZIP_MEMBER).file_size, max_json_bytes()
+            if size > limit:
+                raise InputError(f"{ZIP_MEMBER} inflates to {size} bytes, larger than the {limit} byte limit for "
+                                 "JSON (set AVIS_MAX_JSON_BYTES to raise it)", path)
+            return z.read(ZIP_MEMBER)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError) as e:
+        raise InputError(f"unreadable zip ({str(e)[:200]})", path) from None
+
+
+def read_results_bytes(path: str | os.PathLike) -> bytes:
+    """The JSON bytes of a results file: the file itself, or the ``results.json`` inside a zip (a JSON text
+    cannot start with the zip signature ``PK``)."""
+    path = Path(path)
+    raw = _read_bytes(path)
+    if raw[:2] == b"PK":
+        return _zip_member(raw, path)
+    if path.suffix.lower() == ".zip":
+        raise InputError("not a zip file", path)
+    return raw
+
+
 def load_results(path: str | os.PathLike, gt: dict | str | os.PathLike | None = None) -> list[dict]:
     """Load, validate and normalise a YTVIS results JSON (a list, or ``{"annotations": [...]}`` as some
-    tools write it). ``gt`` (an annotation dict or the path of one) adds the checks against the ground
-    truth: every result's video and category must exist there, frame counts and mask sizes must match."""
+    tools write it), or the ``results.zip`` of an evaluation server (``results.json`` at its root). ``gt``
+    (an annotation dict or the path of one) adds the checks against the ground truth: every result's video
+    and category must exist there, frame counts and mask sizes must match."""
     if gt is not None and not isinstance(gt, dict):
         gt = load_annotations(gt)
     path = Path(path)
-    raw = _read_bytes(path)
+    raw = read_results_bytes(path)
     if gt is not None:
         # the common file: types checked while decoding, the rest a column at a time
         data = _decode_results_typed(raw)
@@ -715,8 +755,35 @@ def load_results(path: str | os.PathLike, gt: dict | str | os.PathLike | None = 
                 r["score"] = float(r["score"])
             return data
     data = _results_list(decode_json(raw, path))
-    _raise_problems(validate_results(data, gt), path)
+    problems = validate_results(data, gt)
+    if problems and gt is not None and (note := _mismatch_summary(data, gt)):
+        problems[-1] += f" -- {note}"  # after the counted problems, so that their count and order stay
+    _raise_problems(problems, path)
     return normalize_results(data, gt, os.fspath(path))
+
+
+def _mismatch_summary(results, gt: dict) -> str:
+    """A sentence for results that do not belong to ``gt`` (video ids it does not have, frame counts that
+    differ from its videos'): the per-result problems alone read as a broken file. '' when they belong."""
+    if not isinstance(results, list):
+        return ""
+    videos = _gt_index(gt)[0]
+    vids = {r.get("video_id") for r in results if isinstance(r, dict) and _is_int(r.get("video_id"))}
+    unknown = sorted(vids - videos.keys())
+    lengths = {r["video_id"]: len(r["segmentations"]) for r in results if isinstance(r, dict)
+               and r.get("video_id") in videos and isinstance(r.get("segmentations"), list)}
+    other = sorted(v for v, n in lengths.items() if videos[v][2] is not None and n != videos[v][2])
+
+    def ids(xs):
+        return ", ".join(map(str, xs[:5])) + (" ..." if len(xs) > 5 else "")
+
+    parts = []
+    if unknown:
+        parts.append(f"{len(unknown)} of their {len(vids)} video ids are not in the ground truth ({ids(unknown)})")
+    if other:
+        parts.append(f"{len(other)} of their {len(vids)} videos have another number of frames than the ground "
+                     f"truth's ({ids(other)})")
+    return ("these results are for other videos: " + "; ".join(parts)) if parts else ""
 
 
 def _str_counts(segs: Iterable) -> list:

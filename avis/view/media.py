@@ -16,6 +16,7 @@ the source's start offsets, edit lists or codecs are, and gives every browser a 
 from __future__ import annotations
 
 import logging
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from avis.errors import InputError
 from avis.io import ytvis
-from avis.io.atomic import atomic_open
+from avis.io.atomic import MP4_FASTSTART, atomic_path
 
 log = logging.getLogger(__name__)
 MAX_FPS = 30.0
@@ -61,7 +62,7 @@ def encode_frames(path: Path, frames: np.ndarray, times, audio: np.ndarray | Non
     eh, ew = h + h % 2, w + w % 2
     times = np.asarray(times, np.float64)
     step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / DEFAULT_FPS
-    with atomic_open(path, "wb") as f, av.open(f, "w", format="mp4") as out:
+    with atomic_path(path) as tmp, av.open(os.fspath(tmp), "w", format="mp4", options=MP4_FASTSTART) as out:
         vs = out.add_stream("libx264", rate=Fraction(1 / step).limit_denominator(100000))
         vs.width, vs.height, vs.pix_fmt = ew, eh, "yuv420p"
         vs.time_base = vs.codec_context.time_base = TIME_BASE

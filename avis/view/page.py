@@ -271,7 +271,8 @@ def write_view(run: str | os.PathLike, out_dir: str | os.PathLike, *, gt: str | 
 
     ``run`` / ``compare``: results JSONs or run folders (see :func:`find_results`); ``gt``: a YTVIS file or
     dict (default: the ``gt.json`` / ``videos.json`` beside the first run's results); ``videos_dir``: the folder
-    the ground truth's media paths are relative to; ``shards``: shards holding the videos' frames and sound
+    the ground truth's media paths are relative to (default: the one ``avis infer`` records, signed, in its
+    ``videos.json``: :mod:`avis.io.provenance`); ``shards``: shards holding the videos' frames and sound
     (what ``avis.data.iter_videos`` takes); ``labels``: one name per run; ``score_threshold``: the page's
     initial score filter; ``limit``: only the first N videos (by id). Returns the path of ``index.html``.
     """
@@ -296,6 +297,10 @@ def write_view(run: str | os.PathLike, out_dir: str | os.PathLike, *, gt: str | 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     videos = sorted(gt["videos"], key=lambda v: v["id"])[:limit]
+    if videos_dir is None and not shards:  # avis infer's videos.json records its media folder (signed)
+        from avis.io.provenance import recorded_videos_dir
+
+        videos_dir = recorded_videos_dir(gt)[0]
     videos_dir = Path(videos_dir) if videos_dir is not None else None
     infos = _media(videos, out_dir, videos_dir, shards)
 

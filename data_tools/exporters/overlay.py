@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from avis.errors import ConfigError, InputError
 from avis.io import masks as mask_io
 from avis.io import ytvis
-from avis.io.atomic import atomic_open
+from avis.io.atomic import MP4_FASTSTART, atomic_path
 from avis.io.files import regular_file
 from avis.io.text import printable
 
@@ -43,35 +43,101 @@ def track_color(track_id: int) -> np.ndarray:
     return np.clip(64 + c * 0.75, 0, 255)
 
 
-def _edges(m: np.ndarray) -> np.ndarray:
-    """Pixels of a bool mask with a 4-neighbour outside the mask."""
-    p = np.pad(m, 1)
-    inner = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+def _edges(m: np.ndarray, width: int = 1) -> np.ndarray:
+    """Pixels of a bool mask within ``width`` pixels of its outside (4-neighbour erosion, ``width`` times)."""
+    inner = m
+    for _ in range(max(1, width)):
+        p = np.pad(inner, 1)
+        inner = inner & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
     return m & ~inner
 
 
+def label_font(height: int, width: int):
+    """The label font for a frame: 4.5 % of its short side (8 to 48 px), so that labels keep their share of the
+    frame from a 96 px thumbnail to 4K."""
+    return ImageFont.load_default(size=int(min(48, max(8, round(min(height, width) * 0.045)))))
+
+
+def outline_width(height: int, width: int) -> int:
+    """Mask outlines: 1 px up to 480 px short sides, then 1 px more per 480."""
+    return max(1, min(height, width) // 480 + 1)
+
+
+def _overlap(a, b) -> int:
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def layout_labels(anchors: list[tuple[int, int, int, int] | None], sizes: list[tuple[int, int]],
+                  frame_hw: tuple[int, int]) -> list[tuple[int, int, int, int] | None]:
+    """Label boxes ``(x0, y0, x1, y1)`` inside the frame that do not overlap each other, one per mask box
+    ``anchors[i]`` (None: no label), in priority order (the first gets its preferred place: just above its mask,
+    else inside its top edge, else just below it). A label that meets one already placed slides down, then up,
+    in steps of its height, staying near its mask; when the frame has no free place the least covered is taken.
+    """
+    H, W = frame_hw
+    placed: list[tuple[int, int, int, int]] = []
+    out: list[tuple[int, int, int, int] | None] = []
+    for anchor, (w, h) in zip(anchors, sizes):
+        if anchor is None:
+            out.append(None)
+            continue
+        x0, y0, x1, y1 = anchor
+        w, h = min(w, W), min(h, H)
+        x = min(max(0, x0), W - w)
+        starts = [y0 - h, y0, y1 + 1]
+        rows = starts + [y + k * h * sgn for y in starts for k in range(1, max(2, H // max(h, 1) + 1))
+                         for sgn in (1, -1)]
+        best, best_cover = None, None
+        for y in rows:
+            y = min(max(0, y), H - h)
+            box = (x, y, x + w, y + h)
+            cover = sum(_overlap(box, b) for b in placed)
+            if best_cover is None or cover < best_cover:
+                best, best_cover = box, cover
+            if cover == 0:
+                break
+        placed.append(best)
+        out.append(best)
+    return out
+
+
 def draw(frame: np.ndarray, items: list[tuple[np.ndarray, int, str]], font=None) -> np.ndarray:
-    """frame uint8 H x W x 3; items (bool mask, track id, label text) drawn in order (last on top)."""
+    """frame uint8 H x W x 3; items (bool mask, track id, label text) drawn in order (last on top). Labels are
+    placed by :func:`layout_labels`, the last item's first (the best-scoring track gets the best place), and
+    scale with the frame (:func:`label_font`)."""
+    H, W = frame.shape[:2]
     out = frame.astype(np.float32)
+    line = outline_width(H, W)
     for m, tid, _ in items:
         c = track_color(tid)
         out[m] = out[m] * (1 - ALPHA) + c * ALPHA
-        out[_edges(m)] = c
+        out[_edges(m, line)] = c
     img = Image.fromarray(out.round().astype(np.uint8))
     d = ImageDraw.Draw(img)
-    font = font or ImageFont.load_default(size=max(10, frame.shape[0] // 28))
-    for m, tid, text in items:
+    font = font or label_font(H, W)
+    pad = max(1, getattr(font, "size", 10) // 8)
+    order = list(range(len(items)))[::-1]  # priority: the one drawn on top first
+    anchors, sizes = [], []
+    for i in order:
+        m, _, text = items[i]
         rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
         if rows.size == 0:
+            anchors.append(None)
+            sizes.append((0, 0))
             continue
-        x, y = int(cols[0]), int(rows[0])
-        box = d.textbbox((x, y), text, font=font)
-        y = max(0, y - (box[3] - box[1]) - 2)
-        box = d.textbbox((x, y), text, font=font)
+        anchors.append((int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1))
+        left, top, right, bottom = d.textbbox((0, 0), text, font=font)
+        sizes.append((right - left + 2 * pad, bottom - top + 2 * pad))
+    boxes = layout_labels(anchors, sizes, (H, W))
+    for i, box in reversed(list(zip(order, boxes))):  # the best last: on top if the frame is too full
+        if box is None:
+            continue
+        _, tid, text = items[i]
         c = track_color(tid)
-        d.rectangle(box, fill=tuple(int(v) for v in c))
-        d.text((x, y), text, fill=(0, 0, 0) if c @ np.array([0.299, 0.587, 0.114]) > 110 else (255, 255, 255),
-               font=font)
+        d.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=tuple(int(v) for v in c))
+        left, top, _, _ = d.textbbox((0, 0), text, font=font)
+        d.text((box[0] + pad - left, box[1] + pad - top), text,
+               fill=(0, 0, 0) if c @ np.array([0.299, 0.587, 0.114]) > 110 else (255, 255, 255), font=font)
     return np.asarray(img)
 
 
@@ -289,7 +355,7 @@ def write_video_overlay(v: dict, vtracks: list[dict], cats: dict[int, str], vide
     if not rate:
         raise ConfigError(f"video {v['id']} has one annotated frame and no fps: give --overlay-fps")
     H, W = v["height"], v["width"]
-    font = ImageFont.load_default(size=max(10, H // 28))
+    font = label_font(H, W)
     order = sorted(vtracks, key=lambda t: t["score"])  # the best drawn last, on top
     labels = [printable(f"{t['track_id']} {cats.get(t['category_id'], t['category_id'])} {t['score']:.2f}",
                         one_line=True) for t in order]
@@ -306,8 +372,8 @@ def write_video_overlay(v: dict, vtracks: list[dict], cats: dict[int, str], vide
     ew, eh = W + W % 2, H + H % 2
     n = 0
     audio_samples, audio_rate = 0, 0
-    with atomic_open(out_path, "wb") as f:
-        with av.open(f, "w", format="mp4") as out:
+    with atomic_path(out_path) as tmp:  # a path, not a stream: faststart rewrites the file
+        with av.open(os.fspath(tmp), "w", format="mp4", options=MP4_FASTSTART) as out:
             vst = out.add_stream("libx264", rate=Fraction(rate).limit_denominator(100000))
             vst.width, vst.height, vst.pix_fmt = ew, eh, "yuv420p"
             vst.options = {"crf": "20", "preset": "veryfast"}

@@ -9,11 +9,9 @@ import os
 import zipfile
 from pathlib import Path
 
-from avis.errors import InputError
 from avis.io import masks as mask_io
 from avis.io import ytvis
 from avis.io.atomic import atomic_open
-from avis.io.files import regular_file
 
 
 def _result(t: dict) -> dict:
@@ -65,27 +63,9 @@ def write_annotations(tracks: list[dict], gt: dict, out_dir: str | os.PathLike) 
 
 
 def read_results(path: str | os.PathLike, gt: dict) -> list[dict]:
-    """Read ``results.json``, ``results.zip`` or ``ytvis_annotations.json`` back as tracks."""
+    """Read ``results.json``, ``results.zip`` (:func:`avis.io.ytvis.load_results` reads both) or
+    ``ytvis_annotations.json`` back as tracks."""
     path = Path(path)
-    if path.suffix == ".zip":
-        regular_file(path)
-        if not zipfile.is_zipfile(path):
-            raise InputError("not a zip file", path)
-        with zipfile.ZipFile(path) as z:
-            if "results.json" not in z.namelist():
-                raise InputError("zip has no results.json at its root", path)
-            size, limit = z.getinfo("results.json").file_size, ytvis.max_json_bytes()
-            if size > limit:  # checked before inflating: a zip bomb must not allocate gigabytes
-                raise InputError(f"results.json inflates to {size} bytes, larger than the {limit} byte limit for "
-                                 "JSON (set AVIS_MAX_JSON_BYTES to raise it)", path)
-            try:
-                data = json.loads(z.read("results.json"))
-            except (ValueError, RecursionError, zipfile.BadZipFile) as e:
-                raise InputError(f"results.json: unreadable ({str(e)[:200]})", path) from None
-        problems = ytvis.validate_results(data, gt)
-        if problems:
-            raise InputError(f"results.json: {problems[0]}", path)
-        return ytvis.normalize_results(data, gt, str(path))
     if path.name == "ytvis_annotations.json":
         ann = ytvis.load_annotations(path)
         return [{"video_id": a["video_id"], "category_id": a["category_id"], "score": a.get("score", 1.0),

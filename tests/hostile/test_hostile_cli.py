@@ -163,7 +163,7 @@ def test_iter_eval_videos_limit(limit, expected):
 
 def test_eval_limit_counts_videos(toy_checkpoint, built, tmp_path, capsys):
     rc, out, err = call(capsys, "eval", "--checkpoint", toy_checkpoint, "--shards", built, "--out", tmp_path,
-                        "--limit", "1")
+                        "--limit", "1", "--json")
     assert rc == 0, err
     assert json.loads(out.splitlines()[-1])["timing"]["videos"] == 1
 
