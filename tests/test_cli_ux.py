@@ -95,3 +95,22 @@ def test_values_no_builder_accepts_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("avis train: error: ") and "nope" in err[0]
     assert "Set the environment variable HYDRA_FULL_ERROR" not in "".join(err)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("trainer.max_steps=abc", "trainer.max_steps='abc': must be an integer"),
+    ("trainer.eval_every=1.5", "trainer.eval_every=1.5: must be an integer"),
+    ("trainer.progress=maybe", "trainer.progress='maybe': must be true or false"),
+    ("data.batch_size=0", "data.batch_size=0: must be at least 1"),
+    ("seed=-1", "seed=-1: must be at least 0"),
+])
+def test_engine_values_of_the_wrong_type_are_one_line_before_anything_is_built(override, expected, tmp_path,
+                                                                                capsys):
+    """Values hydra composes as given (a string where a count belongs) are refused naming the key, not as an
+    internal ValueError from deep in the loop; the shards named do not even exist, so the check comes first."""
+    rc = avis_cli.main(["train", "experiment=rcf_av_tiny", override, f"data.train.pattern={tmp_path / 'none'}",
+                        f"hydra.run.dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.strip().splitlines() == [f"avis train: error: {expected}"]
+    assert not (tmp_path / "run" / "checkpoints").exists()

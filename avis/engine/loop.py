@@ -301,7 +301,33 @@ def absolute_data_paths(cfg: DictConfig) -> None:
                     node[key] = [_absolute(v) for v in value]
 
 
+# The engine's own scalar settings and what each must be: an override such as ``trainer.max_steps=abc`` is a
+# config error naming the key, found before anything is built (not a ValueError deep in the loop). Builders'
+# arguments are checked by the builders themselves.
+_INT, _BOOL = "an integer", "true or false"
+TYPED_KEYS = {
+    "seed": (_INT, 0), "trainer.max_steps": (_INT, 0), "trainer.log_every": (_INT, 1),
+    "trainer.ckpt_every": (_INT, 0), "trainer.keep_checkpoints": (_INT, 0), "trainer.eval_every": (_INT, 0),
+    "trainer.amp": (_BOOL, None), "trainer.deterministic": (_BOOL, None), "trainer.tensorboard": (_BOOL, None),
+    "trainer.progress": (_BOOL, None), "trainer.find_unused_parameters": (_BOOL, None),
+    "data.batch_size": (_INT, 1), "data.num_workers": (_INT, 0), "data.clips_per_video": (_INT, 1),
+    "data.shuffle_buffer": (_INT, 0), "data.max_size": (_INT, 1), "data.test_size": (_INT, 1),
+    "data.test_max_size": (_INT, 1),
+}
+
+
 def check_config(cfg: DictConfig) -> None:
+    """Refuse, in one line naming the key, a config the engine cannot run: a missing section, or one of
+    :data:`TYPED_KEYS` of the wrong type or below its minimum."""
     for key in ("model", "data", "optim", "trainer"):
         if cfg.get(key) is None:
             raise ConfigError(f"the config has no '{key}' section (pick one, e.g. experiment=rcf_av_tiny)")
+    for key, (kind, minimum) in TYPED_KEYS.items():
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if value is None:
+            continue
+        ok = isinstance(value, bool) if kind == _BOOL else isinstance(value, int) and not isinstance(value, bool)
+        if not ok:
+            raise ConfigError(f"{key}={value!r}: must be {kind}")
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"{key}={value}: must be at least {minimum}")
