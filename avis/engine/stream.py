@@ -265,7 +265,11 @@ class Reader(threading.Thread):
             if packet.stream is aus:
                 self.info.audio_packets += 1
                 if self.audio_tap is not None and packet.size:
-                    self.audio_tap(packet, t0)
+                    try:
+                        self.audio_tap(packet, t0)
+                    except Exception as e:  # noqa: BLE001 - the overlay's sound is not worth the results
+                        log.warning("overlay: its sound stops here (%s)", e)
+                        self.audio_tap = None
                 for af in decode(packet, "audio"):
                     if resampler is None:  # decode._mono_chunks: mono float at the first frame's rate
                         resampler = av.AudioResampler(format="flt", layout="mono", rate=af.sample_rate)
@@ -346,8 +350,15 @@ class LiveOverlay:
         self.early: list = []  # audio packets before the container could be opened
         self.frames = 0
         self.next_pts = 0
+        self.closed = False
 
-    def set_audio(self, stream) -> None:
+    def set_audio(self, stream, container_format: str) -> None:
+        if self.fmt == "mp4" and stream.codec_context.name == "aac" and "mpegts" in container_format:
+            # MPEG-TS carries AAC in ADTS frames, which mp4 cannot take as they are (copying them wrote an
+            # unreadable file; aac_adtstoasc needs the first packet before the header is out)
+            log.warning("overlay: the MPEG-TS source's AAC sound cannot be copied into mp4; the overlay is "
+                        "silent (a .ts overlay keeps the sound)")
+            return
         self.audio_in = stream
 
     def _open(self, width: int, height: int) -> None:
@@ -371,11 +382,12 @@ class LiveOverlay:
         """A source audio packet (from the reader thread); ``t0``: the first video frame's time (None: not
         known yet, kept until it is)."""
         with self.lock:
+            if self.closed:
+                return
             if self.out is None or t0 is None:
                 self.early.append(packet)
                 if len(self.early) > 10_000:  # a stream whose video never starts: do not hold its sound forever
                     self.early.pop(0)
-                self._t0 = t0
                 return
             self._mux_audio(packet, t0)
 
@@ -420,10 +432,17 @@ class LiveOverlay:
                 self.out.mux(p)
             self.frames += 1
 
+    def close_quietly(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - it already failed once; the warning said so
+            pass
+
     def close(self) -> None:
         with self.lock:
-            if self.out is None:
+            if self.out is None or self.closed:
                 return
+            self.closed = True
             try:
                 for p in self.vst.encode(None):
                     self.out.mux(p)
@@ -475,7 +494,7 @@ def stream(source: str, trained, *, fps: float, realtime: bool = False, fmt: str
     reader = Reader(container, queue, fps, max_size, eta, realtime, max_audio_lag,
                     audio_tap=overlay.audio if overlay is not None else None, name=source)
     if overlay is not None and container.streams.audio:
-        overlay.set_audio(container.streams.audio[0])
+        overlay.set_audio(container.streams.audio[0], container.format.name)
     uses_audio = bool(getattr(model, "uses_audio", False))
     run = StreamRun()
     index_map: list[int] = []  # the method's frame counter -> the timeline's frame index
@@ -530,7 +549,13 @@ def stream(source: str, trained, *, fps: float, realtime: bool = False, fmt: str
             if on_step is not None:
                 on_step(state)
             if overlay is not None:
-                overlay.frame(k, item.rgb, rec, W, H, reader_t0(reader))
+                try:
+                    overlay.frame(k, item.rgb, rec, W, H, reader_t0(reader))
+                except Exception as e:  # noqa: BLE001 - the results go on without the overlay
+                    log.warning("overlay: stopped at frame %d (%s); results continue", k, e)
+                    reader.audio_tap = None
+                    overlay.close_quietly()
+                    overlay = None
     except KeyboardInterrupt:
         run.broken, run.ended = True, "stopped by the user (Ctrl-C)"
     finally:
@@ -633,6 +658,8 @@ def run(args: argparse.Namespace) -> int:
     where = f"; {out}/latency.json" if out is not None else ""
     print(f"avis stream: {lat['processed']} of {lat['frames']} frames processed ({lat['dropped']} dropped), "
           f"{rate} fps; latency {ms}; {result.ended}{where}", file=sys.stderr)
+    if result.ended.startswith("stopped by the user"):
+        return 130  # as a command interrupted by Ctrl-C, after writing what it had
     if result.broken:
         kept = f"partial results in {out}" if out is not None else "partial results above"
         raise StreamBroken(f"{result.ended} after {lat['frames']} frames; {kept}", args.source)
