@@ -505,7 +505,7 @@ def stream(source: str, trained, *, fps: float, realtime: bool = False, fmt: str
     started = time.monotonic()
     if hold_until_read:
         reader.join()
-    first_capture = last_done = None
+    first_done = last_done = None
     try:
         while True:
             try:
@@ -540,7 +540,7 @@ def stream(source: str, trained, *, fps: float, realtime: bool = False, fmt: str
                 emit(json.dumps(rec))
             done = time.monotonic()  # the line is out: that is when the result exists for a reader
             latency = (done - item.capture) * 1000
-            first_capture = item.capture if first_capture is None else first_capture
+            first_done = done if first_done is None else first_done
             last_done = done
             lat_ms.append(latency)
             step_ms.append(s_ms)
@@ -583,13 +583,14 @@ def stream(source: str, trained, *, fps: float, realtime: bool = False, fmt: str
     run.results = tracks_to_results(tracks, 1, n, categories, H, W) if n and H else []
     run.video = {"id": 1, "width": int(W), "height": int(H), "length": int(n), "fps": float(fps),
                  "frame_times": [k / fps for k in range(n)], "file_names": [f"stream/{k:05d}.jpg" for k in range(n)]}
-    wall = (last_done - first_capture) if index_map and last_done > first_capture else None
+    # throughput while results came: frames after the first per second between the first and the last result
+    wall = (last_done - first_done) if len(index_map) > 1 and last_done > first_done else None
     run.latency = {
         "source": source, "policy": policy, "max_queue": capacity, "fps_target": fps, "realtime": realtime,
         "frames": n, "processed": len(index_map), "dropped": queue.stats.dropped,
         "dropped_frames": queue.dropped_indices, "audio_late": reader.info.audio_late,
         "latency_ms": percentiles(lat_ms), "step_ms": percentiles(step_ms),
-        "fps": round(len(index_map) / wall, 3) if wall else None,
+        "fps": round((len(index_map) - 1) / wall, 3) if wall else None,
         "wall_s": round(time.monotonic() - started, 3), "ended": run.ended, "broken": run.broken,
         "device": str(device), "per_frame": per_frame,
     }
