@@ -19,7 +19,8 @@ arrival of the frame's picture (the demuxer handing over its packet) to the line
 
 When the model is slower than the source: ``--queue`` (default) processes every frame, the reader waiting
 once ``--max-queue`` frames wait; ``--drop`` throws away the oldest waiting frame instead (at most
-``--max-queue`` frames wait, default 1: the model always gets the newest frame). The method never sees a
+``--max-queue`` frames wait, default 3: frames come in bursts when their sound arrives late, and a burst
+should not cost frames when the model keeps up on average). The method never sees a
 dropped frame: its reference-frame cache holds the last frames it *processed*, and its tracker's previous
 frame is the previous processed one; the frame indices it counts are mapped back to the timeline's.
 
@@ -54,6 +55,10 @@ log = logging.getLogger("avis.stream")
 
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "rtp", "srt", "tcp", "http", "https", "pipe")
 DEFAULT_TIMEOUT = 10.0  # seconds without a frame before a live source counts as dead
+# frames that may wait for the model: with --drop, a few, because frames are released in bursts (an MPEG-TS
+# muxer writes the sound up to 0.7 s after the pictures; the frames waiting for it go together), and with
+# capacity 1 a model keeping up on average still lost frames (11 of 48 in scripts/bench_stream.py)
+DROP_QUEUE, QUEUE_QUEUE = 3, 64
 DEFAULT_MAX_AUDIO_LAG = 2.0  # seconds of video a frame may wait for its sound before it goes without
 
 
@@ -84,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="when behind, drop the oldest waiting frames (counted)")
     parser.set_defaults(policy="queue")
     parser.add_argument("--max-queue", type=int, default=None,
-                        help="frames that may wait for the model (default: 1 with --drop, 64 with --queue)")
+                        help="frames that may wait for the model (default: 3 with --drop, 64 with --queue)")
     parser.add_argument("--overlay", default=None, metavar="PATH_OR_URL",
                         help="live overlay: .ts (MPEG-TS), .mp4 (fragmented), or a URL with --overlay-format")
     parser.add_argument("--overlay-format", default=None, help="mpegts or mp4 (default: from the name)")
@@ -488,7 +493,7 @@ def stream(source: str, trained, *, fps: float, realtime: bool = False, fmt: str
     dc = trained.cfg.data
     short, max_size = dc.get("test_size"), dc.get("test_max_size")
     eta = float(dc.get("eta", DEFAULT_ETA))
-    capacity = max_queue or (1 if policy == "drop" else 64)
+    capacity = max_queue or (DROP_QUEUE if policy == "drop" else QUEUE_QUEUE)
     queue = FrameQueue(policy, capacity)
     container = open_source(source, fmt, options, timeout)
     reader = Reader(container, queue, fps, max_size, eta, realtime, max_audio_lag,
@@ -618,10 +623,9 @@ def run(args: argparse.Namespace) -> int:
     trained = load_trained(args.checkpoint, args.device)
     fps = args.fps or trained.fps or DEFAULT_FPS
     out = Path(args.out) if args.out else None
-    lines = None
+    lines = []  # DIR/frames.jsonl, opened at the first line: a source that fails to open leaves DIR as it was
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        lines = open(out / "frames.jsonl", "w", encoding="utf-8")  # noqa: SIM115 - closed below
     overlay = None
     if args.overlay:
         from data_tools.export import DEFAULT_THRESHOLD_OTHER
@@ -633,9 +637,11 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
-        if lines is not None:
-            lines.write(line + "\n")
-            lines.flush()
+        if out is not None:
+            if not lines:
+                lines.append(open(out / "frames.jsonl", "w", encoding="utf-8"))  # noqa: SIM115 - closed below
+            lines[0].write(line + "\n")
+            lines[0].flush()
 
     log.info("streaming %s at %g fps (%s, policy %s)", args.source, fps,
              "--fps" if args.fps else ("the checkpoint's training data rate" if trained.fps else "the default"),
@@ -645,10 +651,12 @@ def run(args: argparse.Namespace) -> int:
                         policy=args.policy, max_queue=args.max_queue, timeout=args.timeout, amp=not args.no_amp,
                         emit=emit, overlay=overlay)
     finally:
-        if lines is not None:
-            lines.close()
+        for f in lines:
+            f.close()
     lat = result.latency
     if out is not None:
+        if not lines:  # no frame was processed: an empty frames.jsonl, not an earlier run's
+            (out / "frames.jsonl").write_text("")
         save_json(result.results, out / "results.json")
         save_json({"videos": [result.video], "annotations": [], "categories": trained.categories},
                   out / "videos.json")
