@@ -19,8 +19,8 @@ Models: ``tiny`` (RCF tiny, delta 1, the tiny audio encoder, test size 96 / 160:
 (RCF-R50, delta 1, VGGish + bi-LSTM audio, test size 360 / 640: the paper's), each with ``--queue`` and
 ``--drop``.
 
-    python scripts/bench_stream.py [--seconds 10] [--fps 6] [--models tiny r50] [--device cpu|cuda]
-                                   [--threads N] [--json OUT]
+    python scripts/bench_stream.py [--seconds 10] [--fps 6] [--models tiny r50] [--policies queue drop]
+                                   [--max-queue N] [--device cpu|cuda] [--threads N] [--json OUT]
 """
 
 from __future__ import annotations
@@ -146,20 +146,21 @@ class PartTimer:
         self.frame = {}
 
 
-def run_one(name: str, ckpt: Path, media: bytes, seconds: float, policy: str, device: str, warmup: int) -> dict:
+def run_one(name: str, ckpt: Path, media: bytes, seconds: float, policy: str, device: str, warmup: int,
+            max_queue: int | None = None) -> dict:
     trained = load_trained(ckpt, device)
     timer = PartTimer(trained.model, trained.device)
     sender = Sender(media, seconds)
     sender.start()
     run = stream(f"tcp://127.0.0.1:{sender.port}", trained, fps=trained.fps, policy=policy, timeout=60,
-                 on_step=lambda state: timer.end_frame())
+                 max_queue=max_queue, on_step=lambda state: timer.end_frame())
     sender.join(timeout=5)
     lat = run.latency
     frames = lat["per_frame"][warmup:]  # the first steps pay one-off costs (allocations, oneDNN kernels)
     parts = {p: statistics.median(timer.ms[p][warmup:]) if len(timer.ms[p]) > warmup else None for p in PARTS}
     from avis.engine.stream import percentiles
 
-    return {"model": name, "policy": policy, "frames": lat["frames"], "processed": lat["processed"],
+    return {"model": name, "policy": f"{policy} (max-queue {lat['max_queue']})", "frames": lat["frames"], "processed": lat["processed"],
             "dropped": lat["dropped"], "fps": lat["fps"], "latency_ms": percentiles(f["latency_ms"] for f in frames),
             "step_ms": percentiles(f["step_ms"] for f in frames), "parts_ms": parts,
             "formula_ms": sum(parts[p] for p in FORMULA if parts[p] is not None), "ended": lat["ended"]}
@@ -192,6 +193,7 @@ def main(argv=None) -> int:
     p.add_argument("--fps", type=float, default=6.0, help="processing rate (the checkpoints' 'training' rate)")
     p.add_argument("--models", nargs="+", default=["tiny", "r50"], choices=sorted(MODELS))
     p.add_argument("--policies", nargs="+", default=["queue", "drop"], choices=["queue", "drop"])
+    p.add_argument("--max-queue", type=int, default=None, help="avis stream --max-queue (default: its own)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--warmup", type=int, default=2, help="first processed frames left out of the statistics")
@@ -208,7 +210,7 @@ def main(argv=None) -> int:
         for name in args.models:
             ckpt = make_checkpoint(name, tmp, args.fps)
             for policy in args.policies:
-                row = run_one(name, ckpt, data, args.seconds, policy, args.device, args.warmup)
+                row = run_one(name, ckpt, data, args.seconds, policy, args.device, args.warmup, args.max_queue)
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr)
     print(f"\nmachine: {_machine()}; {_versions()}; device {args.device}, torch threads "
