@@ -390,3 +390,33 @@ def test_bad_sources_are_refused(toy_ckpt, tmp_path, capsys):
         assert cli.main(["stream", str(source), "--checkpoint", str(toy_ckpt), "--device", "cpu"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("avis stream: error: ") and message in err[0]
+
+
+def test_live_overlay_carries_the_source_sound_and_realtime_paces_the_file(media, toy_ckpt, tmp_path):
+    """--overlay live.ts: one drawn frame per processed frame, and the source's audio packets copied in as
+    they are (same payloads); --realtime reads a file no faster than it plays."""
+    from avis.engine.session import load_trained
+    from avis.engine.stream import LiveOverlay, stream
+
+    trained = load_trained(toy_ckpt, "cpu")
+    src = media["mkv16"]
+    overlay = LiveOverlay(str(tmp_path / "live.ts"), None, FPS, 0.0, trained.categories)
+    run = stream(str(src), trained, fps=FPS, realtime=True, overlay=overlay)
+    with av.open(str(src)) as c:
+        duration = float(c.duration / av.time_base)
+        src_audio = [bytes(p) for p in c.demux(audio=0) if p.size]
+    assert run.latency["wall_s"] >= 0.8 * duration  # paced: not read in a burst
+    with av.open(str(tmp_path / "live.ts")) as c:
+        assert [s.type for s in c.streams] == ["video", "audio"]
+        frames = list(c.decode(video=0))
+    with av.open(str(tmp_path / "live.ts")) as c:
+        out_audio = [bytes(p) for p in c.demux(audio=0) if p.size]
+    assert len(frames) == run.latency["processed"] == run.latency["frames"]
+    assert (frames[0].width, frames[0].height) == (64, 48)
+    assert any(r["instances"] for r in run.records)  # there were masks to draw
+    # copied, not re-encoded: MPEG-TS frames each AAC packet with a 7-byte ADTS header; the payloads are the
+    # source's, from its first packet at or after the first frame (the priming packet before it is not on the
+    # timeline) to its last
+    payloads = [p[7:] for p in out_audio]
+    first = src_audio.index(payloads[0])
+    assert first <= 1 and payloads == src_audio[first:]
