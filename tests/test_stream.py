@@ -420,3 +420,33 @@ def test_live_overlay_carries_the_source_sound_and_realtime_paces_the_file(media
     payloads = [p[7:] for p in out_audio]
     first = src_audio.index(payloads[0])
     assert first <= 1 and payloads == src_audio[first:]
+
+
+def test_network_source_on_loopback(media, toy_ckpt, tmp_path):
+    """A URL source: MPEG-TS served once on 127.0.0.1 by a local sender; the same results as the file."""
+    import socket
+
+    from avis.engine.session import load_trained
+    from avis.engine.stream import stream
+
+    src = media["ts16"]
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(60)
+
+    def send():
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(src.read_bytes())
+        server.close()
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    trained = load_trained(toy_ckpt, "cpu")
+    live = stream(f"tcp://127.0.0.1:{server.getsockname()[1]}", trained, fps=FPS, timeout=30)
+    sender.join(timeout=10)
+    again = stream(str(src), trained, fps=FPS)
+    assert not live.broken and live.latency["frames"] == again.latency["frames"] > 0
+    assert live.results == again.results and [r["instances"] for r in live.records] == \
+        [r["instances"] for r in again.records]

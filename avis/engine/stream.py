@@ -92,7 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frames that may wait for the model (default: 3 with --drop, 64 with --queue)")
     parser.add_argument("--overlay", default=None, metavar="PATH_OR_URL",
                         help="live overlay: .ts (MPEG-TS), .mp4 (fragmented), or a URL with --overlay-format")
-    parser.add_argument("--overlay-format", default=None, help="mpegts or mp4 (default: from the name)")
+    parser.add_argument("--overlay-format", default=None, choices=("mpegts", "mp4"),
+                        help="mpegts or mp4 (fragmented) (default: mp4 for .mp4 / .m4v names, else mpegts)")
     parser.add_argument("--score-threshold", type=float, default=None,
                         help="overlay only instances scoring at least this (default: avis export's)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
@@ -617,6 +618,8 @@ def run(args: argparse.Namespace) -> int:
         dec.check_fps(args.fps, "--fps")
     if args.max_queue is not None and args.max_queue < 1:
         raise ConfigError(f"--max-queue must be at least 1, got {args.max_queue}")
+    if args.score_threshold is not None and not math.isfinite(args.score_threshold):
+        raise ConfigError(f"--score-threshold must be a number, got {args.score_threshold:g}")
     if not (math.isfinite(args.timeout) and args.timeout > 0):
         raise ConfigError(f"--timeout must be a number of seconds > 0, got {args.timeout:g}")
     options = _options(args.option)
