@@ -450,3 +450,20 @@ def test_network_source_on_loopback(media, toy_ckpt, tmp_path):
     assert not live.broken and live.latency["frames"] == again.latency["frames"] > 0
     assert live.results == again.results and [r["instances"] for r in live.records] == \
         [r["instances"] for r in again.records]
+
+
+def test_fragmented_mp4_overlay(media, toy_ckpt, tmp_path):
+    from avis.engine.session import load_trained
+    from avis.engine.stream import LiveOverlay, stream
+
+    trained = load_trained(toy_ckpt, "cpu")
+    out = tmp_path / "live.mp4"
+    run = stream(str(media["mkv16"]), trained, fps=FPS, overlay=LiveOverlay(str(out), None, FPS, 0.0,
+                                                                            trained.categories))
+    data = out.read_bytes()
+    assert b"moov" in data[:64] and b"moof" in data  # the index first, then fragments: playable while written
+    with av.open(str(out)) as c:
+        assert c.format.name.startswith("mov") and [s.type for s in c.streams] == ["video", "audio"]
+        assert sum(1 for _ in c.decode(video=0)) == run.latency["processed"]
+    with av.open(str(out)) as c:
+        assert sum(f.samples for f in c.decode(audio=0)) > 0.9 * 2.0 * 16000  # the sound, 2 s of it
