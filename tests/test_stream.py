@@ -197,22 +197,6 @@ def _interleaved(path: Path) -> bool:
     return switches > len(kinds) // 4
 
 
-def _send_through_fifo(src: Path, fifo: Path) -> threading.Thread:
-    """A local sender: writes ``src`` into the named pipe ``fifo`` in small pieces, then closes it."""
-    os.mkfifo(fifo)
-
-    def send():
-        with open(fifo, "wb") as f:
-            data = src.read_bytes()
-            for i in range(0, len(data), 4096):
-                f.write(data[i:i + 4096])
-                f.flush()
-
-    t = threading.Thread(target=send, daemon=True)
-    t.start()
-    return t
-
-
 @pytest.mark.parametrize("name,via", [("ts44", "stdin"), ("mkv16", "fifo")])
 def test_stream_through_a_pipe_equals_infer_on_the_same_file(name, via, media, toy_ckpt, tmp_path, capsys):
     from avis import cli
@@ -228,7 +212,7 @@ def test_stream_through_a_pipe_equals_infer_on_the_same_file(name, via, media, t
         assert p.returncode == 0, p.stderr
         stdout, stderr = p.stdout, p.stderr
     else:  # a named pipe fed by a sender thread
-        sender = _send_through_fifo(src, tmp_path / "live.mkv")
+        sender = _fifo_sender(tmp_path / "live.mkv", src.read_bytes())
         assert cli.main(["stream", str(tmp_path / "live.mkv"), *args]) == 0
         sender.join(timeout=10)
         stdout, stderr = capsys.readouterr()
@@ -290,16 +274,37 @@ def test_lines_arrive_while_the_stream_is_still_coming(media, toy_ckpt, tmp_path
     assert frames == list(range(int(8.0 * FPS)))
 
 
-def test_stream_cut_mid_packet_leaves_valid_partial_output(media, toy_ckpt, tmp_path):
+def _fifo_sender(fifo: Path, data: bytes, hold: threading.Event | None = None) -> threading.Thread:
+    """A local sender writing ``data`` into the named pipe ``fifo``, then closing it (or, with ``hold``, keeping
+    it open and silent until ``hold`` is set: a sender alive but stalled)."""
+    os.mkfifo(fifo)
+
+    def send():
+        with open(fifo, "wb") as f:
+            for i in range(0, len(data), 4096):
+                f.write(data[i:i + 4096])
+                f.flush()
+            if hold is not None:
+                hold.wait(120)
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    return t
+
+
+def test_stream_cut_mid_packet_leaves_valid_partial_output(media, toy_ckpt, tmp_path, capsys):
     """The sender dies mid-way (the pipe ends inside a packet): everything it delivered is processed and
     written, and the command ends with its one-line summary."""
+    from avis import cli
+
     data = media["long"].read_bytes()
-    cut = len(data) // 3 + 101  # not on a 188-byte TS packet boundary
     out = tmp_path / "o"
-    p = subprocess.run(_stream_cmd("-", "--checkpoint", toy_ckpt, "--out", out, "--device", "cpu"),
-                       input=data[:cut], capture_output=True, env=_env(), timeout=300)
-    err = p.stderr.decode().strip().splitlines()
-    assert p.returncode == 0 and err[-1].startswith("avis stream: ") and "processed" in err[-1]
+    sender = _fifo_sender(tmp_path / "live.ts", data[:len(data) // 3 + 101])  # not on a 188-byte TS boundary
+    assert cli.main(["stream", str(tmp_path / "live.ts"), "--checkpoint", str(toy_ckpt), "--out", str(out),
+                     "--device", "cpu"]) == 0
+    sender.join(timeout=10)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("avis stream: ") and "processed" in err[-1]
     lat = json.loads((out / "latency.json").read_text())
     n = lat["frames"]
     assert 0 < n < 8.0 * FPS and lat["processed"] == n
@@ -310,24 +315,24 @@ def test_stream_cut_mid_packet_leaves_valid_partial_output(media, toy_ckpt, tmp_
         assert len(tr["segmentations"]) == n
 
 
-def test_stalled_stream_ends_with_one_line_and_partial_output(media, toy_ckpt, tmp_path):
+def test_stalled_stream_ends_with_one_line_and_partial_output(media, toy_ckpt, tmp_path, capsys):
     """The sender stays connected but sends nothing more: after --timeout the run ends, writes what it has,
     and says so in one line (exit 1)."""
+    from avis import cli
+
     data = media["long"].read_bytes()
     out = tmp_path / "o"
-    proc = subprocess.Popen(_stream_cmd("-", "--checkpoint", toy_ckpt, "--out", out, "--device", "cpu",
-                                        "--timeout", "3"),
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    hold = threading.Event()
+    sender = _fifo_sender(tmp_path / "live.ts", data[:len(data) // 2], hold)
     try:
-        proc.stdin.write(data[:len(data) // 2])
-        proc.stdin.flush()
-        proc.wait(timeout=120)  # stdin stays open: only the timeout ends it (its output fits the pipes)
-        err = proc.stderr.read()
+        assert cli.main(["stream", str(tmp_path / "live.ts"), "--checkpoint", str(toy_ckpt), "--out", str(out),
+                         "--device", "cpu", "--timeout", "3"]) == 1
     finally:
-        proc.kill()
-    last = err.decode().strip().splitlines()[-1]
-    assert proc.returncode == 1
-    assert last.startswith("avis stream: error: -: no frame for 3 s: the source stalled after") and "partial" in last
+        hold.set()  # the sender closes the pipe: the reader thread left behind ends too
+        sender.join(timeout=10)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"avis stream: error: {tmp_path / 'live.ts'}: no frame for 3 s: the source stalled "
+                           "after") and "partial" in last
     lat = json.loads((out / "latency.json").read_text())
     assert lat["broken"] and 0 < lat["processed"] == lat["frames"]
     assert len((out / "frames.jsonl").read_text().splitlines()) == lat["processed"]
