@@ -47,6 +47,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ttest": ("avis.evaluation.ttest", "significance of the difference between two result sets"),
     "export": ("data_tools.export", "export predictions as YTVIS / COCO / PNG / CVAT / overlay video"),
     "demo": ("avis.demo", "the whole workflow on the embedded synthetic dataset"),
+    "stream": ("avis.engine.stream", "online inference on a live source: one JSON line per frame, latency"),
     "view": ("avis.view", "a static HTML page to browse results with their sound (masks, IoU, attention)"),
 }
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a process ended by SIGPIPE

@@ -28,7 +28,7 @@ def test_readme_top_gives_exactly_two_commands_and_ci_runs_the_test_one():
 
 
 def test_every_command_of_the_design_is_registered():
-    expected = {"synth", "build", "inspect", "train", "eval", "infer", "score", "ttest", "export", "demo", "view"}
+    expected = {"synth", "build", "inspect", "train", "eval", "infer", "score", "ttest", "export", "demo", "view", "stream"}
     assert set(avis_cli.COMMANDS) == expected
     readme = (REPO / "README.md").read_text()
     for name in expected:
