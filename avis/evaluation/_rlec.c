@@ -221,49 +221,72 @@ done:
 /* ------------------------------------------------------------------------------------------------ decoder */
 /* pycocotools' rleFrString for the masks sel_lo[k]..sel_hi[k] of ``buf`` (5-bit groups with a continuation
  * bit, sign-extended, each count after the third a delta against the count two places back, counts kept as
- * uint32): area and total pixels per mask, and the foreground intervals [start, end) where need[k]. Returns the
- * number of intervals, or -1 when they would exceed the capacity ``cap`` (a caller's sizing error). */
+ * uint32): area and total pixels per mask, and the foreground intervals [start, end) where need[k]. Intervals are
+ * int32 (half the memory traffic of the IoU merges): a position beyond 2^31 - 1 is past any frame the loaders
+ * accept (16384 x 16384 pixels), so such a mask keeps no intervals and its total, larger than the frame, is
+ * refused by the caller. Returns the number of intervals, or -1 when they would exceed ``cap`` (a caller's sizing
+ * error). */
 static int64_t decode_masks(const uint8_t *buf, const int64_t *lo, const int64_t *hi, int64_t n, const uint8_t *need,
-                            int64_t *starts, int64_t *ends, int64_t cap, int64_t n_iv, int64_t *iv_offsets,
+                            int32_t *starts, int32_t *ends, int64_t cap, int64_t n_iv, int64_t *iv_offsets,
                             int64_t *areas, int64_t *totals) {
-    const int64_t M = 0xFFFFFFFFLL;
+    const int64_t M = 0xFFFFFFFFLL, P = 0x7FFFFFFFLL;
     for (int64_t k = 0; k < n; k++) {
         iv_offsets[k] = n_iv;
-        int64_t p = lo[k], stop = hi[k];
+        const uint8_t *p = buf + lo[k], *stop = buf + hi[k];
         int64_t m = 0, pos = 0, area = 0, prev1 = 0, prev2 = 0;
         int keep = need[k] != 0;
         while (p < stop) {
             /* Most counts of real masks are one-character deltas (a run length changes little from one column to
              * the next): from the fourth count on, (background, foreground) pairs of one-character codes (no
-             * continuation bit: 0 <= c < 32, sign-extended from bit 4 as (c ^ 16) - 16) take this loop. */
+             * continuation bit: 0 <= c < 32, sign-extended from bit 4 as (c ^ 16) - 16) take these loops, two
+             * pairs at a time; a mask whose intervals are not needed takes the one without stores. */
             if (m > 2 && !(m & 1)) {
-                while (p + 1 < stop) {
-                    int64_t c0 = (int64_t)buf[p] - 48, c1 = (int64_t)buf[p + 1] - 48;
-                    if ((c0 | c1) & ~(int64_t)31) break;
-                    int64_t bg = (((c0 ^ 16) - 16) + prev2) & M;
-                    int64_t fg = (((c1 ^ 16) - 16) + prev1) & M;
-                    prev2 = bg;
-                    prev1 = fg;
-                    pos += bg;
-                    if (keep && fg > 0) {
-                        if (n_iv >= cap) return -1;
-                        starts[n_iv] = pos;
-                        ends[n_iv] = pos + fg;
-                        n_iv++;
+                if (!keep) {
+                    while (stop - p >= 4) {
+                        int64_t c0 = p[0] - 48, c1 = p[1] - 48, c2 = p[2] - 48, c3 = p[3] - 48;
+                        if ((c0 | c1 | c2 | c3) & ~(int64_t)31) break;
+                        int64_t bg = (((c0 ^ 16) - 16) + prev2) & M, fg = (((c1 ^ 16) - 16) + prev1) & M;
+                        int64_t bg2 = (((c2 ^ 16) - 16) + bg) & M, fg2 = (((c3 ^ 16) - 16) + fg) & M;
+                        prev2 = bg2;
+                        prev1 = fg2;
+                        pos += bg + fg + bg2 + fg2;
+                        area += fg + fg2;
+                        p += 4;
+                        m += 4;
                     }
-                    pos += fg;
-                    area += fg;
-                    p += 2;
-                    m += 2;
+                } else {
+                    while (stop - p >= 4) {
+                        int64_t c0 = p[0] - 48, c1 = p[1] - 48, c2 = p[2] - 48, c3 = p[3] - 48;
+                        if ((c0 | c1 | c2 | c3) & ~(int64_t)31) break;
+                        if (n_iv + 2 > cap) return -1;
+                        int64_t bg = (((c0 ^ 16) - 16) + prev2) & M, fg = (((c1 ^ 16) - 16) + prev1) & M;
+                        int64_t bg2 = (((c2 ^ 16) - 16) + bg) & M, fg2 = (((c3 ^ 16) - 16) + fg) & M;
+                        if (pos + bg + fg + bg2 + fg2 > P) break; /* the general code below says what to do */
+                        prev2 = bg2;
+                        prev1 = fg2;
+                        pos += bg;
+                        starts[n_iv] = (int32_t)pos;
+                        pos += fg;
+                        ends[n_iv] = (int32_t)pos;
+                        n_iv += fg > 0;
+                        pos += bg2;
+                        starts[n_iv] = (int32_t)pos;
+                        pos += fg2;
+                        ends[n_iv] = (int32_t)pos;
+                        n_iv += fg2 > 0;
+                        area += fg + fg2;
+                        p += 4;
+                        m += 4;
+                    }
                 }
                 if (p >= stop) break;
             }
-            int64_t c = (int64_t)buf[p++] - 48;
+            int64_t c = (int64_t)*p++ - 48;
             int64_t x = c & 0x1F;
             int sh = 5;
             if (c & 0x20) {
                 while (p < stop) {
-                    c = (int64_t)buf[p++] - 48;
+                    c = (int64_t)*p++ - 48;
                     x |= (c & 0x1F) << sh;
                     sh += 5;
                     if (!(c & 0x20)) break;
@@ -277,10 +300,14 @@ static int64_t decode_masks(const uint8_t *buf, const int64_t *lo, const int64_t
             if (m & 1) {
                 area += x;
                 if (keep && x > 0) {
-                    if (n_iv >= cap) return -1;
-                    starts[n_iv] = pos;
-                    ends[n_iv] = pos + x;
-                    n_iv++;
+                    if (pos + x > P) {
+                        keep = 0; /* past any accepted frame: the total is refused by the caller */
+                    } else {
+                        if (n_iv >= cap) return -1;
+                        starts[n_iv] = (int32_t)pos;
+                        ends[n_iv] = (int32_t)(pos + x);
+                        n_iv++;
+                    }
                 }
             }
             pos += x;
@@ -307,8 +334,8 @@ static PyObject *decode(PyObject *self, PyObject *args) {
     if (get_buf(o_lo, &b[1], 8, 0, 0, "lo")) goto done;
     int64_t n = b[1].view.len / 8;
     if (get_buf(o_buf, &b[0], 1, 0, 0, "buf") || get_buf(o_hi, &b[2], 8, n, 0, "hi") ||
-        get_buf(o_need, &b[3], 1, n, 0, "need") || get_buf(o_st, &b[4], 8, 0, 1, "starts") ||
-        get_buf(o_en, &b[5], 8, 0, 1, "ends") || get_buf(o_ivo, &b[6], 8, n + 1, 1, "iv_offsets") ||
+        get_buf(o_need, &b[3], 1, n, 0, "need") || get_buf(o_st, &b[4], 4, 0, 1, "starts") ||
+        get_buf(o_en, &b[5], 4, 0, 1, "ends") || get_buf(o_ivo, &b[6], 8, n + 1, 1, "iv_offsets") ||
         get_buf(o_ar, &b[7], 8, n, 1, "areas") || get_buf(o_tot, &b[8], 8, n, 1, "totals"))
         goto done;
     const int64_t *lo = b[1].view.buf, *hi = b[2].view.buf;
@@ -318,7 +345,7 @@ static PyObject *decode(PyObject *self, PyObject *args) {
             PyErr_SetString(PyExc_ValueError, "mask bounds outside the buffer");
             goto done;
         }
-    int64_t cap = b[4].view.len / 8 < b[5].view.len / 8 ? b[4].view.len / 8 : b[5].view.len / 8;
+    int64_t cap = b[4].view.len / 4 < b[5].view.len / 4 ? b[4].view.len / 4 : b[5].view.len / 4;
     if (iv_start < 0 || iv_start > cap) {
         PyErr_SetString(PyExc_ValueError, "iv_start beyond the interval buffers");
         goto done;
@@ -335,7 +362,7 @@ done:
 }
 
 /* ------------------------------------------------------------------------------------- IoU and matching */
-static int64_t lower_bound(const int64_t *a, int64_t lo, int64_t hi, int64_t v) { /* first i: a[i] >= v */
+static int64_t lower_bound(const int32_t *a, int64_t lo, int64_t hi, int64_t v) { /* first i: a[i] >= v */
     while (lo < hi) {
         int64_t mid = lo + (hi - lo) / 2;
         if (a[mid] < v) lo = mid + 1; else hi = mid;
@@ -343,7 +370,7 @@ static int64_t lower_bound(const int64_t *a, int64_t lo, int64_t hi, int64_t v) 
     return lo;
 }
 
-static int64_t upper_bound(const int64_t *a, int64_t lo, int64_t hi, int64_t v) { /* first i: a[i] > v */
+static int64_t upper_bound(const int32_t *a, int64_t lo, int64_t hi, int64_t v) { /* first i: a[i] > v */
     while (lo < hi) {
         int64_t mid = lo + (hi - lo) / 2;
         if (a[mid] <= v) lo = mid + 1; else hi = mid;
@@ -353,7 +380,7 @@ static int64_t upper_bound(const int64_t *a, int64_t lo, int64_t hi, int64_t v) 
 
 /* Foreground pixels shared by decoded masks a and b: a merge of their sorted, disjoint intervals, restricted to
  * where both can overlap (as rle_kernels._intersection). */
-static int64_t intersection(const int64_t *starts, const int64_t *ends, const int64_t *ivo, int64_t a, int64_t b) {
+static int64_t intersection(const int32_t *starts, const int32_t *ends, const int64_t *ivo, int64_t a, int64_t b) {
     int64_t i = ivo[a], ie = ivo[a + 1], j = ivo[b], je = ivo[b + 1];
     if (i == ie || j == je || starts[i] >= ends[je - 1] || starts[j] >= ends[ie - 1]) return 0;
     j = upper_bound(ends, j, je, starts[i]);
@@ -486,7 +513,7 @@ static PyObject *video_match(PyObject *self, PyObject *args) {
     Buf b[21];
     memset(b, 0, sizeof b);
     PyObject *ret = NULL;
-    const Py_ssize_t isz[21] = {8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 1, 1, 8, 8, 8, 1, 8};
+    const Py_ssize_t isz[21] = {8, 8, 8, 8, 8, 4, 4, 8, 8, 8, 8, 8, 8, 8, 1, 1, 8, 8, 8, 1, 8};
     const Py_ssize_t cnt[21] = {D * Td, D, G * Tg, G, nm, 0, 0, nm + 1, C, C, C, C, C + 1, G, G, A * G, T, 0,
                                 A * T * D, A * T * D, A * T * G};
     const int wr[21] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1};
@@ -496,7 +523,8 @@ static PyObject *video_match(PyObject *self, PyObject *args) {
     for (int i = 0; i < 21; i++)
         if (get_buf(o[i], &b[i], isz[i], cnt[i], wr[i], names[i])) goto done;
     const int64_t *d_idx = b[0].view.buf, *d_len = b[1].view.buf, *g_idx = b[2].view.buf, *g_len = b[3].view.buf;
-    const int64_t *areas = b[4].view.buf, *starts = b[5].view.buf, *ends = b[6].view.buf, *ivo = b[7].view.buf;
+    const int64_t *areas = b[4].view.buf, *ivo = b[7].view.buf;
+    const int32_t *starts = b[5].view.buf, *ends = b[6].view.buf;
     const int64_t *d_lo = b[8].view.buf, *d_hi = b[9].view.buf, *g_lo = b[10].view.buf, *g_hi = b[11].view.buf;
     const int64_t *iou_off = b[12].view.buf;
     const double *gt_ids = b[13].view.buf, *thr = b[16].view.buf;

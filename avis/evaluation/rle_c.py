@@ -185,13 +185,13 @@ class Table:
         # a kept interval takes two codes of one character at least: a bound on the intervals of each mask
         cap = sum(int((hi - lo)[need].sum()) // 2 + len(lo) for _, lo, hi, need in parts) + 1
         if reuse:
-            starts, ends = getattr(_SCRATCH, "intervals", (np.empty(0, np.int64), np.empty(0, np.int64)))
+            starts, ends = getattr(_SCRATCH, "intervals", (np.empty(0, np.int32), np.empty(0, np.int32)))
             if len(starts) < cap:
-                starts, ends = np.empty(cap + cap // 2, np.int64), np.empty(cap + cap // 2, np.int64)
+                starts, ends = np.empty(cap + cap // 2, np.int32), np.empty(cap + cap // 2, np.int32)
                 _SCRATCH.intervals = (starts, ends)
             self.starts, self.ends = starts, ends
         else:
-            self.starts, self.ends = np.empty(cap, np.int64), np.empty(cap, np.int64)
+            self.starts, self.ends = np.empty(cap, np.int32), np.empty(cap, np.int32)
         self.iv_offsets = np.empty(n + 1, np.int64)
         self.areas, self.totals = np.empty(n, np.int64), np.empty(n, np.int64)
         k = n_iv = 0
@@ -236,7 +236,8 @@ def video_match(d_idx, d_len, g_idx, g_len, areas, starts, ends, iv_offsets, d_l
     A, T = dt_match.shape[:2]
     i64 = [np.ascontiguousarray(x, np.int64) for x in (d_lo, d_hi, g_lo, g_hi, iou_off)]
     _rlec.video_match(d_idx, np.ascontiguousarray(d_len, np.int64), g_idx, np.ascontiguousarray(g_len, np.int64),
-                      *(np.ascontiguousarray(x, np.int64) for x in (areas, starts, ends, iv_offsets)), *i64,
+                      np.ascontiguousarray(areas, np.int64), _positions(starts), _positions(ends),
+                      np.ascontiguousarray(iv_offsets, np.int64), *i64,
                       np.ascontiguousarray(gt_ids, np.float64), np.ascontiguousarray(gt_crowd, np.bool_),
                       np.ascontiguousarray(gt_ignore, np.bool_), np.ascontiguousarray(thresholds, np.float64),
                       _out(ious, np.float64), _out(dt_match, np.float64), _out(dt_ignore, np.bool_),
@@ -264,6 +265,13 @@ def accumulate(lo_k, hi_k, dt_matched, dt_ignore, npig, rec_thrs, precision, rec
                      np.ascontiguousarray(rec_thrs, np.float64), _out(precision, np.float64),
                      _out(recall, np.float64), np.ascontiguousarray(areas, np.int64), m, K, A, T, N, len(rec_thrs),
                      precision.shape[-1])
+
+
+def _positions(a: np.ndarray) -> np.ndarray:
+    """Interval bounds as the C kernels take them (int32: see ``decode_masks`` in _rlec.c)."""
+    if a.dtype != np.int32 and len(a) and (a.max() > np.iinfo(np.int32).max or a.min() < 0):
+        raise ValueError("interval positions beyond int32")
+    return np.ascontiguousarray(a, np.int32)
 
 
 def _out(a: np.ndarray, dtype) -> np.ndarray:

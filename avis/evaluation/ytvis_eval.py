@@ -36,7 +36,6 @@ from operator import is_not, itemgetter
 
 import numpy as np
 from pycocotools import mask as mask_utils
-from tqdm import tqdm
 
 from avis.errors import InputError
 from avis.evaluation import rle_c
@@ -665,6 +664,39 @@ def summarize(precision: np.ndarray, recall: np.ndarray) -> dict[str, float]:
 _TASKS = None
 
 
+class _Progress:
+    """``desc: k/N videos`` on stderr, redrawn at most 5 times a second, the last state kept on its line.
+
+    (tqdm's import alone, with its ``importlib.metadata`` version lookup, is a tenth of ``avis score``'s CPU time
+    on a 100-video case.)"""
+
+    def __init__(self, total: int, desc: str, enabled: bool):
+        import sys
+        import time
+
+        self.total, self.desc, self.n, self.enabled = total, desc, 0, enabled
+        self._clock, self._stream, self._shown = time.monotonic, sys.stderr, -1.0
+        self.t0 = self._clock()
+
+    def update(self) -> None:
+        self.n += 1
+        if self.enabled and (self.n == self.total or self._clock() - self._shown >= 0.2):
+            self._draw()
+
+    def _draw(self) -> None:
+        self._shown = now = self._clock()
+        rate = self.n / max(now - self.t0, 1e-9)
+        self._stream.write(f"\r{self.desc}: {self.n}/{self.total} videos ({rate:.1f} videos/s)")
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            if self._shown < 0:
+                self._draw()
+            self._stream.write("\n")
+            self._stream.flush()
+
+
 def _run_task_index(i: int):
     fn, tasks = _TASKS
     return fn(tasks[i])
@@ -674,7 +706,7 @@ def map_videos(fn, tasks: list, workers: int = 1, progress: bool = False, desc: 
     """``[fn(task) for task in tasks]``, in ``workers`` forked processes when more than one (each task a
     video); a progress bar when ``progress``."""
     workers = max(1, min(workers, os.cpu_count() or 1, len(tasks) or 1))
-    bar = tqdm(total=len(tasks), desc=desc, unit="video", disable=not progress)
+    bar = _Progress(len(tasks), desc, progress)
     out = []
     if workers == 1:
         for task in tasks:
