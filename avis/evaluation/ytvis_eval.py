@@ -25,10 +25,8 @@ Entry point: :func:`evaluate` (``gt`` as returned by :func:`avis.io.ytvis.load_a
 from __future__ import annotations
 
 import importlib.util
-import multiprocessing as mp
 import os
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import accumulate as running_sum
 from itertools import chain, repeat
@@ -717,6 +715,9 @@ def map_videos(fn, tasks: list, workers: int = 1, progress: bool = False, desc: 
         global _TASKS
         _TASKS = (fn, tasks)
         try:
+            import multiprocessing as mp  # here: a single-process run does not pay for its import
+            from concurrent.futures import ProcessPoolExecutor
+
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
             with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
                 chunk = max(1, len(tasks) // (4 * workers))
