@@ -413,7 +413,7 @@ def bench_e2e(args) -> None:
 
     gt_p, res_p = cached_case(args.e2e_videos, args.seed)
     print(f"\n== whole process: avis score vs the official evaluator ({args.e2e_videos} videos, results file "
-          f"{res_p.stat().st_size / 1e6:.0f} MB), best of {args.repeat}")
+          f"{res_p.stat().st_size / 1e6:.0f} MB), {args.repeat} interleaved rounds")
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "avis" / "bench_score"
     official = official_evaluator(cache)
     out = Path(tempfile.mkdtemp(prefix="avis_bench_e2e_"))
@@ -425,15 +425,21 @@ def bench_e2e(args) -> None:
                     str(official)]
     cmds = {"official evaluator (load + evaluate + accumulate)": official_cmd, "avis score (whole process)": avis_cmd}
     if args.e2e_numba:  # the same command with the C scorer switched off: numba's kernels (and start-up)
-        cmds["avis score, numba kernels (AVIS_NO_C_SCORER=1)"] = ["env", "AVIS_NO_C_SCORER=1", *avis_cmd]
+        cmds["avis score, numba kernels (AVIS_NO_C_SCORER=1)"] = ["env", "AVIS_NO_C_SCORER=1", *avis_cmd[:-1],
+                                                                 str(out / "numba.json")]
+    if args.e2e_before:  # another checkout's avis score (e.g. the state before a change), same files
+        cmds[f"avis score of {args.e2e_before}"] = ["env", f"PYTHONPATH={args.e2e_before}", *avis_cmd[:-1],
+                                                    str(out / "before.json")]
     for cmd in cmds.values():  # warm the page cache (and numba's cache)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     load0 = os.getloadavg()[0]
     runs = _interleaved(cmds, args.repeat)
     load1 = os.getloadavg()[0]
-    ours = json.loads((out / "a.json").read_text())
     theirs = json.loads((out / "o.json").read_text())
-    assert [ours[k] for k in STAT_KEYS] == theirs, f"avis score differs from the official evaluator:\n{ours}\n{theirs}"
+    for name in ("a", "numba", "before"):
+        if (out / f"{name}.json").exists():
+            ours = json.loads((out / f"{name}.json").read_text())
+            assert [ours[k] for k in STAT_KEYS] == theirs, f"{name} differs from the official evaluator:\n{ours}\n{theirs}"
     print("the 12 numbers are identical:", dict(zip(STAT_KEYS, np.round(theirs, 4).tolist())))
     print(f"{args.repeat} interleaved rounds; load average {load0:.1f} before, {load1:.1f} after")
     ref = "official evaluator (load + evaluate + accumulate)"
@@ -521,6 +527,7 @@ def bench_phases(args) -> None:
                     per[name].append(float(sec))
         print(f"\n== where the CPU time of avis score goes, {label} ({args.e2e_videos} videos; median of "
               f"{args.repeat} processes, load average {os.getloadavg()[0]:.1f})")
+        print(f"{'interpreter start (CPU at the first line of the script)':<64} {np.median(per['start']):7.3f}")
         for name, secs in per.items():
             if name != "start":
                 print(f"{name:<64} {np.median(secs):7.3f}")
@@ -538,6 +545,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5,
                     help="interleaved rounds of the e2e part (each process once per round; medians reported)")
+    ap.add_argument("--e2e-before", metavar="DIR",
+                    help="e2e: also time the avis score of another checkout (its root put first on PYTHONPATH)")
     ap.add_argument("--e2e-numba", action="store_true",
                     help="e2e: also time avis score with the C scorer switched off (numba kernels)")
     ap.add_argument("--seed", type=int, default=0)
