@@ -155,16 +155,25 @@ def _files(tmp_path, seed=0, n_videos=6, edit=None):
     return tmp_path / "gt.json", tmp_path / "res.json"
 
 
-def _packed(gt_p, res_p):
+def _packed(gt_p, res_p, in_place=False):
+    """The ground truth and the packed results (``in_place``: compacted in the array the file was read into, as
+    ``avis score`` does; else copied from ``bytes``)."""
     gt = ytvis.load_annotations(gt_p)
-    return gt, rle_c.load_packed_results(ytvis.read_results_bytes(res_p), gt)
+    raw = ytvis.read_results_buffer(res_p) if in_place else ytvis.read_results_bytes(res_p)
+    if in_place:
+        assert isinstance(raw, np.ndarray)
+    packed = rle_c.load_packed_results(raw, gt)
+    if in_place and packed is not None:
+        assert np.shares_memory(packed.mask_pack.buf, raw)  # no second buffer
+    return gt, packed
 
 
 @needs_c
 @pytest.mark.parametrize("seed", range(3))
-def test_packed_results_score_as_the_general_loader(tmp_path, seed, monkeypatch):
+@pytest.mark.parametrize("in_place", [False, True])
+def test_packed_results_score_as_the_general_loader(tmp_path, seed, in_place, monkeypatch):
     gt_p, res_p = _files(tmp_path, seed)
-    gt, packed = _packed(gt_p, res_p)
+    gt, packed = _packed(gt_p, res_p, in_place)
     assert packed is not None and packed.mask_pack is not None
     general = ytvis.load_results(res_p, gt=gt)
     assert packed.materialize() == general  # same entries, same scores, same masks
@@ -179,7 +188,8 @@ def test_packed_results_score_as_the_general_loader(tmp_path, seed, monkeypatch)
 
 
 @needs_c
-def test_packed_results_read_escaped_backslashes(tmp_path):
+@pytest.mark.parametrize("in_place", [False, True])
+def test_packed_results_read_escaped_backslashes(tmp_path, in_place):
     """'\\' is one of pycocotools' characters; JSON writes it escaped, and the scanner copies it unescaped."""
     gt_p, res_p = _files(tmp_path)
     data = json.loads(res_p.read_text())
@@ -188,7 +198,7 @@ def test_packed_results_read_escaped_backslashes(tmp_path):
     data[0]["segmentations"][first] = odd
     res_p.write_text(json.dumps(data))
     assert '"\\\\0\\\\"' in res_p.read_text()
-    gt, packed = _packed(gt_p, res_p)
+    gt, packed = _packed(gt_p, res_p, in_place)
     assert packed is not None
     assert packed.materialize() == ytvis.load_results(res_p, gt=gt)
     pack = packed.mask_pack
@@ -227,6 +237,7 @@ def test_packed_loader_leaves_every_uncertain_file_to_the_general_path(tmp_path,
     gt_p, res_p = _files(tmp_path, edit=edit)
     gt = ytvis.load_annotations(gt_p)
     assert rle_c.load_packed_results(ytvis.read_results_bytes(res_p), gt) is None
+    assert rle_c.load_packed_results(ytvis.read_results_buffer(res_p), gt) is None
     # (the general loader reads the valid ones, names the problems of the others)
 
 
@@ -343,3 +354,23 @@ def test_relpath_fast_check_agrees_with_the_path_objects(p):
 
     bad = PurePosixPath(p).is_absolute() or PureWindowsPath(p).is_absolute() or ".." in re.split(r"[\\/]", p)
     assert (ytvis.check_relpath(p) is not None) == bad
+
+
+@needs_c
+def test_in_place_scan_refuses_a_text_before_what_it_wrote():
+    """Compacting in place is safe only when each text comes after the bytes already written: texts out of
+    buffer order make the scanner give up (the caller then reads the file again with the general loader)."""
+    one, two = b'[{"size": [1, 4], "counts": "0200"}]', b'[{"counts": "13", "size": [1, 4]}]'
+    buf = np.frombuffer(bytearray(one + two), np.uint8)
+    view = memoryview(buf)
+
+    def scan(raws):
+        n = len(raws)
+        offsets, frame_mask = np.empty(n + 1, np.int64), np.empty(n, np.int64)
+        ones = np.ones(n, np.int64)
+        return rle_c._rlec.scan_segmentations(raws, ones, ones, ones * 4, buf, 0, offsets, 0, frame_mask), offsets
+
+    assert scan([view[len(one) :], view[: len(one)]])[0] is None  # the second text was overwritten
+    buf[:] = np.frombuffer(one + two, np.uint8)
+    (n_masks, used), offsets = scan([view[: len(one)], view[len(one) :]])
+    assert (n_masks, used) == (2, 6) and buf[:used].tobytes() == b"020013" and offsets.tolist() == [0, 4, 6]

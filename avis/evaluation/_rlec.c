@@ -42,7 +42,9 @@ static void release(Buf *bufs, int n) {
  * object with exactly the keys "size" ([h, w], plain non-negative integers equal to the video's) and "counts"
  * (a string of pycocotools' characters '0'..'o', the backslash written as the JSON escape "\\"), in either
  * order. The counts are copied unescaped to ``out`` (at *used, at most ``cap``), their offsets to ``offsets``
- * and the mask number (or -1 for null) of each frame to ``frame_mask``. Returns 0, or -1 for anything else. */
+ * and the mask number (or -1 for null) of each frame to ``frame_mask``. Returns 0, or -1 for anything else.
+ * ``out`` may be the buffer that holds the texts (compaction in place): every write lands at or before the
+ * byte being read, and the caller checks that no text starts before what was written. */
 static inline const char *ws(const char *p, const char *end) {
     while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) p++;
     return p;
@@ -121,7 +123,7 @@ static int scan_one(const char *p, const char *end, int64_t T, int64_t h, int64_
                         }
                         if (!bad) {
                             if (q - p > cap - u) return -1;
-                            memcpy(out + u, p, q - p);
+                            memmove(out + u, p, q - p); /* in place: out + u <= p */
                             u += q - p;
                             p = q;
                         } else {
@@ -196,7 +198,10 @@ static PyObject *scan_segmentations(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < n && ok; i++) {
         Py_buffer rv;
         if (PyObject_GetBuffer(PyList_GET_ITEM(raws, i), &rv, PyBUF_SIMPLE) < 0) goto done;
-        if (len[i] < 0 || f + len[i] > fm_cap) {
+        const char *rp = rv.buf;
+        /* in place, the texts must come in buffer order, each after what was written so far */
+        int inside = rp + rv.len > out && rp < out + cap;
+        if (len[i] < 0 || f + len[i] > fm_cap || (inside && (rp < out + used || rp + rv.len > out + cap))) {
             ok = 0;
         } else {
             const char *p = rv.buf;

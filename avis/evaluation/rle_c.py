@@ -64,19 +64,22 @@ class MaskPack:
 
 
 class LazySegmentations(Sequence):
-    """A result's ``segmentations`` as the general loader would give them (a list of RLE dicts / None), decoded
-    from its JSON text on first use: the scorer's C path reads the masks from the :class:`MaskPack` instead."""
+    """A result's ``segmentations`` as the general loader would give them (a list of ``{"size": [h, w],
+    "counts": str}`` / None), made from the :class:`MaskPack` on first use (the scorer's C path reads the pack
+    itself; the pairing check and :meth:`PackedResults.materialize` read these)."""
 
-    __slots__ = ("_raw", "_value")
+    __slots__ = ("_pack", "_start", "_length", "_size", "_value")
 
-    def __init__(self, raw):
-        self._raw, self._value = raw, None
+    def __init__(self, pack: MaskPack, start: int, length: int, size: list[int]):
+        self._pack, self._start, self._length, self._size, self._value = pack, start, length, size, None
 
     def _get(self) -> list:
         if self._value is None:
-            import msgspec
-
-            self._value = msgspec.json.decode(self._raw)
+            p = self._pack
+            ks = p.frame_mask[self._start : self._start + self._length].tolist()
+            self._value = [None if k < 0 else
+                           {"size": list(self._size), "counts": p.buf[p.offsets[k] : p.offsets[k + 1]].tobytes().decode()}
+                           for k in ks]
         return self._value
 
     def __len__(self) -> int:
@@ -120,11 +123,15 @@ def _entry_decoder():
     return msgspec.json.Decoder(list[entry])
 
 
-def load_packed_results(raw: bytes, gt: dict) -> PackedResults | None:
+def load_packed_results(raw, gt: dict) -> PackedResults | None:
     """The results JSON text ``raw`` checked against the normalised ground truth ``gt`` and packed, or ``None``
     when the C extension is missing or the file is not certainly valid in the common form (then
     :func:`avis.io.ytvis.load_results` loads it, or names its problems). Gives the numbers
-    :func:`avis.io.ytvis.load_results` would: same entries, same scores, same masks."""
+    :func:`avis.io.ytvis.load_results` would: same entries, same scores, same masks.
+
+    ``raw``: ``bytes`` (the RLE strings are copied to a new buffer), or a writable uint8 array that becomes the
+    pack's buffer (the strings are compacted to its start, in place: no second copy of a file of a hundred MB;
+    the array's text is then gone, also when ``None`` is returned)."""
     if not AVAILABLE:
         return None
     import msgspec
@@ -153,20 +160,27 @@ def load_packed_results(raw: bytes, gt: dict) -> PackedResults | None:
     if not (np.abs(scores) < 1e308).all():  # finite and within the general check's range
         return None
     raws = [e.segmentations for e in entries]
+    del entries
     frames = int(lengths.sum())
-    total = sum(map(len, raws))  # the strings are shorter than their JSON text
-    buf = np.empty(total, np.uint8)
+    if isinstance(raw, np.ndarray) and raw.dtype == np.uint8 and raw.flags.writeable and raw.flags.c_contiguous:
+        buf = raw  # compacted in place
+    else:
+        buf = np.empty(sum(map(len, raws)), np.uint8)  # the strings are shorter than their JSON text
     offsets = np.empty(frames + 1, np.int64)
     frame_mask = np.empty(frames, np.int64)
     scanned = _rlec.scan_segmentations(raws, lengths, heights, widths, buf, 0, offsets, 0, frame_mask)
     if scanned is None:
         return None
-    n_masks, _ = scanned
+    n_masks, used = scanned
+    del raws  # views of the text, which is now overwritten where compacted in place
     starts = np.zeros(n, np.int64)
     np.cumsum(lengths[:-1], out=starts[1:])
-    out = PackedResults({"video_id": v, "category_id": c, "score": s, "segmentations": LazySegmentations(r)}
-                        for v, c, s, r in zip(vids, cids, scores.tolist(), raws))
-    out.mask_pack = MaskPack(buf, offsets[: n_masks + 1], frame_mask, starts, lengths)
+    pack = MaskPack(buf[:used], offsets[: n_masks + 1], frame_mask, starts, lengths)
+    out = PackedResults({"video_id": v, "category_id": c, "score": s,
+                         "segmentations": LazySegmentations(pack, st, ln, [h, w])}
+                        for v, c, s, st, ln, h, w in zip(vids, cids, scores.tolist(), starts.tolist(),
+                                                        lengths.tolist(), heights.tolist(), widths.tolist()))
+    out.mask_pack = pack
     return out
 
 

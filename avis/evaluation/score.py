@@ -178,9 +178,9 @@ def _load_packed(path, gt: dict):
 
     if ytvis_eval.BACKEND != "c":
         return None
-    from avis.io.ytvis import read_results_bytes
+    from avis.io.ytvis import read_results_buffer
 
-    return rle_c.load_packed_results(read_results_bytes(path), gt)
+    return rle_c.load_packed_results(read_results_buffer(path), gt)
 
 
 def run(args: argparse.Namespace) -> int:

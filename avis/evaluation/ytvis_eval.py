@@ -233,9 +233,8 @@ def greedy_match(ious: np.ndarray, gt_ids: np.ndarray, gt_crowd: np.ndarray, gt_
     if BACKEND in ("numba", "c"):
         kernel = rle_c.greedy_match if BACKEND == "c" else _nb().greedy_match_kernel
         kernel(np.ascontiguousarray(ious, np.float64), gt_ids.astype(np.float64),
-                                        np.ascontiguousarray(gt_crowd, np.bool_),
-                                        np.ascontiguousarray(gt_ignore, np.bool_),
-                                        np.asarray(thresholds, np.float64), dt_match, dt_ignore, gt_match_det)
+               np.ascontiguousarray(gt_crowd, np.bool_), np.ascontiguousarray(gt_ignore, np.bool_),
+               np.asarray(thresholds, np.float64), dt_match, dt_ignore, gt_match_det)
         return dt_match, dt_ignore, gt_match_det
     thr = np.minimum(thresholds, 1 - 1e-10)[None, :, None]  # (1, T, 1)
     regular = ~gt_ignore[:, None, :]  # (L, 1, G)
@@ -615,9 +614,8 @@ def _accumulate_compiled(entries, cat_ids, area_idx, maxdet_idx, precision, reca
         lo = np.where(has_entry, np.searchsorted(sorted_k, ks, "left"), -1)
         hi = np.searchsorted(sorted_k, ks, "right")
         kernel = rle_c.accumulate if BACKEND == "c" else _nb().accumulate_kernel
-        kernel(lo, hi, np.ascontiguousarray(matched[:, :, order]),
-                                      np.ascontiguousarray(ignored[:, :, order]), npig, REC_THRS, precision,
-                                      recall, m, areas)
+        kernel(lo, hi, np.ascontiguousarray(matched[:, :, order]), np.ascontiguousarray(ignored[:, :, order]), npig,
+               REC_THRS, precision, recall, m, areas)
 
 
 def _pr_curve(dtm: np.ndarray, dt_ig: np.ndarray, npig: int):

@@ -58,8 +58,10 @@ def load_json(path: str | os.PathLike):
     return decode_json(_read_bytes(path), path)
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, refused (naming it) beyond :func:`max_json_bytes`."""
+def _read_bytes(path: Path, array: bool = False):
+    """The file's bytes, refused (naming it) beyond :func:`max_json_bytes`. ``array``: as a writable uint8 NumPy
+    array of the size the file had when looked at (NumPy backs large arrays with huge pages: a tenth of the page
+    faults of a ``bytes`` object of a hundred MB)."""
     try:
         size = path.stat().st_size
     except OSError as e:
@@ -72,7 +74,15 @@ def _read_bytes(path: Path) -> bytes:
 
     try:
         with open_regular(path, "rb") as f:
-            return f.read()
+            if not array:
+                return f.read()
+            import numpy as np
+
+            buf = np.empty(size, np.uint8)
+            view, n = memoryview(buf), 0
+            while n < size and (k := f.readinto(view[n:])):
+                n += k
+            return buf[:n]
     except OSError as e:
         raise InputError(f"cannot read: {e.strerror}", path) from None
 
@@ -814,6 +824,18 @@ def _zip_member(raw: bytes, path) -> bytes:
             return z.read(ZIP_MEMBER)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError) as e:
         raise InputError(f"unreadable zip ({str(e)[:200]})", path) from None
+
+
+def read_results_buffer(path: str | os.PathLike):
+    """:func:`read_results_bytes`, with a plain JSON file as a writable uint8 NumPy array (see
+    :func:`_read_bytes`), which :func:`avis.evaluation.rle_c.load_packed_results` compacts in place."""
+    path = Path(path)
+    raw = _read_bytes(path, array=True)
+    if raw[:2].tobytes() == b"PK":
+        return _zip_member(raw.tobytes(), path)
+    if path.suffix.lower() == ".zip":
+        raise InputError("not a zip file", path)
+    return raw
 
 
 def read_results_bytes(path: str | os.PathLike) -> bytes:
