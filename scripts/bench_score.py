@@ -473,14 +473,16 @@ lap("import avis (cli, loaders, scorer)")
 gt_p, res_p, out_p = sys.argv[1:4]
 gt = ytvis.load_annotations(gt_p)
 lap("ground truth: read, decode, validate, normalise")
-raw = ytvis.read_results_bytes(res_p)
-lap("results: read the bytes")
 if rle_c.AVAILABLE:
+    raw = ytvis.read_results_buffer(res_p)
+    lap("results: read the file into an array")
     results = rle_c.load_packed_results(raw, gt)
-    lap("results: decode + validate + pack (msgspec Raw + C scanner)")
+    lap("results: decode + validate + pack in place (msgspec Raw + C scanner)")
 else:
+    raw = ytvis.read_results_bytes(res_p)
+    lap("results: read the bytes")
     results = ytvis.load_results(res_p, gt=gt)
-    lap("results: read + decode + validate (general loader)")
+    lap("results: read again + decode + validate (general loader)")
 gc.freeze()
 if ye.BACKEND == "numba":
     from avis.evaluation.rle_kernels import skip_blas_probe
