@@ -427,9 +427,14 @@ def bench_e2e(args) -> None:
     if args.e2e_numba:  # the same command with the C scorer switched off: numba's kernels (and start-up)
         cmds["avis score, numba kernels (AVIS_NO_C_SCORER=1)"] = ["env", "AVIS_NO_C_SCORER=1", *avis_cmd[:-1],
                                                                  str(out / "numba.json")]
-    if args.e2e_before:  # another checkout's avis score (e.g. the state before a change), same files
-        cmds[f"avis score of {args.e2e_before}"] = ["env", f"PYTHONPATH={args.e2e_before}", *avis_cmd[:-1],
-                                                    str(out / "before.json")]
+    if args.e2e_before:  # another checkout's avis score (e.g. the state before a change), same files; run from
+        # its root, as `python -m` puts the working folder first on sys.path
+        import shlex
+
+        before = [*avis_cmd[:-1], str(out / "before.json")]
+        cmds[f"avis score of {args.e2e_before}"] = [
+            "sh", "-c", f"cd {shlex.quote(args.e2e_before)} && PYTHONPATH={shlex.quote(args.e2e_before)} exec "
+            + " ".join(map(shlex.quote, before))]
     for cmd in cmds.values():  # warm the page cache (and numba's cache)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     load0 = os.getloadavg()[0]
