@@ -374,3 +374,38 @@ def test_in_place_scan_refuses_a_text_before_what_it_wrote():
     buf[:] = np.frombuffer(one + two, np.uint8)
     (n_masks, used), offsets = scan([view[: len(one)], view[len(one) :]])
     assert (n_masks, used) == (2, 6) and buf[:used].tobytes() == b"020013" and offsets.tolist() == [0, 4, 6]
+
+
+@needs_c
+def test_masks_with_one_interval_per_column_are_marked_for_the_column_sum():
+    """``Table.cols``: the first column of a mask whose intervals are one per column over consecutive columns (the
+    IoU kernel then sums overlaps column by column); -1 for any other mask, and without the frame height."""
+    h, w = 6, 5
+    rect = np.zeros((h, w), np.uint8)
+    rect[1:4, 1:3] = 1
+    two_runs = rect.copy()
+    two_runs[5, 1] = 1
+    crossing = np.zeros((h, w), np.uint8)
+    crossing[2:, 1] = 1
+    crossing[:3, 2] = 1  # column 1's run continues into column 2: one interval over two columns
+    gap = np.zeros((h, w), np.uint8)
+    gap[1:3, [0, 2]] = 1  # columns 0 and 2, not consecutive
+    full = np.ones((h, w), np.uint8)
+    masks = [rect, two_runs, crossing, gap, full, np.zeros((h, w), np.uint8), rect]
+    counts = [mask_io.encode(m)["counts"] for m in masks]
+    need = np.array([1, 1, 1, 1, 1, 1, 0], bool)
+    table = rle_c.Table([rle_c.strings_part(counts, need)], reuse=False, height=h)
+    assert table.cols.tolist() == [1, -1, -1, -1, -1, -1, -1]
+    assert rle_c.Table([rle_c.strings_part(counts, need)], reuse=False).cols.tolist() == [-1] * 7
+    # the full frame merges into one interval over every column: not one per column, and still exact
+    assert table.areas.tolist() == [int(m.sum()) for m in masks]
+
+
+@needs_c
+def test_column_sum_and_merge_give_the_same_video_iou(monkeypatch):
+    """The same random videos with the column sum switched off (every mask merged): identical entries."""
+    gt, results = _case(np.random.default_rng(11))
+    fast = _evaluate(monkeypatch, "c", gt, results)
+    plain = rle_c.video_match
+    monkeypatch.setattr(rle_c, "video_match", lambda *a, cols=None: plain(*a))
+    _assert_same(fast, ye.evaluate(gt, results))

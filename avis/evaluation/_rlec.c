@@ -231,9 +231,20 @@ done:
  * accept (16384 x 16384 pixels), so such a mask keeps no intervals and its total, larger than the frame, is
  * refused by the caller. Returns the number of intervals, or -1 when they would exceed ``cap`` (a caller's sizing
  * error). */
+/* The first column of mask k's intervals when there is exactly one per column, over consecutive columns, none
+ * crossing a column boundary (the pixel order is column-major, ``height`` pixels a column): the common shape
+ * of an object, whose intersections then need no merge (intersection() below); else -1. */
+static int64_t one_per_column(const int32_t *starts, const int32_t *ends, int64_t i0, int64_t i1, int64_t height) {
+    if (height <= 0 || i1 <= i0) return -1;
+    int64_t col = starts[i0] / height, lo = col * height;
+    for (int64_t i = i0; i < i1; i++, lo += height)
+        if (starts[i] < lo || ends[i] > lo + height) return -1;
+    return col;
+}
+
 static int64_t decode_masks(const uint8_t *buf, const int64_t *lo, const int64_t *hi, int64_t n, const uint8_t *need,
                             int32_t *starts, int32_t *ends, int64_t cap, int64_t n_iv, int64_t *iv_offsets,
-                            int64_t *areas, int64_t *totals) {
+                            int64_t *areas, int64_t *totals, int64_t *cols, int64_t height) {
     const int64_t M = 0xFFFFFFFFLL, P = 0x7FFFFFFFLL;
     for (int64_t k = 0; k < n; k++) {
         iv_offsets[k] = n_iv;
@@ -320,20 +331,22 @@ static int64_t decode_masks(const uint8_t *buf, const int64_t *lo, const int64_t
         }
         areas[k] = area;
         totals[k] = pos;
+        cols[k] = keep ? one_per_column(starts, ends, iv_offsets[k], n_iv, height) : -1;
     }
     iv_offsets[n] = n_iv;
     return n_iv;
 }
 
 static PyObject *decode(PyObject *self, PyObject *args) {
-    /* buf, lo, hi, need, starts, ends, iv_offsets, areas, totals, iv_start: the intervals go to starts / ends
-     * from iv_start on (a second call continues the table of a first one) */
-    PyObject *o_buf, *o_lo, *o_hi, *o_need, *o_st, *o_en, *o_ivo, *o_ar, *o_tot;
-    Py_ssize_t iv_start;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOn", &o_buf, &o_lo, &o_hi, &o_need, &o_st, &o_en, &o_ivo, &o_ar, &o_tot,
-                          &iv_start))
+    /* buf, lo, hi, need, starts, ends, iv_offsets, areas, totals, iv_start, cols, height: the intervals go to
+     * starts / ends from iv_start on (a second call continues the table of a first one); cols: see one_per_column
+     * (height 0: all -1) */
+    PyObject *o_buf, *o_lo, *o_hi, *o_need, *o_st, *o_en, *o_ivo, *o_ar, *o_tot, *o_cols;
+    Py_ssize_t iv_start, height;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOnOn", &o_buf, &o_lo, &o_hi, &o_need, &o_st, &o_en, &o_ivo, &o_ar, &o_tot,
+                          &iv_start, &o_cols, &height))
         return NULL;
-    Buf b[9];
+    Buf b[10];
     memset(b, 0, sizeof b);
     PyObject *ret = NULL;
     if (get_buf(o_lo, &b[1], 8, 0, 0, "lo")) goto done;
@@ -341,7 +354,8 @@ static PyObject *decode(PyObject *self, PyObject *args) {
     if (get_buf(o_buf, &b[0], 1, 0, 0, "buf") || get_buf(o_hi, &b[2], 8, n, 0, "hi") ||
         get_buf(o_need, &b[3], 1, n, 0, "need") || get_buf(o_st, &b[4], 4, 0, 1, "starts") ||
         get_buf(o_en, &b[5], 4, 0, 1, "ends") || get_buf(o_ivo, &b[6], 8, n + 1, 1, "iv_offsets") ||
-        get_buf(o_ar, &b[7], 8, n, 1, "areas") || get_buf(o_tot, &b[8], 8, n, 1, "totals"))
+        get_buf(o_ar, &b[7], 8, n, 1, "areas") || get_buf(o_tot, &b[8], 8, n, 1, "totals") ||
+        get_buf(o_cols, &b[9], 8, n, 1, "cols"))
         goto done;
     const int64_t *lo = b[1].view.buf, *hi = b[2].view.buf;
     int64_t size = b[0].view.len;
@@ -358,11 +372,11 @@ static PyObject *decode(PyObject *self, PyObject *args) {
     int64_t r;
     Py_BEGIN_ALLOW_THREADS
     r = decode_masks(b[0].view.buf, lo, hi, n, b[3].view.buf, b[4].view.buf, b[5].view.buf, cap, iv_start,
-                     b[6].view.buf, b[7].view.buf, b[8].view.buf);
+                     b[6].view.buf, b[7].view.buf, b[8].view.buf, b[9].view.buf, height);
     Py_END_ALLOW_THREADS
     ret = PyLong_FromLongLong(r);
 done:
-    release(b, 9);
+    release(b, 10);
     return ret;
 }
 
@@ -385,8 +399,23 @@ static int64_t upper_bound(const int32_t *a, int64_t lo, int64_t hi, int64_t v) 
 
 /* Foreground pixels shared by decoded masks a and b: a merge of their sorted, disjoint intervals, restricted to
  * where both can overlap (as rle_kernels._intersection). */
-static int64_t intersection(const int32_t *starts, const int32_t *ends, const int64_t *ivo, int64_t a, int64_t b) {
+static int64_t intersection(const int32_t *starts, const int32_t *ends, const int64_t *ivo, const int64_t *cols,
+                            int64_t a, int64_t b) {
     int64_t i = ivo[a], ie = ivo[a + 1], j = ivo[b], je = ivo[b + 1];
+    if (cols[a] >= 0 && cols[b] >= 0) {
+        /* one interval per column in both: the column x interval of each is at a fixed offset, and the
+         * intersection a sum over the shared columns, without the merge's unpredictable branch */
+        int64_t x0 = cols[a] > cols[b] ? cols[a] : cols[b];
+        int64_t xa = cols[a] + (ie - i), xb = cols[b] + (je - j), x1 = xa < xb ? xa : xb;
+        const int32_t *sa = starts + i + (x0 - cols[a]), *ea = ends + i + (x0 - cols[a]);
+        const int32_t *sb = starts + j + (x0 - cols[b]), *eb = ends + j + (x0 - cols[b]);
+        int64_t s = 0;
+        for (int64_t x = 0; x < x1 - x0; x++) {
+            int32_t l = sa[x] > sb[x] ? sa[x] : sb[x], h = ea[x] < eb[x] ? ea[x] : eb[x];
+            s += h > l ? h - l : 0;
+        }
+        return s;
+    }
     if (i == ie || j == je || starts[i] >= ends[je - 1] || starts[j] >= ends[ie - 1]) return 0;
     j = upper_bound(ends, j, je, starts[i]);
     i = upper_bound(ends, i, ie, starts[j]);
@@ -507,25 +536,25 @@ done:
 static PyObject *video_match(PyObject *self, PyObject *args) {
     /* d_idx (D, Td), d_len (D,), g_idx (G, Tg), g_len (G,), areas, starts, ends, iv_offsets, d_lo, d_hi, g_lo,
      * g_hi (C,), iou_off (C + 1,), gt_ids (G,) f8, gt_crowd (G,) b1, gt_ignore (A, G) b1, thresholds (T,),
-     * ious, dt_match (A, T, D) f8, dt_ignore (A, T, D) b1, gt_match_det (A, T, G) i8; sizes D, Td, G, Tg, C, A, T,
-     * n_masks. */
-    PyObject *o[21];
+     * ious, dt_match (A, T, D) f8, dt_ignore (A, T, D) b1, gt_match_det (A, T, G) i8, cols (n_masks,) i8 (see
+     * one_per_column; -1: merge); sizes D, Td, G, Tg, C, A, T, n_masks. */
+    PyObject *o[22];
     Py_ssize_t D, Td, G, Tg, C, A, T, nm;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOOOOOOOOnnnnnnnn", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6],
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOOOOOOOOOnnnnnnnn", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6],
                           &o[7], &o[8], &o[9], &o[10], &o[11], &o[12], &o[13], &o[14], &o[15], &o[16], &o[17],
-                          &o[18], &o[19], &o[20], &D, &Td, &G, &Tg, &C, &A, &T, &nm))
+                          &o[18], &o[19], &o[20], &o[21], &D, &Td, &G, &Tg, &C, &A, &T, &nm))
         return NULL;
-    Buf b[21];
+    Buf b[22];
     memset(b, 0, sizeof b);
     PyObject *ret = NULL;
-    const Py_ssize_t isz[21] = {8, 8, 8, 8, 8, 4, 4, 8, 8, 8, 8, 8, 8, 8, 1, 1, 8, 8, 8, 1, 8};
-    const Py_ssize_t cnt[21] = {D * Td, D, G * Tg, G, nm, 0, 0, nm + 1, C, C, C, C, C + 1, G, G, A * G, T, 0,
-                                A * T * D, A * T * D, A * T * G};
-    const int wr[21] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1};
-    static const char *names[21] = {"d_idx", "d_len", "g_idx", "g_len", "areas", "starts", "ends", "iv_offsets",
+    const Py_ssize_t isz[22] = {8, 8, 8, 8, 8, 4, 4, 8, 8, 8, 8, 8, 8, 8, 1, 1, 8, 8, 8, 1, 8, 8};
+    const Py_ssize_t cnt[22] = {D * Td, D, G * Tg, G, nm, 0, 0, nm + 1, C, C, C, C, C + 1, G, G, A * G, T, 0,
+                                A * T * D, A * T * D, A * T * G, nm};
+    const int wr[22] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0};
+    static const char *names[22] = {"d_idx", "d_len", "g_idx", "g_len", "areas", "starts", "ends", "iv_offsets",
                                     "d_lo", "d_hi", "g_lo", "g_hi", "iou_off", "gt_ids", "gt_crowd", "gt_ignore",
-                                    "thresholds", "ious", "dt_match", "dt_ignore", "gt_match_det"};
-    for (int i = 0; i < 21; i++)
+                                    "thresholds", "ious", "dt_match", "dt_ignore", "gt_match_det", "cols"};
+    for (int i = 0; i < 22; i++)
         if (get_buf(o[i], &b[i], isz[i], cnt[i], wr[i], names[i])) goto done;
     const int64_t *d_idx = b[0].view.buf, *d_len = b[1].view.buf, *g_idx = b[2].view.buf, *g_len = b[3].view.buf;
     const int64_t *areas = b[4].view.buf, *ivo = b[7].view.buf;
@@ -537,6 +566,7 @@ static PyObject *video_match(PyObject *self, PyObject *args) {
     double *ious = b[17].view.buf, *dt_match = b[18].view.buf;
     uint8_t *dt_ignore = b[19].view.buf;
     int64_t *gmd = b[20].view.buf;
+    const int64_t *cols = b[21].view.buf;
     int64_t n_ious = b[17].view.len / 8;
     /* internal arrays of the caller: checked once here so that the loops need no checks */
     for (Py_ssize_t c = 0; c < C; c++)
@@ -575,7 +605,7 @@ static PyObject *video_match(PyObject *self, PyObject *args) {
                     int64_t a = d_idx[d * Td + t], bb = g_idx[g * Tg + t];
                     if (a >= 0) {
                         total += areas[a];
-                        if (bb >= 0) inter += intersection(starts, ends, ivo, a, bb);
+                        if (bb >= 0) inter += intersection(starts, ends, ivo, cols, a, bb);
                     }
                     if (bb >= 0) total += areas[bb];
                 }
@@ -594,7 +624,7 @@ static PyObject *video_match(PyObject *self, PyObject *args) {
 bad_index:
     PyErr_SetString(PyExc_ValueError, "mask index outside the decoded table");
 done:
-    release(b, 21);
+    release(b, 22);
     return ret;
 }
 

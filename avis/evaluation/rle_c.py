@@ -191,10 +191,14 @@ class Table:
     h * w when well-formed), ``starts`` / ``ends`` / ``iv_offsets`` (foreground intervals of the masks whose
     intervals were asked for)."""
 
-    def __init__(self, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], reuse: bool = True):
+    def __init__(self, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], reuse: bool = True,
+                 height: int = 0):
         """``parts``: (uint8 buffer, lo, hi, need) per source; the masks of all parts in order. ``reuse``: the
         intervals go to per-thread buffers that the next such table of the thread overwrites (a video's table,
-        used and dropped at once: allocating several MB per video costs more in page faults than decoding)."""
+        used and dropped at once: allocating several MB per video costs more in page faults than decoding).
+        ``height``: the frames' height, for ``cols``: per mask, the first column of its intervals when it has
+        exactly one per column over consecutive columns (then :func:`video_match` sums the overlaps column by
+        column instead of merging), else -1 (always -1 without ``height``)."""
         n = sum(len(lo) for _, lo, _, _ in parts)
         # a kept interval takes two codes of one character at least: a bound on the intervals of each mask
         cap = sum(int((hi - lo)[need].sum()) // 2 + len(lo) for _, lo, hi, need in parts) + 1
@@ -208,11 +212,13 @@ class Table:
             self.starts, self.ends = np.empty(cap, np.int32), np.empty(cap, np.int32)
         self.iv_offsets = np.empty(n + 1, np.int64)
         self.areas, self.totals = np.empty(n, np.int64), np.empty(n, np.int64)
+        self.cols = np.empty(n, np.int64)
         k = n_iv = 0
         for buf, lo, hi, need in parts:
             m = len(lo)
             n_iv = _rlec.decode(buf, lo, hi, need, self.starts, self.ends, self.iv_offsets[k : k + m + 1],
-                                self.areas[k : k + m], self.totals[k : k + m], n_iv)
+                                self.areas[k : k + m], self.totals[k : k + m], n_iv, self.cols[k : k + m],
+                                int(height))
             if n_iv < 0:  # pragma: no cover - the bound above holds for any string
                 raise RuntimeError("RLE interval capacity exceeded")
             k += m
@@ -241,9 +247,10 @@ def pack_part(pack: MaskPack, masks: np.ndarray, need) -> tuple:
 
 
 def video_match(d_idx, d_len, g_idx, g_len, areas, starts, ends, iv_offsets, d_lo, d_hi, g_lo, g_hi, iou_off,
-                gt_ids, gt_crowd, gt_ignore, thresholds, ious, dt_match, dt_ignore, gt_match_det) -> None:
+                gt_ids, gt_crowd, gt_ignore, thresholds, ious, dt_match, dt_ignore, gt_match_det, cols=None) -> None:
     """:func:`avis.evaluation.rle_kernels.video_match_kernel` in C (same arguments; ``areas`` and the intervals
-    of a :class:`Table`)."""
+    of a :class:`Table`, and its ``cols``: without them every intersection is a merge of intervals)."""
+    cols = np.full(len(areas), -1, np.int64) if cols is None else np.ascontiguousarray(cols, np.int64)
     d_idx, g_idx = np.ascontiguousarray(d_idx, np.int64), np.ascontiguousarray(g_idx, np.int64)
     D, Td = d_idx.shape
     G, Tg = g_idx.shape
@@ -255,7 +262,7 @@ def video_match(d_idx, d_len, g_idx, g_len, areas, starts, ends, iv_offsets, d_l
                       np.ascontiguousarray(gt_ids, np.float64), np.ascontiguousarray(gt_crowd, np.bool_),
                       np.ascontiguousarray(gt_ignore, np.bool_), np.ascontiguousarray(thresholds, np.float64),
                       _out(ious, np.float64), _out(dt_match, np.float64), _out(dt_ignore, np.bool_),
-                      _out(gt_match_det, np.int64), D, Td, G, Tg, len(i64[0]), A, T, len(areas))
+                      _out(gt_match_det, np.int64), cols, D, Td, G, Tg, len(i64[0]), A, T, len(areas))
 
 
 def greedy_match(ious, gt_ids, gt_crowd, gt_ignore, thresholds, dt_match, dt_ignore, gt_match_det) -> None:

@@ -341,7 +341,8 @@ def _decode_checked(video_id, shape, masks: list, n_gt_masks: int, need, c: bool
     counts = _mask_counts(video_id, shape, masks, n_gt_masks)
     try:
         if c:
-            return rle_c.Table([rle_c.strings_part(counts, np.ones(len(counts), np.bool_) if need is None else need)])
+            return rle_c.Table([rle_c.strings_part(counts, np.ones(len(counts), np.bool_) if need is None else need)],
+                               height=shape[0] if shape is not None else 0)
         return _nb().RleTable(counts, need, reuse=True)
     except (UnicodeEncodeError, TypeError):
         raise InputError(f"video {video_id}: a mask's RLE counts are not a compressed RLE string") from None
@@ -404,7 +405,8 @@ def _evaluate_video_compiled(task, c: bool = False) -> list[VideoCategoryEval]:
             g_part = rle_c.strings_part(_mask_counts(video_id, shape, masks, n_gm), np.ones(n_gm, np.bool_))
         except (UnicodeEncodeError, TypeError):
             raise InputError(f"video {video_id}: a mask's RLE counts are not a compressed RLE string") from None
-        table = rle_c.Table([g_part, rle_c.pack_part(pack, rows[present], np.repeat(d_need, present.sum(1)))])
+        table = rle_c.Table([g_part, rle_c.pack_part(pack, rows[present], np.repeat(d_need, present.sum(1)))],
+                            height=shape[0])
         _check_totals(video_id, shape, table)
     # average area over non-empty frames (the official ``if a`` filter)
     dt_out = _dt_out_of_range(np.append(table.areas, 0)[d_idx])  # -1 (absent) reads the appended 0
@@ -417,11 +419,14 @@ def _evaluate_video_compiled(task, c: bool = False) -> list[VideoCategoryEval]:
     dt_ignore = np.zeros((A, T, D), dtype=bool)
     gt_match_det = np.full((A, T, G), -1, dtype=np.int64)
     if len(ious):
-        kernel = rle_c.video_match if c else _nb().video_match_kernel
-        kernel(d_idx, lengths[G:], g_idx, lengths[:G], table.areas, table.starts, table.ends, table.iv_offsets,
-               np.array(d_lo), np.array(d_hi), np.array(g_lo), np.array(g_hi), np.array(iou_off),
-               gt_ids.astype(np.float64), gt_crowd, np.ascontiguousarray(gt_ignore), IOU_THRS, ious, dt_match,
-               dt_ignore, gt_match_det)
+        args = (d_idx, lengths[G:], g_idx, lengths[:G], table.areas, table.starts, table.ends, table.iv_offsets,
+                np.array(d_lo), np.array(d_hi), np.array(g_lo), np.array(g_hi), np.array(iou_off),
+                gt_ids.astype(np.float64), gt_crowd, np.ascontiguousarray(gt_ignore), IOU_THRS, ious, dt_match,
+                dt_ignore, gt_match_det)
+        if c:
+            rle_c.video_match(*args, cols=table.cols)
+        else:
+            _nb().video_match_kernel(*args)
     dt_ignore |= (dt_match == 0) & dt_out[:, None, :]
     return [VideoCategoryEval(video_id, cat, d_scores[dl:dh], det_index[dl:dh], gt_ids[gl:gh], gt_crowd[gl:gh],
                               ious[o : o + (dh - dl) * (gh - gl)].reshape(dh - dl, gh - gl), dt_match[:, :, dl:dh],
