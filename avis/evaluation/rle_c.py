@@ -14,7 +14,8 @@ mask is decoded). The C extension ``avis.evaluation._rlec`` (``avis/evaluation/_
   :func:`avis.io.ytvis.load_results`, which names the problems.
 * ports of the numba kernels of :mod:`avis.evaluation.rle_kernels` (the RLE decoding, the video IoU and
   greedy matching of all categories of a video, the accumulation), the same integers and floats; importing this
-  module imports neither numba nor SciPy.
+  module imports neither numba nor SciPy. One addition: masks with one foreground interval per column (marked
+  while decoding, :attr:`Table.cols`) intersect by a sum over their shared columns instead of a merge.
 
 Without the extension (no C compiler at install time) :data:`AVAILABLE` is false and the scorer uses the numba
 kernels, or pycocotools without numba; ``tests/test_score_fast.py`` compares the paths.
