@@ -4,7 +4,8 @@ Builds a YouTube-VIS-sized case (default 300 videos of 36 frames at 640x360, 5 i
 per video; ellipse masks jittered over time, random scores rounded to 3 decimals so that ties occur), caches it
 as JSON in the temp folder, then, as selected by ``--parts``:
 
-* ``ap``: :func:`avis.evaluation.ytvis_eval.evaluate` (1 process, and ``--workers`` processes) against
+* ``ap``: :func:`avis.evaluation.ytvis_eval.evaluate` (each backend: C, numba, pycocotools; 1 process, and
+  ``--workers`` processes) against
   ``reference``, the official evaluator's loop structure re-implemented (video IoU by per-frame
   ``merge``/``area`` per pair, the per-threshold/per-detection/per-ground-truth matching loop, the accumulate
   and summarize loops); the 12 numbers must be identical.
@@ -14,9 +15,13 @@ as JSON in the temp folder, then, as selected by ``--parts``:
 * ``e2e``: the whole ``avis score`` process against the official evaluator's process (``ytvis.py`` /
   ``ytviseval.py`` from the mmdet 3.3.0 wheel, fetched with ``pip download`` into a cache folder on first use,
   ``np.float`` replaced by ``float``: load + evaluate + accumulate + summarize) on the ``--e2e-videos`` case;
-  the 12 numbers must be identical. Best of ``--repeat`` runs, wall and CPU time (user + system).
+  the 12 numbers must be identical. ``--repeat`` rounds, each running every process once, back to back; the
+  medians of wall and CPU time (user + system) and of the per-round ratios, and the load average.
+  ``--e2e-numba`` adds ``avis score`` with the C scorer switched off, ``--e2e-before DIR`` another checkout's.
+* ``phases``: where the CPU time of ``avis score`` goes: its steps in a fresh process, CPU seconds per phase,
+  median of ``--repeat`` processes.
 
-    python scripts/bench_score.py [--videos 300] [--e2e-videos 100] [--parts ap hota e2e] [--workers 2]
+    python scripts/bench_score.py [--videos 300] [--e2e-videos 100] [--parts ap hota e2e phases] [--workers 2]
 """
 
 from __future__ import annotations
@@ -295,11 +300,13 @@ def bench_ap(args, gt: dict, res: list[dict]) -> None:
     print(f"\n== AP: avis vs the official loop structure ({len(gt['videos'])} videos)")
     print(f"numba kernels: compiled or loaded from cache in {_warm_up(gt, res, evaluate):.2f} s (not timed below)")
     timings, stats = {}, {}
-    for backend in ("numba", "pycocotools") if ye.rle_kernels.AVAILABLE else ("pycocotools",):
+    default = ye.BACKEND
+    backends = (["c"] if ye.rle_c.AVAILABLE else []) + (["numba"] if ye.NUMBA else []) + ["pycocotools"]
+    for backend in backends:
         ye.BACKEND = backend
         s = _timed(timings, f"avis, {backend} (1 process)", lambda: evaluate(gt, res).stats)
         stats[backend] = np.array([s[k] for k in STAT_KEYS])
-    ye.BACKEND = "numba" if ye.rle_kernels.AVAILABLE else "pycocotools"
+    ye.BACKEND = default
     if args.workers > 1:
         s = _timed(timings, f"avis, {ye.BACKEND} ({args.workers} processes)",
                    lambda: evaluate(gt, res, workers=args.workers).stats)
