@@ -298,12 +298,13 @@ def bench_ap(args, gt: dict, res: list[dict]) -> None:
     from avis.evaluation.ytvis_eval import STAT_KEYS, evaluate
 
     print(f"\n== AP: avis vs the official loop structure ({len(gt['videos'])} videos)")
-    print(f"numba kernels: compiled or loaded from cache in {_warm_up(gt, res, evaluate):.2f} s (not timed below)")
     timings, stats = {}, {}
     default = ye.BACKEND
     backends = (["c"] if ye.rle_c.AVAILABLE else []) + (["numba"] if ye.NUMBA else []) + ["pycocotools"]
     for backend in backends:
         ye.BACKEND = backend
+        print(f"{backend}: first video (numba: kernels compiled or loaded from its cache) in "
+              f"{_warm_up(gt, res, evaluate):.2f} s (not timed below)")
         s = _timed(timings, f"avis, {backend} (1 process)", lambda: evaluate(gt, res).stats)
         stats[backend] = np.array([s[k] for k in STAT_KEYS])
     ye.BACKEND = default
