@@ -4,7 +4,8 @@ Builds a YouTube-VIS-sized case (default 300 videos of 36 frames at 640x360, 5 i
 per video; ellipse masks jittered over time, random scores rounded to 3 decimals so that ties occur), caches it
 as JSON in the temp folder, then, as selected by ``--parts``:
 
-* ``ap``: :func:`avis.evaluation.ytvis_eval.evaluate` (1 process, and ``--workers`` processes) against
+* ``ap``: :func:`avis.evaluation.ytvis_eval.evaluate` (each backend: C, numba, pycocotools; 1 process, and
+  ``--workers`` processes) against
   ``reference``, the official evaluator's loop structure re-implemented (video IoU by per-frame
   ``merge``/``area`` per pair, the per-threshold/per-detection/per-ground-truth matching loop, the accumulate
   and summarize loops); the 12 numbers must be identical.
@@ -14,9 +15,13 @@ as JSON in the temp folder, then, as selected by ``--parts``:
 * ``e2e``: the whole ``avis score`` process against the official evaluator's process (``ytvis.py`` /
   ``ytviseval.py`` from the mmdet 3.3.0 wheel, fetched with ``pip download`` into a cache folder on first use,
   ``np.float`` replaced by ``float``: load + evaluate + accumulate + summarize) on the ``--e2e-videos`` case;
-  the 12 numbers must be identical. Best of ``--repeat`` runs, wall and CPU time (user + system).
+  the 12 numbers must be identical. ``--repeat`` rounds, each running every process once, back to back; the
+  medians of wall and CPU time (user + system) and of the per-round ratios, and the load average.
+  ``--e2e-numba`` adds ``avis score`` with the C scorer switched off, ``--e2e-before DIR`` another checkout's.
+* ``phases``: where the CPU time of ``avis score`` goes: its steps in a fresh process, CPU seconds per phase,
+  median of ``--repeat`` processes.
 
-    python scripts/bench_score.py [--videos 300] [--e2e-videos 100] [--parts ap hota e2e] [--workers 2]
+    python scripts/bench_score.py [--videos 300] [--e2e-videos 100] [--parts ap hota e2e phases] [--workers 2]
 """
 
 from __future__ import annotations
@@ -293,13 +298,16 @@ def bench_ap(args, gt: dict, res: list[dict]) -> None:
     from avis.evaluation.ytvis_eval import STAT_KEYS, evaluate
 
     print(f"\n== AP: avis vs the official loop structure ({len(gt['videos'])} videos)")
-    print(f"numba kernels: compiled or loaded from cache in {_warm_up(gt, res, evaluate):.2f} s (not timed below)")
     timings, stats = {}, {}
-    for backend in ("numba", "pycocotools") if ye.rle_kernels.AVAILABLE else ("pycocotools",):
+    default = ye.BACKEND
+    backends = (["c"] if ye.rle_c.AVAILABLE else []) + (["numba"] if ye.NUMBA else []) + ["pycocotools"]
+    for backend in backends:
         ye.BACKEND = backend
+        print(f"{backend}: first video (numba: kernels compiled or loaded from its cache) in "
+              f"{_warm_up(gt, res, evaluate):.2f} s (not timed below)")
         s = _timed(timings, f"avis, {backend} (1 process)", lambda: evaluate(gt, res).stats)
         stats[backend] = np.array([s[k] for k in STAT_KEYS])
-    ye.BACKEND = "numba" if ye.rle_kernels.AVAILABLE else "pycocotools"
+    ye.BACKEND = default
     if args.workers > 1:
         s = _timed(timings, f"avis, {ye.BACKEND} ({args.workers} processes)",
                    lambda: evaluate(gt, res, workers=args.workers).stats)
@@ -388,17 +396,24 @@ def official_evaluator(cache: Path) -> Path:
     return folder
 
 
-def _process(cmd: list[str], repeat: int) -> tuple[float, float]:
-    """Best wall and best CPU (user + system of the child) seconds of ``repeat`` runs of ``cmd``."""
-    walls, cpus = [], []
+def _process_once(cmd: list[str]) -> tuple[float, float]:
+    """Wall and CPU (user + system of the child) seconds of one run of ``cmd``."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    w0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - w0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
+
+
+def _interleaved(cmds: dict[str, list[str]], repeat: int) -> dict[str, list[tuple[float, float]]]:
+    """``repeat`` rounds, each running every command once in turn (so that a change of the machine's load hits
+    all of them alike): per command, the (wall, CPU) of each run."""
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in cmds}
     for _ in range(repeat):
-        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        w0 = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        walls.append(time.perf_counter() - w0)
-        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpus.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
-    return min(walls), min(cpus)
+        for name, cmd in cmds.items():
+            runs[name].append(_process_once(cmd))
+    return runs
 
 
 def bench_e2e(args) -> None:
@@ -406,7 +421,7 @@ def bench_e2e(args) -> None:
 
     gt_p, res_p = cached_case(args.e2e_videos, args.seed)
     print(f"\n== whole process: avis score vs the official evaluator ({args.e2e_videos} videos, results file "
-          f"{res_p.stat().st_size / 1e6:.0f} MB), best of {args.repeat}")
+          f"{res_p.stat().st_size / 1e6:.0f} MB), {args.repeat} interleaved rounds")
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "avis" / "bench_score"
     official = official_evaluator(cache)
     out = Path(tempfile.mkdtemp(prefix="avis_bench_e2e_"))
@@ -416,14 +431,123 @@ def bench_e2e(args) -> None:
     avis_cmd = [*env_py, "-m", "avis", "score", "--gt", str(gt_p), "--results", str(res_p), "--out", str(out / "a.json")]
     official_cmd = [*env_py, str(official / "run_official.py"), str(gt_p), str(res_p), str(out / "o.json"),
                     str(official)]
-    subprocess.run(avis_cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # numba's cache
-    timings = {"official evaluator (load + evaluate + accumulate)": _process(official_cmd, args.repeat),
-               "avis score (whole process)": _process(avis_cmd, args.repeat)}
-    ours = json.loads((out / "a.json").read_text())
+    cmds = {"official evaluator (load + evaluate + accumulate)": official_cmd, "avis score (whole process)": avis_cmd}
+    if args.e2e_numba:  # the same command with the C scorer switched off: numba's kernels (and start-up)
+        cmds["avis score, numba kernels (AVIS_NO_C_SCORER=1)"] = ["env", "AVIS_NO_C_SCORER=1", *avis_cmd[:-1],
+                                                                 str(out / "numba.json")]
+    if args.e2e_before:  # another checkout's avis score (e.g. the state before a change), same files; run from
+        # its root, as `python -m` puts the working folder first on sys.path
+        import shlex
+
+        before = [*avis_cmd[:-1], str(out / "before.json")]
+        cmds[f"avis score of {args.e2e_before}"] = [
+            "sh", "-c", f"cd {shlex.quote(args.e2e_before)} && PYTHONPATH={shlex.quote(args.e2e_before)} exec "
+            + " ".join(map(shlex.quote, before))]
+    for cmd in cmds.values():  # warm the page cache (and numba's cache)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    load0 = os.getloadavg()[0]
+    runs = _interleaved(cmds, args.repeat)
+    load1 = os.getloadavg()[0]
     theirs = json.loads((out / "o.json").read_text())
-    assert [ours[k] for k in STAT_KEYS] == theirs, f"avis score differs from the official evaluator:\n{ours}\n{theirs}"
+    for name in ("a", "numba", "before"):
+        if (out / f"{name}.json").exists():
+            ours = json.loads((out / f"{name}.json").read_text())
+            assert [ours[k] for k in STAT_KEYS] == theirs, f"{name} differs from the official evaluator:\n{ours}\n{theirs}"
     print("the 12 numbers are identical:", dict(zip(STAT_KEYS, np.round(theirs, 4).tolist())))
-    _print_timings(timings, "official evaluator (load + evaluate + accumulate)")
+    print(f"{args.repeat} interleaved rounds; load average {load0:.1f} before, {load1:.1f} after")
+    ref = "official evaluator (load + evaluate + accumulate)"
+    med = {name: (float(np.median([w for w, _ in r])), float(np.median([c for _, c in r]))) for name, r in runs.items()}
+    # the ratio of each round (both processes ran back to back), then their median
+    ratio = {name: (float(np.median([a[0] / b[0] for a, b in zip(runs[ref], r)])),
+                    float(np.median([a[1] / b[1] for a, b in zip(runs[ref], r)]))) for name, r in runs.items()}
+    print(f"{'process':<52} {'wall s (median)':>15} {'CPU s (median)':>15} {'ratio wall':>11} {'ratio CPU':>10}"
+          f"   runs (wall / CPU s)")
+    for name, (w, c) in med.items():
+        each = " ".join(f"{a:.2f}/{b:.2f}" for a, b in runs[name])
+        print(f"{name:<52} {w:15.2f} {c:15.2f} {ratio[name][0]:10.1f}x {ratio[name][1]:9.1f}x   {each}")
+    print("(ratio = median over the rounds of official / this, each round's processes run back to back)")
+    shutil.rmtree(out, ignore_errors=True)
+
+
+_PHASES = r"""
+import sys, time
+clock = time.process_time
+marks = [("interpreter start (to the first line)", clock())]
+def lap(name):
+    marks.append((name, clock()))
+import gc
+import numpy
+lap("import numpy")
+import avis.cli
+from avis.evaluation import rle_c, score
+from avis.evaluation import ytvis_eval as ye
+from avis.io import ytvis
+lap("import avis (cli, loaders, scorer)")
+gt_p, res_p, out_p = sys.argv[1:4]
+gt = ytvis.load_annotations(gt_p)
+lap("ground truth: read, decode, validate, normalise")
+if rle_c.AVAILABLE:
+    raw = ytvis.read_results_buffer(res_p)
+    lap("results: read the file into an array")
+    results = rle_c.load_packed_results(raw, gt)
+    lap("results: decode + validate + pack in place (msgspec Raw + C scanner)")
+else:
+    raw = ytvis.read_results_bytes(res_p)
+    lap("results: read the bytes")
+    results = ytvis.load_results(res_p, gt=gt)
+    lap("results: read again + decode + validate (general loader)")
+gc.freeze()
+if ye.BACKEND == "numba":
+    from avis.evaluation.rle_kernels import skip_blas_probe
+    skip_blas_probe()
+    lap("numba import + CPU target")
+vid_ids, cat_ids, tasks = ye.group_inputs(gt, results)
+if getattr(results, "mask_pack", None) is not None and ye.BACKEND == "c":
+    tasks = [(*t, results.mask_pack) for t in tasks]
+lap("group by video")
+entries = [e for t in tasks for e in ye._evaluate_video(t)]
+lap(f"per video: decode masks, video IoU, matching ({ye.BACKEND})")
+precision, recall = ye.accumulate(entries, cat_ids)
+lap("accumulate")
+stats = ye.summarize(precision, recall)
+from avis.evaluation.pairing import check_results_belong
+check_results_belong(gt, results, check_overlap=False)
+print(score.format_table(stats))
+ytvis.save_json(stats, out_p, indent=2)
+lap("summarize, table, JSON")
+for (_, a), (name, b) in zip(marks, marks[1:]):
+    print(f"PHASE\t{name}\t{b - a:.4f}", file=sys.stderr)
+print(f"PHASE\tstart\t{marks[0][1]:.4f}", file=sys.stderr)
+"""
+
+
+def bench_phases(args) -> None:
+    """Where the CPU time of the ``avis score`` path goes: the same steps as ``avis score`` in a fresh process,
+    each phase's CPU seconds (``time.process_time``), median over ``--repeat`` processes."""
+    gt_p, res_p = cached_case(args.e2e_videos, args.seed)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]) + os.pathsep
+           + os.environ.get("PYTHONPATH", "")}
+    out = Path(tempfile.mkdtemp(prefix="avis_bench_phases_"))
+    variants = {"C scorer (default)": {}}
+    if args.e2e_numba:
+        variants["numba kernels (AVIS_NO_C_SCORER=1)"] = {"AVIS_NO_C_SCORER": "1"}
+    for label, extra in variants.items():
+        per: dict[str, list[float]] = defaultdict(list)
+        for _ in range(args.repeat):
+            p = subprocess.run([sys.executable, "-c", _PHASES, str(gt_p), str(res_p), str(out / "m.json")],
+                               env={**env, **extra}, check=True, capture_output=True, text=True)
+            for line in p.stderr.splitlines():
+                if line.startswith("PHASE\t"):
+                    _, name, sec = line.split("\t")
+                    per[name].append(float(sec))
+        print(f"\n== where the CPU time of avis score goes, {label} ({args.e2e_videos} videos; median of "
+              f"{args.repeat} processes, load average {os.getloadavg()[0]:.1f})")
+        print(f"{'interpreter start (CPU at the first line of the script)':<64} {np.median(per['start']):7.3f}")
+        for name, secs in per.items():
+            if name != "start":
+                print(f"{name:<64} {np.median(secs):7.3f}")
+        print(f"{'total (process CPU time at exit, without the interpreter teardown)':<64} "
+              f"{np.median(per['start']) + sum(np.median(v) for k, v in per.items() if k != 'start'):7.3f}")
     shutil.rmtree(out, ignore_errors=True)
 
 
@@ -432,9 +556,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--videos", type=int, default=300, help="videos of the in-process comparisons (ap, hota)")
     ap.add_argument("--e2e-videos", type=int, default=100, help="videos of the whole-process comparison")
-    ap.add_argument("--parts", nargs="+", choices=("ap", "hota", "e2e"), default=["ap", "hota", "e2e"])
+    ap.add_argument("--parts", nargs="+", choices=("ap", "hota", "e2e", "phases"), default=["ap", "hota", "e2e"])
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=3, help="runs of each process in the e2e part (best taken)")
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="interleaved rounds of the e2e part (each process once per round; medians reported)")
+    ap.add_argument("--e2e-before", metavar="DIR",
+                    help="e2e: also time the avis score of another checkout (its root put first on PYTHONPATH)")
+    ap.add_argument("--e2e-numba", action="store_true",
+                    help="e2e: also time avis score with the C scorer switched off (numba kernels)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -465,6 +594,8 @@ def main(argv=None) -> int:
             bench_hota(args, gt_p, res_p)
     if "e2e" in args.parts:
         bench_e2e(args)
+    if "phases" in args.parts:
+        bench_phases(args)
     return 0
 
 

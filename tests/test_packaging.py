@@ -39,10 +39,10 @@ def test_wheel_installs_and_runs_from_an_empty_folder(tmp_path):
     pytest.importorskip("setuptools")  # the build backend, used without build isolation (no download)
     src = tmp_path / "src"  # a clean copy: an in-tree build folder could carry stale modules into the wheel
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(REPO / name, src / name)
-    for name in ("avis", "data_tools", "configs"):
-        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("avis", "data_tools", "configs"):  # (an in-place build of the C extension stays out)
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd"))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "AVIS_CONFIG_DIR")}
     env["OMP_NUM_THREADS"] = "1"
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(src), "-w",
@@ -55,6 +55,8 @@ def test_wheel_installs_and_runs_from_an_empty_folder(tmp_path):
                if "__pycache__" not in p.parts}
     assert modules <= names
     assert not any(n.startswith(("tests/", "configs/")) for n in names)  # test oracles stay out
+    if shutil.which("cc") or shutil.which("gcc"):  # the scorer's C extension, built from avis/evaluation/_rlec.c
+        assert any(n.startswith("avis/evaluation/_rlec.") and n.endswith((".so", ".pyd")) for n in names), names
 
     site = tmp_path / "site"
     _run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)], tmp_path,
@@ -64,6 +66,10 @@ def test_wheel_installs_and_runs_from_an_empty_folder(tmp_path):
     env["PYTHONPATH"] = str(site)
     where = _run([sys.executable, "-c", "import avis, data_tools; print(avis.__file__); print(data_tools.__file__)"],
                  empty, env).stdout.split()
+    if shutil.which("cc") or shutil.which("gcc"):
+        c = _run([sys.executable, "-c", "from avis.evaluation import rle_c; print(rle_c.AVAILABLE, rle_c._rlec.__file__)"],
+                 empty, env).stdout.split()
+        assert c[0] == "True" and Path(c[1]).is_relative_to(site), c
     assert all(Path(w).is_relative_to(site) for w in where), where
     cfg = _run([sys.executable, "-m", "avis", "train", "--cfg", "job", "experiment=rcf_av_tiny"], empty, env).stdout
     assert "_target_: avis.models.rcf.rcf_tiny" in cfg and "eta: ${audio.eta}" in cfg

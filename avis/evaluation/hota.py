@@ -548,6 +548,33 @@ class HotaEvaluation:
     class_averaged: dict[str, np.ndarray]
     det_averaged: dict[str, np.ndarray]
     stats: dict[str, float] = field(default_factory=dict)
+    # per video (ground-truth videos sorted by id): (category positions, (n, 7, A) raw fields), as combined above
+    video_parts: list = field(default_factory=list, repr=False)
+
+    def leave_one_video_out(self, key: str) -> np.ndarray:
+        """(V,) the class-averaged ``key`` (one of :data:`ARRAY_FIELDS`, mean over alphas) of the evaluation
+        without each video in turn (videos as :attr:`video_parts`), by TrackEval's combination of the
+        remaining videos (counts summed, AssA / AssRe / AssPr / LocA weighted by TP; every category counts).
+        The jackknife of ``avis ttest``'s HOTA rows (:mod:`avis.evaluation.recipes`)."""
+        V, K, A = len(self.video_parts), len(self.category_ids), len(ALPHAS)
+        raw = np.zeros((V, K, 7, A))
+        for v, (cats, out) in enumerate(self.video_parts):
+            raw[v, cats] = out
+            raw[v, cats, _ASSA : _LOCA + 1] *= out[:, _TP : _TP + 1]  # TP-weighted sums
+        rest = raw.sum(0, keepdims=True) - raw  # (V, K, 7, A): each video's complement
+        tp, fn, fp = rest[:, :, _TP], rest[:, :, _FN], rest[:, :, _FP]
+        f = {"AssA": rest[:, :, _ASSA] / np.maximum(1.0, tp), "AssRe": rest[:, :, _ASSRE] / np.maximum(1.0, tp),
+             "AssPr": rest[:, :, _ASSPR] / np.maximum(1.0, tp),
+             "LocA": np.maximum(1e-10, rest[:, :, _LOCA]) / np.maximum(1e-10, tp),
+             "DetRe": tp / np.maximum(1, tp + fn), "DetPr": tp / np.maximum(1, tp + fp),
+             "DetA": tp / np.maximum(1, tp + fn + fp)}
+        f["HOTA"] = np.sqrt(f["DetA"] * f["AssA"])
+        f["OWTA"] = np.sqrt(f["DetRe"] * f["AssA"])
+        if key not in f:
+            raise KeyError(f"{key!r} is not one of {ARRAY_FIELDS}")
+        if K == 0:
+            return np.full(V, np.nan)
+        return f[key].mean(1).mean(1)  # over categories (class-averaged), then over alphas
 
     def per_category_rows(self) -> list[dict]:
         """HOTA / DetA / AssA / LocA per category (means over alphas)."""
@@ -652,7 +679,8 @@ def evaluate_tracking(gt: dict, results: list[dict], hota: bool = True, fsla: bo
         det_av = _combine(list(per_cat.values()))
         stats = {k: float(np.mean(cls_av[k])) for k in HOTA_KEYS}
         hota_ev = HotaEvaluation(cat_ids, names, per_cat, cls_av, det_av,
-                                 {k: (v if np.isfinite(v) else -1.0) for k, v in stats.items()})
+                                 {k: (v if np.isfinite(v) else -1.0) for k, v in stats.items()},
+                                 [h for h, _ in per_video])
     if fsla:
         counts = sum((f for _, f in per_video), np.zeros((6, len(ALPHAS)), np.int64))
         fsla_res = _fsla_numbers(np.asarray(counts))

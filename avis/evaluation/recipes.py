@@ -37,15 +37,19 @@ Metrics: a metric maps a scored run (:class:`RunEval`) to a :class:`RunScore`, i
 set and on the test set without each video. Built in (:func:`metric`): ``top1@T`` (the mean of the top-1
 per-instance samples at IoU threshold T, see :mod:`avis.evaluation.samples`; the headline), ``iou@T`` (the
 mean IoU of the per-category greedy match, 0 when missed), ``AP`` and ``AP@T`` (YouTube-VIS AP, area all,
-100 detections). Any other per-run metric plugs in as a callable with a ``name``, e.g.::
+100 detections), and ``HOTA``, ``DetA``, ``AssA``, ``LocA`` (class-averaged, mean over alpha 0.05:0.95, as
+``avis score --metrics hota`` and TrackEval; :func:`default_metrics` with ``family="hota"``). AP and the HOTA
+numbers are not means over instances: like AP, a HOTA value without video ``v`` is the whole computation on the
+other videos (TrackEval's combination of their counts), so the jackknife pseudo-values are the per-video
+linearisation of HOTA. Any other per-run metric plugs in as a callable with a ``name``, e.g.::
 
-    class Hota:
-        name = "HOTA"
+    class MyMetric:
+        name = "mine"
         def __call__(self, run: RunEval) -> RunScore:
             ...  # the value on all videos, and with each video of run.video_ids left out
             return RunScore(value, loo)
 
-    compare_recipes(gt, runs_a, runs_b, metrics=["top1@0.5", Hota()])
+    compare_recipes(gt, runs_a, runs_b, metrics=["top1@0.5", MyMetric()])
 """
 
 from __future__ import annotations
@@ -101,6 +105,13 @@ class RunEval:
         from avis.evaluation.ytvis_eval import evaluate
 
         return evaluate(self.gt, self.results, workers=self.workers)
+
+    @cached_property
+    def hota(self):
+        """TrackEval's HOTA of the run (:class:`avis.evaluation.hota.HotaEvaluation`)."""
+        from avis.evaluation.hota import evaluate_tracking
+
+        return evaluate_tracking(self.gt, self.results, workers=self.workers)[0]
 
     @cached_property
     def top1_context(self):
@@ -195,13 +206,33 @@ def ap_metric(tau: float | None = None) -> Metric:
     return Metric("AP" if tau is None else f"AP@{tau:g}", fn)
 
 
+HOTA_METRICS = ("HOTA", "DetA", "AssA", "LocA")
+
+
+def hota_metric(key: str = "HOTA") -> Metric:
+    """A class-averaged HOTA field (``HOTA``, ``DetA``, ``AssA``, ``LocA``; mean over alphas, as
+    ``avis score --metrics hota``): its value on all videos and, for the jackknife, on all videos but one
+    (:meth:`avis.evaluation.hota.HotaEvaluation.leave_one_video_out`). NaN where undefined (no category)."""
+    if key not in HOTA_METRICS:
+        raise ValueError(f"unknown HOTA metric {key!r} ({', '.join(HOTA_METRICS)})")
+
+    def fn(run: RunEval) -> RunScore:
+        ev = run.hota
+        value = float(np.mean(ev.class_averaged[key])) if ev.category_ids else math.nan
+        return RunScore(value if math.isfinite(value) else math.nan, ev.leave_one_video_out(key))
+
+    return Metric(key, fn)
+
+
 def metric(name) -> Metric:
-    """A built-in metric by name (``top1@0.5``, ``iou@0.75``, ``AP``, ``AP@0.5``), or ``name`` itself when it
-    is already a metric (any callable with a ``name``)."""
+    """A built-in metric by name (``top1@0.5``, ``iou@0.75``, ``AP``, ``AP@0.5``, ``HOTA``, ``DetA``, ``AssA``,
+    ``LocA``), or ``name`` itself when it is already a metric (any callable with a ``name``)."""
     if not isinstance(name, str):
         if not callable(name) or not hasattr(name, "name"):
             raise ValueError(f"a metric is a name or a callable with a .name, got {name!r}")
         return name
+    if name in HOTA_METRICS:
+        return hota_metric(name)
     kind, _, tau = name.partition("@")
     try:
         t = float(tau) if tau else None
@@ -211,7 +242,8 @@ def metric(name) -> Metric:
         return ap_metric(t)
     if kind in ("top1", "iou") and t is not None and 0 < t < 1:
         return (top1_metric if kind == "top1" else iou_metric)(t)
-    raise ValueError(f"unknown metric {name!r} (top1@T, iou@T, AP, AP@T with 0 < T < 1)")
+    raise ValueError(f"unknown metric {name!r} (top1@T, iou@T, AP, AP@T with 0 < T < 1; HOTA, DetA, AssA, "
+                     "LocA)")
 
 
 # --------------------------------------------------------------------------------------------- statistics
@@ -294,16 +326,20 @@ def two_way_test(scores_a: Sequence[RunScore], scores_b: Sequence[RunScore], alp
 
 # ------------------------------------------------------------------------------------------------- the API
 def _threshold(name: str):
-    """The IoU threshold in a metric's name (``top1@0.5`` -> 0.5), "0.50:0.95" for AP, else ""."""
+    """The IoU threshold in a metric's name (``top1@0.5`` -> 0.5), "0.50:0.95" for AP, HOTA's localisation
+    thresholds (alpha) "0.05:0.95" for the HOTA fields, else ""."""
     _, _, tau = name.partition("@")
     try:
-        return float(tau) if tau else ("0.50:0.95" if name == "AP" else "")
+        return float(tau) if tau else ("0.50:0.95" if name == "AP" else "0.05:0.95" if name in HOTA_METRICS else "")
     except ValueError:
         return tau
 
 
 def default_metrics(ious=(0.5, 0.75), family: str = "top1") -> list[str]:
-    """``family@T`` for each threshold (the first is the headline), then AP and AP at each threshold."""
+    """``family@T`` for each threshold (the first is the headline), then AP and AP at each threshold; with
+    ``family="hota"``: HOTA (the headline), DetA and AssA (``ious`` unused)."""
+    if family == "hota":
+        return ["HOTA", "DetA", "AssA"]
     return [f"{family}@{t:g}" for t in ious] + ["AP"] + [f"AP@{t:g}" for t in ious]
 
 

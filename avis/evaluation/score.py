@@ -170,6 +170,19 @@ def compute(gt: dict, results: list[dict], metrics=("ytvis",), workers: int = 1,
     return numbers, ev, hota_ev
 
 
+def _load_packed(path, gt: dict):
+    """The results for the C scorer (:func:`avis.evaluation.rle_c.load_packed_results`: no Python object per
+    mask), or ``None`` when it is not built or the file is not in the common, certainly valid form (then
+    :func:`avis.io.ytvis.load_results` reads it and names its problems)."""
+    from avis.evaluation import rle_c, ytvis_eval
+
+    if ytvis_eval.BACKEND != "c":
+        return None
+    from avis.io.ytvis import read_results_buffer
+
+    return rle_c.load_packed_results(read_results_buffer(path), gt)
+
+
 def run(args: argparse.Namespace) -> int:
     from avis.io.ytvis import load_annotations, load_results, save_json
 
@@ -185,15 +198,21 @@ def run(args: argparse.Namespace) -> int:
         from avis.evaluation.hota import check_sounding
 
         check_sounding(gt, args.gt)  # before reading a large results file
-    results = load_results(args.results, gt=gt)  # unknown videos / categories, frame counts: the file's error
+    results = _load_packed(args.results, gt) if metrics == ["ytvis"] else None
+    if results is None:  # unknown videos / categories, frame counts: the file's error
+        results = load_results(args.results, gt=gt)
     if args.score_threshold is not None:
-        results = [r for r in results if r["score"] > args.score_threshold]
+        keep = [r["score"] > args.score_threshold for r in results]
+        results = results.filter(keep) if hasattr(results, "filter") else [r for r, k in zip(results, keep) if k]
     # the loaded files live until the process ends: their millions of objects stay out of the cyclic
     # collector's walks, which would otherwise cost more than the scoring (JSON data makes no cycles)
     gc.freeze()
-    from avis.evaluation.rle_kernels import skip_blas_probe
+    from avis.evaluation import ytvis_eval
 
-    skip_blas_probe()  # this process only scores: no SciPy import for numba's BLAS probe
+    if ytvis_eval.BACKEND == "numba" or metrics != ["ytvis"]:
+        from avis.evaluation.rle_kernels import skip_blas_probe
+
+        skip_blas_probe()  # this process only scores: no SciPy import for numba's BLAS probe
     numbers, ev, hota_ev = compute(gt, results, metrics, workers=args.workers, progress=True, gt_path=args.gt,
                                    results_path=args.results)
     from avis.evaluation.pairing import check_results_belong

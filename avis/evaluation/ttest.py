@@ -320,6 +320,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "it compares two trained models and says nothing about the recipes. The headline metric is the mean\n"
         "top-1 sample at the first --iou (class-agnostic greedy matching; the match's IoU if its category is\n"
         "right, else 0; 0 when missed); the other verdict rows: top-1 at the other thresholds, AP and AP@T.\n"
+        "--metric hota: the verdict on HOTA (headline), DetA and AssA instead, by the same test.\n"
         "Each row: diff = A - B, p_value (two-sided) and p_one_sided (A better than B).\n\n"
         "Below the verdict, per-model diagnostics of one result set per arm (--a/--b, default the first run of\n"
         "each): paired t-tests over instances and videos, the RCF paper's unpaired test on matched IoUs, and a\n"
@@ -330,9 +331,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-a", nargs="+", default=[], help="results of A, one file per training seed")
     parser.add_argument("--runs-b", nargs="+", default=[], help="results of B, one file per training seed")
     parser.add_argument("--iou", type=float, nargs="+", default=[0.5, 0.75], help="IoU thresholds (0.5 0.75)")
+    parser.add_argument("--metric", choices=("ap", "hota"), default="ap",
+                        help="the verdict's family: ap (default: top1@T for each --iou, the headline, then AP, "
+                             "AP@T) or hota (HOTA, the headline, DetA, AssA: class-averaged as avis score "
+                             "--metrics hota, jackknifed over videos like AP)")
     parser.add_argument("--metrics", nargs="+",
-                        help="verdict metrics, the first is the headline (default: top1@T for each --iou, AP, "
-                             "AP@T; also iou@T)")
+                        help="verdict metrics, the first is the headline (default: see --metric; names: top1@T, "
+                             "iou@T, AP, AP@T, HOTA, DetA, AssA, LocA)")
     parser.add_argument("--alpha", type=float, default=0.05, help="1 - confidence of the intervals (0.05)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of videos (0: off)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap random seed")
@@ -353,7 +358,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--runs-a and --runs-b go together (one results file per seed in each)")
     if bool(args.a) != bool(args.b) or not (args.a or args.runs_a):
         raise ConfigError("give --a and --b (one run each), or --runs-a and --runs-b (one file per seed)")
-    metrics = args.metrics or default_metrics(args.iou)
+    metrics = args.metrics or default_metrics(args.iou, "hota" if args.metric == "hota" else "top1")
     for m in metrics:
         try:
             metric(m)

@@ -4,7 +4,10 @@ The official evaluator (the ``ytvos``/``ytvoseval`` fork of the COCO API) define
 reports; this module reproduces its results to the last digit (see ``docs/evaluation.md``) while replacing its
 per-pair, per-frame Python loops:
 
-* with numba (default, :data:`BACKEND` ``"numba"``): per video, one compiled call decodes every mask string
+* in C (default when the extension ``avis.evaluation._rlec`` is built, :data:`BACKEND` ``"c"``): the numba
+  kernels below ported to C (:mod:`avis.evaluation.rle_c`), without numba's start-up; with the packed results of
+  :func:`avis.evaluation.rle_c.load_packed_results` (``avis score``) the masks are read from one byte buffer.
+* with numba (:data:`BACKEND` ``"numba"``): per video, one compiled call decodes every mask string
   (areas; foreground intervals where a same-category pair needs them) and one computes the video IoU blocks
   (interval merges, exact integer I and U) and the greedy matching of all categories; the accumulation is one
   compiled call over all categories (:mod:`avis.evaluation.rle_kernels`).
@@ -21,10 +24,9 @@ Entry point: :func:`evaluate` (``gt`` as returned by :func:`avis.io.ytvis.load_a
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import importlib.util
 import os
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import accumulate as running_sum
 from itertools import chain, repeat
@@ -32,11 +34,29 @@ from operator import is_not, itemgetter
 
 import numpy as np
 from pycocotools import mask as mask_utils
-from tqdm import tqdm
 
 from avis.errors import InputError
-from avis.evaluation import rle_kernels
-from avis.evaluation.rle_kernels import RleTable
+from avis.evaluation import rle_c
+
+# numba is imported when its kernels are first used (``rle_kernels``): its start-up (import, CPU target, cache
+# loads) costs more CPU than scoring a 100-video case in C
+NUMBA = importlib.util.find_spec("numba") is not None
+
+
+def _nb():
+    """The numba kernels module (imported on first use)."""
+    from avis.evaluation import rle_kernels
+
+    return rle_kernels
+
+
+def __getattr__(name):  # ``ye.rle_kernels`` / ``ye.RleTable`` as before, imported when asked for
+    if name == "rle_kernels":
+        return _nb()
+    if name == "RleTable":
+        return _nb().RleTable
+    raise AttributeError(name)
+
 
 # Parameters of the official evaluator (Params.setDetParams), built the same way so the floats are identical.
 IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
@@ -44,8 +64,9 @@ REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoi
 MAX_DETS = (1, 10, 100)
 AREA_RNG = ((0**2, 1e5**2), (0**2, 128**2), (128**2, 256**2), (256**2, 1e5**2))
 AREA_LBL = ("all", "small", "medium", "large")
-# "numba": decode each mask once (avis.evaluation.rle_kernels); "pycocotools": batched pycocotools calls only
-BACKEND = "numba" if rle_kernels.AVAILABLE else "pycocotools"
+# "c": the C kernels (avis.evaluation.rle_c); "numba": decode each mask once (avis.evaluation.rle_kernels);
+# "pycocotools": batched pycocotools calls only
+BACKEND = "c" if rle_c.AVAILABLE else "numba" if NUMBA else "pycocotools"
 STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
@@ -209,11 +230,11 @@ def greedy_match(ious: np.ndarray, gt_ids: np.ndarray, gt_crowd: np.ndarray, gt_
     gt_match_det = np.full((L, T, G), -1, dtype=np.int64)
     if D == 0 or G == 0:
         return dt_match, dt_ignore, gt_match_det
-    if BACKEND == "numba":
-        rle_kernels.greedy_match_kernel(np.ascontiguousarray(ious, np.float64), gt_ids.astype(np.float64),
-                                        np.ascontiguousarray(gt_crowd, np.bool_),
-                                        np.ascontiguousarray(gt_ignore, np.bool_),
-                                        np.asarray(thresholds, np.float64), dt_match, dt_ignore, gt_match_det)
+    if BACKEND in ("numba", "c"):
+        kernel = rle_c.greedy_match if BACKEND == "c" else _nb().greedy_match_kernel
+        kernel(np.ascontiguousarray(ious, np.float64), gt_ids.astype(np.float64),
+               np.ascontiguousarray(gt_crowd, np.bool_), np.ascontiguousarray(gt_ignore, np.bool_),
+               np.asarray(thresholds, np.float64), dt_match, dt_ignore, gt_match_det)
         return dt_match, dt_ignore, gt_match_det
     thr = np.minimum(thresholds, 1 - 1e-10)[None, :, None]  # (1, T, 1)
     regular = ~gt_ignore[:, None, :]  # (L, 1, G)
@@ -255,6 +276,8 @@ def _out_of(area: np.ndarray) -> np.ndarray:
 def _evaluate_video(task) -> list[VideoCategoryEval]:
     """All categories of one video. ``task`` = (video_id, (height, width), {cat: [gt dicts]},
     {cat: [(index in the results, result dict)]})."""
+    if BACKEND == "c" or len(task) > 4:  # packed results (a fifth element) are read by the C path only
+        return _evaluate_video_compiled(task, c=True)
     return _evaluate_video_compiled(task) if BACKEND == "numba" else _evaluate_video_pycocotools(task)
 
 
@@ -299,10 +322,34 @@ def _frame_index(seqs: list[list]):
     return index, lengths, masks
 
 
-def decode_video_masks(video_id, shape, masks: list, n_gt_masks: int, need=None) -> RleTable:
+def decode_video_masks(video_id, shape, masks: list, n_gt_masks: int, need=None, c: bool = False):
     """Every mask of a video (``masks``: RLE dicts, the ``n_gt_masks`` ground-truth masks first) decoded in one
     compiled call (see :class:`RleTable`; ``need``: which masks keep their intervals, default all), after
-    checking that each is a compressed RLE of the video's ``shape`` (height, width) covering all its pixels."""
+    checking that each is a compressed RLE of the video's ``shape`` (height, width) covering all its pixels.
+    ``c``: decoded by the C kernels (:class:`avis.evaluation.rle_c.Table`, same fields)."""
+    table = _decode_checked(video_id, shape, masks, n_gt_masks, need, c)
+    _check_totals(video_id, shape, table)
+    return table
+
+
+def _check_totals(video_id, shape, table) -> None:
+    if shape is not None and len(table.totals) and (table.totals != shape[0] * shape[1]).any():
+        raise InputError(f"video {video_id}: an RLE does not cover {shape[0]}x{shape[1]} pixels")
+
+
+def _decode_checked(video_id, shape, masks: list, n_gt_masks: int, need, c: bool):
+    counts = _mask_counts(video_id, shape, masks, n_gt_masks)
+    try:
+        if c:
+            return rle_c.Table([rle_c.strings_part(counts, np.ones(len(counts), np.bool_) if need is None else need)],
+                               height=shape[0] if shape is not None else 0)
+        return _nb().RleTable(counts, need, reuse=True)
+    except (UnicodeEncodeError, TypeError):
+        raise InputError(f"video {video_id}: a mask's RLE counts are not a compressed RLE string") from None
+
+
+def _mask_counts(video_id, shape, masks: list, n_gt_masks: int) -> list:
+    """The ``counts`` of ``masks``, after checking that each has them and the video's ``size``."""
     not_rle = f"video {video_id}: a mask's RLE counts are not a compressed RLE string"
     try:
         counts = list(map(itemgetter("counts"), masks))
@@ -318,19 +365,16 @@ def decode_video_masks(video_id, shape, masks: list, n_gt_masks: int, need=None)
                 raise InputError(msg)
             if msg := _size_error(masks[n_gt_masks:], shape):
                 raise InputError(f"video {video_id}: predictions: {msg}")
-    try:
-        table = RleTable(counts, need, reuse=True)
-    except (UnicodeEncodeError, TypeError):
-        raise InputError(not_rle) from None
-    if shape is not None and len(table.totals) and (table.totals != shape[0] * shape[1]).any():
-        raise InputError(f"video {video_id}: an RLE does not cover {shape[0]}x{shape[1]} pixels")
-    return table
+    return counts
 
 
-def _evaluate_video_compiled(task) -> list[VideoCategoryEval]:
-    """:func:`_evaluate_video` with the numba kernels: every mask string of the video decoded in one call, then
-    one call for the IoU blocks and the matching of all categories; per category, the entries are views."""
-    video_id, shape, gts_by_cat, dts_by_cat = task
+def _evaluate_video_compiled(task, c: bool = False) -> list[VideoCategoryEval]:
+    """:func:`_evaluate_video` with the numba kernels (the C ones with ``c``): every mask string of the video
+    decoded in one call, then one call for the IoU blocks and the matching of all categories; per category, the
+    entries are views. A fifth element of ``task``, the results' :class:`~avis.evaluation.rle_c.MaskPack`: the
+    detections' masks come from it (detections are then (index, result) with index the pack's sequence)."""
+    video_id, shape, gts_by_cat, dts_by_cat = task[:4]
+    pack = task[4] if len(task) > 4 else None
     cats = sorted(set(gts_by_cat) | set(dts_by_cat))
     n_gc = [len(gts_by_cat.get(c, ())) for c in cats]
     gts = [g for cat in cats for g in gts_by_cat.get(cat, ())]
@@ -341,13 +385,29 @@ def _evaluate_video_compiled(task) -> list[VideoCategoryEval]:
     d_hi = list(running_sum(n_dc))
     g_lo = [h - k for h, k in zip(g_hi, n_gc)]
     d_lo = [h - k for h, k in zip(d_hi, n_dc)]
-    index, lengths, masks = _frame_index([g["segmentations"] for g in gts] + [r["segmentations"] for _, r in dts])
-    g_idx, d_idx = index[:G], index[G:]  # rows of the decoded table: ground-truth masks first
-    n_gm = int((g_idx >= 0).sum())
     # intervals only for ground truth and detections of a category that has ground truth here
-    d_need = np.repeat(np.array(n_gc) > 0, n_dc)
-    need = np.concatenate([np.ones(n_gm, np.bool_), np.repeat(d_need, (d_idx >= 0).sum(1))])
-    table = decode_video_masks(video_id, shape, masks, n_gm, need)
+    d_need = np.repeat(np.array(n_gc, dtype=np.int64) > 0, n_dc)
+    if pack is None:
+        index, lengths, masks = _frame_index([g["segmentations"] for g in gts] + [r["segmentations"] for _, r in dts])
+        g_idx, d_idx = index[:G], index[G:]  # rows of the decoded table: ground-truth masks first
+        n_gm = int((g_idx >= 0).sum())
+        need = np.concatenate([np.ones(n_gm, np.bool_), np.repeat(d_need, (d_idx >= 0).sum(1))])
+        table = decode_video_masks(video_id, shape, masks, n_gm, need, c=c)
+    else:
+        g_idx, g_len, masks = _frame_index([g["segmentations"] for g in gts])
+        n_gm = len(masks)
+        rows, d_len = pack.rows(np.array([i for i, _ in dts], dtype=np.int64))
+        present = rows >= 0
+        d_idx = np.full(rows.shape, -1, dtype=np.int64)
+        d_idx[present] = n_gm + np.arange(int(present.sum()))  # table rows after the ground truth's
+        lengths = np.concatenate([g_len, d_len])
+        try:
+            g_part = rle_c.strings_part(_mask_counts(video_id, shape, masks, n_gm), np.ones(n_gm, np.bool_))
+        except (UnicodeEncodeError, TypeError):
+            raise InputError(f"video {video_id}: a mask's RLE counts are not a compressed RLE string") from None
+        table = rle_c.Table([g_part, rle_c.pack_part(pack, rows[present], np.repeat(d_need, present.sum(1)))],
+                            height=shape[0])
+        _check_totals(video_id, shape, table)
     # average area over non-empty frames (the official ``if a`` filter)
     dt_out = _dt_out_of_range(np.append(table.areas, 0)[d_idx])  # -1 (absent) reads the appended 0
     gt_ids, gt_crowd, gt_ignore = _gt_arrays(gts)
@@ -359,11 +419,14 @@ def _evaluate_video_compiled(task) -> list[VideoCategoryEval]:
     dt_ignore = np.zeros((A, T, D), dtype=bool)
     gt_match_det = np.full((A, T, G), -1, dtype=np.int64)
     if len(ious):
-        rle_kernels.video_match_kernel(d_idx, lengths[G:], g_idx, lengths[:G], table.areas, table.starts,
-                                       table.ends, table.iv_offsets, np.array(d_lo), np.array(d_hi),
-                                       np.array(g_lo), np.array(g_hi), np.array(iou_off),
-                                       gt_ids.astype(np.float64), gt_crowd, np.ascontiguousarray(gt_ignore),
-                                       IOU_THRS, ious, dt_match, dt_ignore, gt_match_det)
+        args = (d_idx, lengths[G:], g_idx, lengths[:G], table.areas, table.starts, table.ends, table.iv_offsets,
+                np.array(d_lo), np.array(d_hi), np.array(g_lo), np.array(g_hi), np.array(iou_off),
+                gt_ids.astype(np.float64), gt_crowd, np.ascontiguousarray(gt_ignore), IOU_THRS, ious, dt_match,
+                dt_ignore, gt_match_det)
+        if c:
+            rle_c.video_match(*args, cols=table.cols)
+        else:
+            _nb().video_match_kernel(*args)
     dt_ignore |= (dt_match == 0) & dt_out[:, None, :]
     return [VideoCategoryEval(video_id, cat, d_scores[dl:dh], det_index[dl:dh], gt_ids[gl:gh], gt_crowd[gl:gh],
                               ious[o : o + (dh - dl) * (gh - gl)].reshape(dh - dl, gh - gl), dt_match[:, :, dl:dh],
@@ -497,7 +560,7 @@ def accumulate(entries: list[VideoCategoryEval], cat_ids: list[int], area_idx=No
     T, R, K, A, M = len(IOU_THRS), len(REC_THRS), len(cat_ids), len(AREA_RNG), len(MAX_DETS)
     precision = -np.ones((T, R, K, A, M))
     recall = -np.ones((T, K, A, M))
-    if BACKEND == "numba":
+    if BACKEND in ("numba", "c"):
         _accumulate_compiled(entries, cat_ids, range(A) if area_idx is None else area_idx,
                              range(M) if maxdet_idx is None else maxdet_idx, precision, recall)
         return precision, recall
@@ -527,7 +590,7 @@ def accumulate(entries: list[VideoCategoryEval], cat_ids: list[int], area_idx=No
 def _accumulate_compiled(entries, cat_ids, area_idx, maxdet_idx, precision, recall) -> None:
     """:func:`accumulate` in one pass: the detections of all entries concatenated (entries order), sorted by
     (category, descending score) with a stable sort, which within a category is the official order; the
-    curves by :func:`rle_kernels.accumulate_kernel`."""
+    curves by :func:`rle_kernels.accumulate_kernel` (or its C port)."""
     kpos = {c: k for k, c in enumerate(cat_ids)}
     E = [e for e in entries if e.category_id in kpos]
     K = len(cat_ids)
@@ -555,9 +618,9 @@ def _accumulate_compiled(entries, cat_ids, area_idx, maxdet_idx, precision, reca
         sorted_k = det_k[order]
         lo = np.where(has_entry, np.searchsorted(sorted_k, ks, "left"), -1)
         hi = np.searchsorted(sorted_k, ks, "right")
-        rle_kernels.accumulate_kernel(lo, hi, np.ascontiguousarray(matched[:, :, order]),
-                                      np.ascontiguousarray(ignored[:, :, order]), npig, REC_THRS, precision,
-                                      recall, m, areas)
+        kernel = rle_c.accumulate if BACKEND == "c" else _nb().accumulate_kernel
+        kernel(lo, hi, np.ascontiguousarray(matched[:, :, order]), np.ascontiguousarray(ignored[:, :, order]), npig,
+               REC_THRS, precision, recall, m, areas)
 
 
 def _pr_curve(dtm: np.ndarray, dt_ig: np.ndarray, npig: int):
@@ -602,6 +665,39 @@ def summarize(precision: np.ndarray, recall: np.ndarray) -> dict[str, float]:
 _TASKS = None
 
 
+class _Progress:
+    """``desc: k/N videos`` on stderr, redrawn at most 5 times a second, the last state kept on its line.
+
+    (tqdm's import alone, with its ``importlib.metadata`` version lookup, is a tenth of ``avis score``'s CPU time
+    on a 100-video case.)"""
+
+    def __init__(self, total: int, desc: str, enabled: bool):
+        import sys
+        import time
+
+        self.total, self.desc, self.n, self.enabled = total, desc, 0, enabled
+        self._clock, self._stream, self._shown = time.monotonic, sys.stderr, -1.0
+        self.t0 = self._clock()
+
+    def update(self) -> None:
+        self.n += 1
+        if self.enabled and (self.n == self.total or self._clock() - self._shown >= 0.2):
+            self._draw()
+
+    def _draw(self) -> None:
+        self._shown = now = self._clock()
+        rate = self.n / max(now - self.t0, 1e-9)
+        self._stream.write(f"\r{self.desc}: {self.n}/{self.total} videos ({rate:.1f} videos/s)")
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            if self._shown < 0:
+                self._draw()
+            self._stream.write("\n")
+            self._stream.flush()
+
+
 def _run_task_index(i: int):
     fn, tasks = _TASKS
     return fn(tasks[i])
@@ -611,7 +707,7 @@ def map_videos(fn, tasks: list, workers: int = 1, progress: bool = False, desc: 
     """``[fn(task) for task in tasks]``, in ``workers`` forked processes when more than one (each task a
     video); a progress bar when ``progress``."""
     workers = max(1, min(workers, os.cpu_count() or 1, len(tasks) or 1))
-    bar = tqdm(total=len(tasks), desc=desc, unit="video", disable=not progress)
+    bar = _Progress(len(tasks), desc, progress)
     out = []
     if workers == 1:
         for task in tasks:
@@ -622,6 +718,9 @@ def map_videos(fn, tasks: list, workers: int = 1, progress: bool = False, desc: 
         global _TASKS
         _TASKS = (fn, tasks)
         try:
+            import multiprocessing as mp  # here: a single-process run does not pay for its import
+            from concurrent.futures import ProcessPoolExecutor
+
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
             with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
                 chunk = max(1, len(tasks) // (4 * workers))
@@ -638,6 +737,9 @@ def match_all(gt: dict, results: list[dict], workers: int = 1, progress: bool = 
               path: str | None = None):
     """Per-(video, category) matchings in video-id order (parallel over videos when ``workers`` > 1)."""
     vid_ids, cat_ids, tasks = group_inputs(gt, results, path)
+    pack = getattr(results, "mask_pack", None)
+    if pack is not None and BACKEND == "c":  # packed results: the masks from their byte buffer
+        tasks = [(*t, pack) for t in tasks]
     entries = [e for video in map_videos(_evaluate_video, tasks, workers, progress) for e in video]
     return vid_ids, cat_ids, entries
 

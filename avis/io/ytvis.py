@@ -58,8 +58,10 @@ def load_json(path: str | os.PathLike):
     return decode_json(_read_bytes(path), path)
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, refused (naming it) beyond :func:`max_json_bytes`."""
+def _read_bytes(path: Path, array: bool = False):
+    """The file's bytes, refused (naming it) beyond :func:`max_json_bytes`. ``array``: as a writable uint8 NumPy
+    array of the size the file had when looked at (NumPy backs large arrays with huge pages: a tenth of the page
+    faults of a ``bytes`` object of a hundred MB)."""
     try:
         size = path.stat().st_size
     except OSError as e:
@@ -72,7 +74,15 @@ def _read_bytes(path: Path) -> bytes:
 
     try:
         with open_regular(path, "rb") as f:
-            return f.read()
+            if not array:
+                return f.read()
+            import numpy as np
+
+            buf = np.empty(size, np.uint8)
+            view, n = memoryview(buf), 0
+            while n < size and (k := f.readinto(view[n:])):
+                n += k
+            return buf[:n]
     except OSError as e:
         raise InputError(f"cannot read: {e.strerror}", path) from None
 
@@ -248,6 +258,10 @@ def check_relpath(p) -> str | None:
     """What is wrong with a media path of an annotation file (None: a relative path without '..')."""
     if not isinstance(p, str) or not p:
         return f"must be a non-empty string, got {_tname(p)}"
+    if ".." not in p and ":" not in p and p[0] not in "/\\":
+        # certainly relative (POSIX: no leading '/'; Windows: no drive without ':' or a leading '\\') and free
+        # of '..': the common file name, without building two path objects per frame
+        return None
     if PurePosixPath(p).is_absolute() or PureWindowsPath(p).is_absolute() or ".." in re.split(r"[\\/]", p):
         return f"{p!r} must be a path relative to the videos folder, without '..'"
     return None
@@ -414,9 +428,15 @@ def _categories(cats: list, problems: list[str]) -> set:
 
 def validate_annotations(data) -> list[str]:
     """All problems of a YTVIS annotation dict, one message each (empty list = valid)."""
+    return _validate_annotations(data)[0]
+
+
+def _validate_annotations(data) -> tuple[list[str], bool]:
+    """:func:`validate_annotations`, and whether every segmentation is certainly a compressed RLE with ``str``
+    counts of its video's size (then normalisation has nothing to convert)."""
     problems: list[str] = []
     if not _top_level(data, problems):
-        return problems
+        return problems, False
     cat_ids = _categories(data["categories"], problems)
     videos: dict = {}
     seen_videos: set = set()
@@ -424,6 +444,8 @@ def validate_annotations(data) -> list[str]:
         if (r := _check_video(i, v, seen_videos, problems)) is not None:
             videos[r[0]] = r[1]
     ann_ids: set = set()
+    # the per-frame lists checked a column at a time first: when certainly fine, the loop skips them
+    frames_ok = _frames_certainly_valid(data["annotations"], videos)
     for i, a in enumerate(data["annotations"]):
         if not isinstance(a, dict):
             problems.append(f"annotations[{i}]: must be an object, got {_tname(a)}")
@@ -453,6 +475,8 @@ def validate_annotations(data) -> list[str]:
             problems.append(f"{where}: unknown category_id {a['category_id']}")
         if "iscrowd" in a and not (_is_int(a["iscrowd"]) and a["iscrowd"] in (0, 1)):
             problems.append(f"{where}: 'iscrowd' must be 0 or 1, got {_show(a['iscrowd'])}")
+        if frames_ok:
+            continue
         info = videos[vid]
         T, h, w = info["length"], info["height"], info["width"]
         if "segmentations" not in a:
@@ -463,7 +487,80 @@ def validate_annotations(data) -> list[str]:
         _check_per_frame_list(a, "areas", "area", T, where, problems, _area_ok, "a non-negative number or null")
         _check_per_frame_list(a, "bboxes", "bbox", T, where, problems, _bbox_ok, "[x, y, w, h] (finite, w, h >= 0) or null")
         _check_per_frame_list(a, "sounding", "sounding flag", T, where, problems, _flag_ok, "true, false or null")
-    return problems
+    return problems, frames_ok
+
+
+_ABOVE_MIN = math.nextafter(-1e308, 0.0)  # the smallest float that _is_finite accepts (it wants x > -1e308)
+
+
+def _numbers_in(values: list, lo: float) -> bool:
+    """Whether every value is an int or float (not bool) with ``lo <= x < 1e308`` (a subset of what
+    :func:`_is_finite` accepts), checked as one float array."""
+    if set(map(type, values)) - {int, float}:
+        return False
+    import numpy as np
+
+    try:
+        arr = np.array(values, dtype=np.float64)
+    except OverflowError:
+        return False
+    return bool(((arr >= lo) & (arr < 1e308)).all())
+
+
+def _frames_certainly_valid(anns, videos: dict) -> bool:
+    """Whether the per-frame checks of :func:`validate_annotations` would find nothing in any annotation, decided
+    a column at a time (``videos``: id -> checked height, width, length). ``False`` means "not certain": the
+    checks then run annotation by annotation and name the problems. Certain only for the common form: every
+    segmentation null or a compressed RLE ``{"size": [h, w], "counts": str}`` of the video's size, ``areas``
+    non-negative numbers, ``bboxes`` [x, y, w, h] with w, h >= 0, ``sounding`` booleans (nulls anywhere)."""
+    with _gc_paused():
+        try:
+            if set(map(type, anns)) - {dict}:
+                return False
+            info = [videos[a["video_id"]] for a in anns]
+            shape = [(v["height"], v["width"], v["length"]) for v in info]
+            if any(None in s for s in shape):
+                return False
+            lengths = [n for _, _, n in shape]
+            segs = [a["segmentations"] for a in anns]
+            if set(map(type, segs)) - {list} or list(map(len, segs)) != lengths:
+                return False
+            masks = [m for m in chain.from_iterable(segs) if m is not None]
+            if set(map(type, masks)) - {dict} or set(map(len, masks)) - {2}:
+                return False
+            sizes = list(map(itemgetter("size"), masks))
+            counts = list(map(itemgetter("counts"), masks))
+            present = [len(s) - s.count(None) for s in segs]
+            if sizes != list(chain.from_iterable(repeat([h, w], k) for (h, w, _), k in zip(shape, present))):
+                return False
+            if set(map(type, chain.from_iterable(sizes))) - {int} or set(map(type, counts)) - {str}:
+                return False  # (an equal [360.0, 640.0] or [True, ...] is not a size)
+            if "".join(counts).encode("ascii").translate(None, _RLE_BYTES):
+                return False
+            for key in ("areas", "bboxes", "sounding"):
+                rows = [(a[key], n) for a, n in zip(anns, lengths) if key in a]
+                if not rows:
+                    continue
+                lists = [x for x, _ in rows]
+                if set(map(type, lists)) - {list} or list(map(len, lists)) != [n for _, n in rows]:
+                    return False
+                vals = [x for x in chain.from_iterable(lists) if x is not None]
+                if key == "sounding":
+                    if set(map(type, vals)) - {bool}:
+                        return False
+                elif key == "areas":
+                    if not _numbers_in(vals, 0.0):
+                        return False
+                else:
+                    if set(map(type, vals)) - {list} or set(map(len, vals)) - {4}:
+                        return False
+                    if not _numbers_in(list(chain.from_iterable(vals)), _ABOVE_MIN):
+                        return False
+                    if not _numbers_in([b[2] for b in vals] + [b[3] for b in vals], 0.0):
+                        return False
+        except (KeyError, TypeError, UnicodeEncodeError):
+            return False
+    return True
 
 
 def _gt_index(gt) -> tuple[dict, set]:
@@ -625,11 +722,13 @@ def _raise_problems(problems: list[str], path) -> None:
 
 
 # ------------------------------------------------------------------------------------ normalise / load / save
-def normalize_annotations(data: dict, path: str | None = None) -> dict:
+def normalize_annotations(data: dict, path: str | None = None, compressed: bool = False) -> dict:
     """Convert every segmentation to compressed RLE and fill ``areas``/``bboxes``/``length`` in place.
 
     Expects valid input (see :func:`validate_annotations`); conversion failures still raise
-    :class:`InputError` naming ``path``.
+    :class:`InputError` naming ``path``. ``compressed``: every segmentation is known to be a compressed RLE dict
+    ``{"size": [h, w], "counts": str}`` of its video's size already (what the conversion would make), and is
+    kept as it is.
     """
     if not isinstance(data, dict) or not all(k in data for k in ("videos", "annotations", "categories")):
         raise InputError("not a YTVIS annotation file (needs 'videos', 'annotations', 'categories')", path)
@@ -645,8 +744,8 @@ def normalize_annotations(data: dict, path: str | None = None) -> dict:
         v = videos.get(a.get("video_id"))
         if v is None:
             raise InputError(f"annotation {a.get('id')}: unknown video_id {a.get('video_id')}", path)
-        segs = []
-        for t, s in enumerate(a.get("segmentations", [])):
+        segs = a.get("segmentations", []) if compressed else []
+        for t, s in enumerate(() if compressed else a.get("segmentations", [])):
             if s is None:
                 segs.append(None)
                 continue
@@ -697,8 +796,9 @@ def load_annotations(path: str | os.PathLike) -> dict:
     Raises :class:`InputError` naming the file and listing the first problems when it is invalid.
     """
     data = load_json(path)
-    _raise_problems(validate_annotations(data), path)
-    return normalize_annotations(data, os.fspath(path))
+    problems, compressed = _validate_annotations(data)
+    _raise_problems(problems, path)
+    return normalize_annotations(data, os.fspath(path), compressed=compressed)
 
 
 ZIP_MEMBER = "results.json"  # where evaluation servers (and ``avis export --format ytvis-zip``) put the results
@@ -724,6 +824,18 @@ def _zip_member(raw: bytes, path) -> bytes:
             return z.read(ZIP_MEMBER)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError) as e:
         raise InputError(f"unreadable zip ({str(e)[:200]})", path) from None
+
+
+def read_results_buffer(path: str | os.PathLike):
+    """:func:`read_results_bytes`, with a plain JSON file as a writable uint8 NumPy array (see
+    :func:`_read_bytes`), which :func:`avis.evaluation.rle_c.load_packed_results` compacts in place."""
+    path = Path(path)
+    raw = _read_bytes(path, array=True)
+    if raw[:2].tobytes() == b"PK":
+        return _zip_member(raw.tobytes(), path)
+    if path.suffix.lower() == ".zip":
+        raise InputError("not a zip file", path)
+    return raw
 
 
 def read_results_bytes(path: str | os.PathLike) -> bytes:
