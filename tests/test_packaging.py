@@ -39,7 +39,7 @@ def test_wheel_installs_and_runs_from_an_empty_folder(tmp_path):
     pytest.importorskip("setuptools")  # the build backend, used without build isolation (no download)
     src = tmp_path / "src"  # a clean copy: an in-tree build folder could carry stale modules into the wheel
     src.mkdir()
-    for name in ("pyproject.toml", "setup.py", "README.md"):
+    for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     for name in ("avis", "data_tools", "configs"):  # (an in-place build of the C extension stays out)
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd"))
