@@ -299,15 +299,20 @@ class RCF(VISMethod):
         """
         state.last_probs, state.last_masks = probs, masks
         probs = probs.float().cpu()
-        binary = torch.zeros((probs.shape[0], *state.size), dtype=torch.bool)
         candidates = torch.nonzero(probs[:, :-1].max(-1).values >= self.class_threshold).flatten()
+        every = 0 < len(candidates) == len(probs)
+        binary = None if every else torch.zeros((probs.shape[0], *state.size), dtype=torch.bool)
         if len(candidates):
             logit_threshold = torch.logit(torch.tensor(self.mask_threshold)).item()
-            picked = masks[candidates.to(masks.device)]
+            picked = masks if every else masks[candidates.to(masks.device)]
             # in chunks: bounded memory at full resolution, one host transfer per chunk
-            binary[candidates] = torch.cat([(F.interpolate(c[None].float(), size=state.size, mode="bilinear",
-                                                           align_corners=False)[0] > logit_threshold).cpu()
-                                            for c in picked.split(64)])
+            fired = torch.cat([(F.interpolate(c[None].float(), size=state.size, mode="bilinear",
+                                              align_corners=False)[0] > logit_threshold).cpu()
+                               for c in picked.split(64)])
+            if every:  # no empty placeholders to allocate and fill
+                binary = fired
+            else:
+                binary[candidates] = fired
         assigned = state.tracker.update(state.frame, probs, binary)
         real = probs[:, :-1]
         result = FrameResult(state.frame, sorted(
