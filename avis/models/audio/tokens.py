@@ -158,13 +158,12 @@ class AudioTokenEncoder(nn.Module):
 def _lstm_direction(gates_in: torch.Tensor, w_hh: torch.Tensor, reverse: bool) -> torch.Tensor:
     """One LSTM direction from precomputed input gates B x T x 4H (PyTorch's gate order i, f, g, o, biases
     included) -> hidden states B x T x H. T is 1 + delta <= 6 here, so a Python loop over time is cheap."""
-    b, t, four_h = gates_in.shape
-    h = gates_in.new_zeros(b, four_h // 4)
-    c = torch.zeros_like(h)
+    t = gates_in.shape[1]
+    h = c = None  # zero state: the first step skips h @ W_hh and f * c (both exactly 0), a 4 MB read for VGGish
     out = [None] * t
     for i in (range(t - 1, -1, -1) if reverse else range(t)):
-        ig, fg, gg, og = (gates_in[:, i] + h @ w_hh.T).chunk(4, -1)
-        c = torch.sigmoid(fg) * c + torch.sigmoid(ig) * torch.tanh(gg)
+        ig, fg, gg, og = (gates_in[:, i] if h is None else torch.addmm(gates_in[:, i], h, w_hh.T)).chunk(4, -1)
+        c = torch.sigmoid(ig) * torch.tanh(gg) if c is None else torch.sigmoid(fg) * c + torch.sigmoid(ig) * torch.tanh(gg)
         h = torch.sigmoid(og) * torch.tanh(c)
         out[i] = h
     return torch.stack(out, 1)
