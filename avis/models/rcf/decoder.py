@@ -22,9 +22,11 @@ def _conv3x3(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     On the CPU with one thread oneDNN's direct 3 x 3 conv runs near the GEMM peak, so the stride-4 conv of the
     mask decoder costs as much as a tenth of a ResNet-50; NNPACK's Winograd transform does the same conv with
     about 2.2x fewer operations (docs/performance.md), agreeing with the direct conv to ~1e-5 relative (the
-    Winograd transform's float32 rounding). Anything NNPACK does not take goes to ``conv``.
+    Winograd transform's float32 rounding). Anything NNPACK does not take goes to ``conv``, and so do small maps
+    (below ``_WINOGRAD_MIN_PIXELS``), where the transforms cost as much as they save (the 12 x 20 stride-32 map
+    of a 640 x 360 frame).
     """
-    if _winograd_ok(x) and conv.stride == (1, 1) and conv.padding == (1, 1) and conv.groups == 1 \
+    if x.shape[-2] * x.shape[-1] >= _WINOGRAD_MIN_PIXELS and _winograd_ok(x) and conv.stride == (1, 1) and conv.padding == (1, 1) and conv.groups == 1 \
             and conv.dilation == (1, 1):
         return torch._nnpack_spatial_convolution(x.contiguous(), conv.weight.contiguous(), conv.bias, [1, 1])
     return conv(x)
