@@ -164,7 +164,9 @@ def _lstm_direction(gates_in: torch.Tensor, w_hh: torch.Tensor, reverse: bool) -
     for i in (range(t - 1, -1, -1) if reverse else range(t)):
         if h is None:
             gates = gates_in[:, i]
-        elif len(h) == 1:  # online (one clip): a matrix-vector product, ~30 % faster on CPU than a 1-row GEMM
+        elif len(h) == 1 and gates_in.dtype == h.dtype == w_hh.dtype:
+            # online (one clip): a matrix-vector product, ~30 % faster on CPU than a 1-row GEMM (addmv has no
+            # autocast rule, hence the dtype check: under autocast the GEMM below casts)
             gates = torch.addmv(gates_in[0, i], w_hh, h[0])[None]
         else:
             gates = torch.addmm(gates_in[:, i], h, w_hh.T)
