@@ -11,7 +11,8 @@ _WINOGRAD_MIN_PIXELS = 512  # measured: NNPACK ~1x oneDNN at 12 x 20, 1.4x at 23
 
 
 def _winograd_ok(x: torch.Tensor) -> bool:
-    """Whether :func:`_conv3x3` can take NNPACK's Winograd path: float32 on the CPU, outside autocast."""
+    """Whether :func:`_conv3x3` can take NNPACK's Winograd path: float32 on the CPU, outside autocast.
+    ``torch._nnpack_available()`` also initialises NNPACK, without which its convolution fails."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
             and torch._nnpack_available())
 
