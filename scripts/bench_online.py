@@ -3,6 +3,7 @@
 Default variants at 640 x 360 (random weights: latency does not depend on them): the R-50 and R-101 backbones
 alone (the floor), RCF-R50 and RCF-R101 with delta = 1 and 5, audio off and on (the online fast path:
 ``RCF.optimize_online``), the reference step of RCF-R50 delta = 5 with audio (what the fast path replaces),
+RCF-R50 delta = 1 with every slot firing (mask upsampling, thresholding and tracking of all N slots each frame),
 VGGish on one window, and the baselines present (CrossVIS-R50 with ~0 and with 100 detections per frame, InsPro-R50 with ~0 and with
 100 masks per frame, STMask-R50 with 100 detections per frame), and EfficientVIS-R50 (T = 36 and 9, see below). Frames start on the host as decoded uint8
 (the host-to-device copy is timed on a GPU); a step returns the frame's tracked instances (masks upsampled
@@ -136,10 +137,15 @@ def audio_encoder(out_channels: int = 256) -> nn.Module:
     return audio_tokens_vggish(out_channels=out_channels)
 
 
-def rcf_variant(arch: str, delta: int, audio: bool, reference: bool = False) -> Variant:
+def rcf_variant(arch: str, delta: int, audio: bool, reference: bool = False, all_fire: bool = False) -> Variant:
+    """RCF preset; ``all_fire``: class threshold 0, so that every slot is upsampled, thresholded and tracked in
+    every frame (with random weights no slot reaches the default 0.4, so the default variants time no mask
+    post-processing, as for frames without objects)."""
     build = {"r50": rcf_r50, "r101": rcf_r101}[arch]
-    name = f"rcf_{arch} delta={delta} audio={'on' if audio else 'off'}" + (" reference" if reference else "")
-    return method(name, lambda: build(NUM_CLASSES, delta, audio_encoder() if audio else None), "rcf",
+    name = (f"rcf_{arch} delta={delta} audio={'on' if audio else 'off'}" + (" reference" if reference else "")
+            + (" all slots fire" if all_fire else ""))
+    extra = {"class_threshold": 0.0} if all_fire else {}
+    return method(name, lambda: build(NUM_CLASSES, delta, audio_encoder() if audio else None, **extra), "rcf",
                   floor=f"resnet{arch[1:]} backbone", reference=reference)
 
 
@@ -147,6 +153,7 @@ VARIANTS: list[Variant] = [
     backbone_alone("resnet50 backbone", lambda: ResNetBackbone("resnet50")),
     *[rcf_variant("r50", d, a) for a in (False, True) for d in (1, 5)],
     rcf_variant("r50", 5, True, reference=True),
+    rcf_variant("r50", 1, False, all_fire=True),
     backbone_alone("resnet101 backbone", lambda: ResNetBackbone("resnet101")),
     *[rcf_variant("r101", d, a) for a in (False, True) for d in (1, 5)],
     Variant("vggish audio features alone", lambda device: _vggish_alone(device), "audio"),
@@ -338,6 +345,19 @@ def main(argv=None) -> int:
             floor = (med.get(f"resnet{arch[1:]} backbone"), med.get("vggish audio features alone"))
             if on in med and None not in floor:
                 print(f"{arch}: audio on (delta {delta}) / (backbone + VGGish alone): {med[on] / sum(floor):.3f}")
+    # The four figures of issue 26 on one line: RCF-R50 over its feature extractor(s), audio off and on.
+    goal = []
+    for audio in ("off", "on"):
+        for delta in (1, 5):
+            v = f"rcf_r50 delta={delta} audio={audio}"
+            floor = [med.get("resnet50 backbone")] + ([med.get("vggish audio features alone")] if audio == "on" else [])
+            if v in med and None not in floor:
+                goal.append(f"audio {audio} delta {delta}: {med[v] / sum(floor):.3f}")
+    if goal:
+        print("r50 over its feature extractors (backbone; backbone + VGGish with audio): " + ", ".join(goal))
+    fire, plain = "rcf_r50 delta=1 audio=off all slots fire", "rcf_r50 delta=1 audio=off"
+    if fire in med and plain in med:
+        print(f"r50 delta 1 audio off, every slot fires / none fires: {med[fire] / med[plain]:.3f}")
     for name, (w, _, t) in per_clip.items():
         print(f"{name}: {1000 * w:.0f} ms per clip of {t} frames; clip delay {(t - 1) / args.video_fps + w:.2f} s "
               f"at {args.video_fps:g} fps ((T - 1) / fps + clip compute)")

@@ -219,3 +219,77 @@ def test_bench_online_fast_and_reference_variants(monkeypatch):
     wall = bench.run(variants, frames=2, warmup=1, device=torch.device("cpu"), amp=False, finish=finish, cpu=cpu)
     assert set(wall) == set(cpu) == {"tiny backbone", "fast", "reference"} and set(finish) == {"fast", "reference"}
     assert built[0].channels_last and not built[1].channels_last  # the reference variant runs as built
+
+
+# -- issue 26: the mask decoder's online CPU path -------------------------------------------------------------------
+
+class _CountNNPACK:
+    """Counts the Winograd convolutions (so that a test fails if the online path stops taking them)."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        orig = torch._nnpack_spatial_convolution
+
+        def conv(*a, **k):
+            self.calls += 1
+            return orig(*a, **k)
+
+        monkeypatch.setattr(torch, "_nnpack_spatial_convolution", conv)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_online_mask_decoder_and_folded_heads_equal_forward(monkeypatch, channels_last):
+    """forward_unprojected + forward_folded (Winograd 3 x 3 convs, GEMM laterals, mask_proj folded into the
+    filters) = forward + heads, on maps large enough for the Winograd path (stride-4 map 40 x 56)."""
+    from avis.models.rcf.decoder import InstanceHeads, MaskDecoder
+
+    torch.manual_seed(0)
+    dec, heads = MaskDecoder([16, 24], 32, fpn_dim=24, mask_dim=20).eval(), InstanceHeads(32, 3, 20).eval()
+    for m in dec.modules():  # non-trivial GroupNorm affine parameters
+        if isinstance(m, torch.nn.GroupNorm):
+            torch.nn.init.normal_(m.weight, 1, 0.3)
+            torch.nn.init.normal_(m.bias, 0, 0.3)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    dec = dec.to(memory_format=fmt)
+    feats = [torch.randn(1, 16, 40, 56).contiguous(memory_format=fmt),
+             torch.randn(1, 24, 20, 24).contiguous(memory_format=fmt)]
+    fused = torch.randn(1, 32, 10, 12).contiguous(memory_format=fmt)
+    codes = torch.randn(2, 1, 7, 32)  # 2 decoder layers, 1 image, 7 queries
+    count = _CountNNPACK(monkeypatch)
+    with torch.no_grad():
+        logits, masks = heads(codes, dec(fused, feats))
+        calls = count.calls
+        logits2, masks2 = heads.forward_folded(codes, dec.forward_unprojected(fused, feats), dec.mask_proj)
+    assert masks2.shape == masks.shape == (2, 1, 7, 40, 56)
+    torch.testing.assert_close(logits2, logits)
+    torch.testing.assert_close(masks2, masks, atol=1e-4, rtol=1e-4)
+    if torch._nnpack_available():
+        assert calls == 0 and count.calls == 1  # the 40 x 56 level only (20 x 24 and 10 x 12 are below 512 px)
+
+
+def test_fast_path_equals_reference_where_winograd_runs(monkeypatch):
+    """The online step at a frame size whose stride-4 map takes the Winograd path (128 x 160 -> 32 x 40): same
+    class probabilities, mask logits and tracks as the reference step (tests/rcf_reference.py)."""
+    model = _model(2, True)
+    g = torch.Generator().manual_seed(3)
+    frames = torch.randint(0, 256, (4, 3, 128, 160), dtype=torch.uint8, generator=g)
+    windows = [torch.randn(1600, generator=g) for _ in range(4)]
+    ref_outs, ref_tracks = reference_video(model, frames, windows)
+    model.optimize_online(channels_last=True)
+    count = _CountNNPACK(monkeypatch)
+    outs, tracks = _run(model, frames, windows)
+    if torch._nnpack_available():
+        assert count.calls == len(frames)
+    for (p, m), (q, r) in zip(outs, ref_outs):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(m, r, atol=1e-4, rtol=1e-4)
+    _assert_same_tracks(tracks, ref_tracks)
+
+
+def test_lstm_first_step_from_zero_state_equals_nn_lstm():
+    """The recurrence skips h @ W_hh and f * c at the zero initial state: still nn.LSTM's output."""
+    enc = audio_tokens_tiny(lstm_layers=2).eval()
+    a = torch.randn(1, 4, enc.feature_dim)
+    with torch.no_grad():
+        h, _ = enc.lstm(a)
+        torch.testing.assert_close(enc.tokens_from_projected(enc.project(a)), enc.head(h), atol=1e-6, rtol=1e-5)

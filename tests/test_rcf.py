@@ -457,11 +457,11 @@ def test_soundless_video_is_masked_in_inference_as_in_training():
     frames, audio, _ = model_inputs(video, None, None)
     assert audio is None
     seen = []
-    predict = model.predict
-    model.predict = lambda *a, **k: seen.append(predict(*a, **k)[0][-1, 0].softmax(-1)) or predict(*a, **k)
+    predict = model._predict_online  # the network after the backbone in the online step
+    model._predict_online = lambda *a, **k: seen.append(predict(*a, **k)[0][-1, 0].softmax(-1)) or predict(*a, **k)
     predict_videos(model, [video], [{"id": 1}, {"id": 2}, {"id": 3}], torch.device("cpu"), progress=False,
                    with_gt=False)
-    model.predict = predict
+    del model._predict_online
     assert len(seen) == 3
     for t in range(3):
         idx = [max(0, t - 1), t]

@@ -113,3 +113,44 @@ def test_category_is_score_weighted_majority():
     assert tracks[0].label == 2
     expected = (2 * (0.5 / 3) + 0.95 * 2 + 0.55 / 3) / 5  # class-2 probability averaged over the frames
     assert abs(tracks[0].score - expected) < 1e-6
+
+
+def _plain_update(state: dict, frame_i: int, probs, masks, class_threshold=0.4, iou_threshold=0.5):
+    """The rule written plainly (mask_iou on the bool masks of each pair of frames, nothing cached): the oracle
+    of SlotTracker.update, which keeps the previous frame's float masks and areas."""
+    real = probs[:, :-1]
+    fired = torch.nonzero((real.max(-1).values >= class_threshold) & masks.flatten(1).any(1)).flatten().tolist()
+    assigned, used = {}, set()
+    if fired and state["prev_slots"]:
+        iou = mask_iou(masks[fired], state["prev_masks"])
+        pairs = sorted(torch.nonzero(iou > iou_threshold).tolist(), key=lambda p: -float(iou[p[0], p[1]]))
+        for a, b in pairs:
+            slot, tid = fired[a], state["slot_track"][state["prev_slots"][b]]
+            if slot not in assigned and tid not in used:
+                assigned[slot] = tid
+                used.add(tid)
+    for slot in fired:
+        if slot not in assigned:
+            tid = state["slot_track"].get(slot)
+            if tid is None or tid in used:
+                tid = state["n"]
+                state["n"] += 1
+            assigned[slot] = tid
+            used.add(tid)
+    state["slot_track"] = {s: t for s, t in state["slot_track"].items() if t not in used} | assigned
+    state["prev_slots"], state["prev_masks"] = fired, masks[fired]
+    return assigned
+
+
+def test_random_sequences_match_the_plain_rule():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        tr = SlotTracker()
+        state = {"prev_slots": [], "prev_masks": None, "slot_track": {}, "n": 0}
+        base = torch.rand(N, S, S, generator=g)
+        for t in range(6):
+            probs = torch.rand(N, K + 1, generator=g).softmax(-1) * 2  # some slots reach 0.4, some do not
+            # masks drift and swap between slots (IoU rescues), some empty
+            masks = (base[torch.randperm(N, generator=g)] + 0.3 * torch.rand(N, S, S, generator=g)) > 0.9
+            masks[torch.rand(N, generator=g) < 0.2] = False
+            assert tr.update(t, probs, masks) == _plain_update(state, t, probs, masks)

@@ -13,13 +13,19 @@ from dataclasses import dataclass, field
 import torch
 
 from avis.models.base import Track
-from avis.models.losses import mask_iou
 
 
 @dataclass
 class _TrackRecord:
     probs: dict[int, torch.Tensor] = field(default_factory=dict)  # frame -> K real-class probabilities
     masks: dict[int, torch.Tensor] = field(default_factory=dict)  # frame -> bool H x W
+
+
+def _iou(a: torch.Tensor, area_a: torch.Tensor, b: torch.Tensor, area_b: torch.Tensor) -> torch.Tensor:
+    """:func:`avis.models.losses.mask_iou` of float 0/1 rows a (n x P) and b (m x P) with their areas given."""
+    inter = a @ b.T
+    union = area_a[:, None] + area_b[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
 
 
 class SlotTracker:
@@ -35,18 +41,29 @@ class SlotTracker:
         self._records: list[_TrackRecord] = []
         self._slot_track: dict[int, int] = {}  # slot -> track it last held (one slot per track)
         self._prev_slots: list[int] = []  # slots fired in the previous frame
-        self._prev_masks: torch.Tensor | None = None
+        # The previous frame's fired masks as float rows and their areas: each frame's fired masks are converted
+        # once and serve as this frame's IoU operand and as the next frame's (the conversion of N full-size
+        # masks is a large part of a frame's tracking cost).
+        self._prev_rows: torch.Tensor | None = None
+        self._prev_areas: torch.Tensor | None = None
 
     def update(self, frame: int, probs: torch.Tensor, masks: torch.Tensor) -> dict[int, int]:
         """probs: N x (K+1) softmax (no-object last); masks: N x H x W bool -> {fired slot: track id}."""
         real = probs[:, :-1]
         best = real.max(-1).values
-        nonempty = masks.flatten(1).any(1)
-        fired = torch.nonzero((best >= self.class_threshold) & nonempty).flatten().tolist()
+        confident = torch.nonzero(best >= self.class_threshold).flatten()
+        # Masks of the slots that can fire as 0/1 float rows (through uint8: a faster conversion than from
+        # bool; counts are exact below 2^24); an empty mask (area 0) does not fire.
+        rows = masks[confident].flatten(1).view(torch.uint8).float()
+        areas = rows.sum(1)
+        keep = areas > 0
+        fired = confident[keep].tolist()
+        if len(fired) < len(confident):
+            rows, areas = rows[keep], areas[keep]
         assigned: dict[int, int] = {}
         used: set[int] = set()
         if fired and self._prev_slots:
-            iou = mask_iou(masks[fired], self._prev_masks)
+            iou = _iou(rows, areas, self._prev_rows, self._prev_areas)
             pairs = torch.nonzero(iou > self.iou_threshold).tolist()
             pairs.sort(key=lambda p: -float(iou[p[0], p[1]]))
             for a, b in pairs:
@@ -70,7 +87,7 @@ class SlotTracker:
             self._records[tid].probs[frame] = real[slot]
             self._records[tid].masks[frame] = masks[slot]
         self._prev_slots = fired
-        self._prev_masks = masks[fired] if fired else None
+        self._prev_rows, self._prev_areas = rows, areas
         return assigned
 
     def tracks(self) -> list[Track]:

@@ -158,13 +158,20 @@ class AudioTokenEncoder(nn.Module):
 def _lstm_direction(gates_in: torch.Tensor, w_hh: torch.Tensor, reverse: bool) -> torch.Tensor:
     """One LSTM direction from precomputed input gates B x T x 4H (PyTorch's gate order i, f, g, o, biases
     included) -> hidden states B x T x H. T is 1 + delta <= 6 here, so a Python loop over time is cheap."""
-    b, t, four_h = gates_in.shape
-    h = gates_in.new_zeros(b, four_h // 4)
-    c = torch.zeros_like(h)
+    t = gates_in.shape[1]
+    h = c = None  # zero state: the first step skips h @ W_hh and f * c (both exactly 0), a 4 MB read for VGGish
     out = [None] * t
     for i in (range(t - 1, -1, -1) if reverse else range(t)):
-        ig, fg, gg, og = (gates_in[:, i] + h @ w_hh.T).chunk(4, -1)
-        c = torch.sigmoid(fg) * c + torch.sigmoid(ig) * torch.tanh(gg)
+        if h is None:
+            gates = gates_in[:, i]
+        elif len(h) == 1 and gates_in.dtype == h.dtype == w_hh.dtype:
+            # online (one clip): a matrix-vector product, ~30 % faster on CPU than a 1-row GEMM (addmv has no
+            # autocast rule, hence the dtype check: under autocast the GEMM below casts)
+            gates = torch.addmv(gates_in[0, i], w_hh, h[0])[None]
+        else:
+            gates = torch.addmm(gates_in[:, i], h, w_hh.T)
+        ig, fg, gg, og = gates.chunk(4, -1)
+        c = torch.sigmoid(ig) * torch.tanh(gg) if c is None else torch.sigmoid(fg) * c + torch.sigmoid(ig) * torch.tanh(gg)
         h = torch.sigmoid(og) * torch.tanh(c)
         out[i] = h
     return torch.stack(out, 1)

@@ -149,6 +149,20 @@ class RCF(VISMethod):
             codes = codes[-1:]
         return self.heads(codes, seg)
 
+    def _predict_online(self, f_t, f_ref, low, audio):
+        """:meth:`predict` of the last decoder layer for one frame. On the CPU in float32 the mask decoder
+        takes its online path (:meth:`MaskDecoder.forward_unprojected`: Winograd 3 x 3 convs, GEMM laterals
+        in NCHW) and its last 1 x 1 conv is folded into the dynamic filters
+        (:meth:`InstanceHeads.forward_folded`); elsewhere (GPU, autocast, compiled decoder) :meth:`predict`.
+        Same values up to float32 rounding (tests/test_perf.py)."""
+        if (f_t.device.type != "cpu" or f_t.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
+                or "mask_decoder" in self._compiled or f_t.shape[0] != 1):
+            return self.predict(f_t, f_ref, low, audio)
+        fused = self.fusion(f_t, f_ref, audio)
+        x = self.mask_decoder.forward_unprojected(fused.target, low)
+        codes = self.instance_decoder(fused.memory, fused.pos, fused.padding_mask)[-1:]
+        return self.heads.forward_folded(codes, x, self.mask_decoder.mask_proj)
+
     # -- training --------------------------------------------------------------------------------------
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """Batch of B clips of 1 + delta frames (see :mod:`avis.models.base`; optionally ``audio_features``
@@ -230,7 +244,7 @@ class RCF(VISMethod):
             aud = feat = None
             if self.uses_audio and audio is not None:
                 feat, aud = self._online_audio(state, audio.to(device, non_blocking=True).float())
-            logits, masks = self.predict(f_t, f_ref, feats[:-1], aud)
+            logits, masks = self._predict_online(f_t, f_ref, feats[:-1], aud)
         if self.delta:
             state.features.append(f_t)
             state.audio.append(feat)
@@ -285,15 +299,20 @@ class RCF(VISMethod):
         """
         state.last_probs, state.last_masks = probs, masks
         probs = probs.float().cpu()
-        binary = torch.zeros((probs.shape[0], *state.size), dtype=torch.bool)
         candidates = torch.nonzero(probs[:, :-1].max(-1).values >= self.class_threshold).flatten()
+        every = 0 < len(candidates) == len(probs)
+        binary = None if every else torch.zeros((probs.shape[0], *state.size), dtype=torch.bool)
         if len(candidates):
             logit_threshold = torch.logit(torch.tensor(self.mask_threshold)).item()
-            picked = masks[candidates.to(masks.device)]
+            picked = masks if every else masks[candidates.to(masks.device)]
             # in chunks: bounded memory at full resolution, one host transfer per chunk
-            binary[candidates] = torch.cat([(F.interpolate(c[None].float(), size=state.size, mode="bilinear",
-                                                           align_corners=False)[0] > logit_threshold).cpu()
-                                            for c in picked.split(64)])
+            fired = torch.cat([(F.interpolate(c[None].float(), size=state.size, mode="bilinear",
+                                              align_corners=False)[0] > logit_threshold).cpu()
+                               for c in picked.split(64)])
+            if every:  # no empty placeholders to allocate and fill
+                binary = fired
+            else:
+                binary[candidates] = fired
         assigned = state.tracker.update(state.frame, probs, binary)
         real = probs[:, :-1]
         result = FrameResult(state.frame, sorted(
