@@ -5,7 +5,6 @@ that the visual-only recipe is untouched by any of it."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

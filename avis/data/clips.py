@@ -137,6 +137,11 @@ def collate(clips: list[dict], short: int | None, max_size: int | None, size_div
             m = resize_masks(tg["masks"], (h, w))
             tt.append({**tg, "masks": F.pad(m, (0, W - w, 0, H - h))})
         targets.append(tt)
+    tags = {}
+    if all("audio_tags" in c for c in clips):  # clips made elsewhere (tests, tools) may come without them
+        tags = {"audio_tags": torch.stack([c["audio_tags"] for c in clips]),  # B x T x K (see sample_clip)
+                "audio_sounding": torch.stack([c["audio_sounding"] for c in clips]),
+                "sounding_known": torch.tensor([c["sounding_known"] for c in clips])}
     return {
         "frames": torch.stack(frames),
         "image_sizes": torch.tensor(sizes, dtype=torch.int64),  # B x 2, (h, w) before the padding
@@ -145,9 +150,7 @@ def collate(clips: list[dict], short: int | None, max_size: int | None, size_div
         "has_audio": torch.tensor([c["has_audio"] for c in clips]),
         "targets": targets,
         "video_ids": [c["video_id"] for c in clips],
-        "audio_tags": torch.stack([c["audio_tags"] for c in clips]),  # B x T x K (see sample_clip)
-        "audio_sounding": torch.stack([c["audio_sounding"] for c in clips]),
-        "sounding_known": torch.tensor([c["sounding_known"] for c in clips]),
+        **tags,
     }
 
 
