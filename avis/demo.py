@@ -306,6 +306,10 @@ def run_demo(out, audio_dependence: float = 1.0, seed: int = 0, settings: DemoSe
     # cost; on a quiet machine the wall clock is about (CPU outside the runs) + (CPU of the runs) / jobs
     times["total_cpu"] = own_cpu + (run_cpu if jobs > 1 else 0.0)
     times["runs_cpu"] = run_cpu
+    # what the wall clock would be on a quiet machine with >= `jobs` cores: the CPU outside the runs, plus the
+    # runs' CPU seconds scheduled in plan order on `jobs` workers (each run keeps about one core busy)
+    outside = times["total_cpu"] - run_cpu
+    times["quiet_wall_estimate"] = outside + makespan([done[(k, s)]["cpu_s"] for k, _, s in plan], jobs)
     summary = {"audio_dependence": audio_dependence, "seed": seed, "seeds": seeds, "jobs": jobs, "quick": quick,
                "settings": asdict(settings),
                "metrics": {key: [r["metrics"] for r in runs[key]] for key in runs},
@@ -320,6 +324,15 @@ def run_demo(out, audio_dependence: float = 1.0, seed: int = 0, settings: DemoSe
     save_json(_nan_to_none(summary), out / "summary.json", indent=2)
     _done(t0, f"total {times['total']:.0f} s wall, {times['total_cpu']:.0f} s CPU")
     return summary
+
+
+def makespan(durations, workers: int) -> float:
+    """The finish time of ``durations`` started in order, each on the first free of ``workers`` workers."""
+    free = [0.0] * max(1, workers)
+    for d in durations:
+        i = free.index(min(free))
+        free[i] += d
+    return max(free)
 
 
 def _run_all(plan, out: Path, shards: dict, gt_path: Path, settings: DemoSettings, arm_overrides: dict, jobs: int,
@@ -502,9 +515,11 @@ def _write_report(out: Path, s: dict) -> None:
               "[table.csv](table.csv); everything: [summary.json](summary.json)", "",
               "## Time (s)", "",
               f"Wall-clock per stage, {s['jobs']} training(s) at a time. `total_cpu` is the CPU time of all "
-              "threads of the demo and its worker processes, `runs_cpu` that of the trainings and evaluations: on "
-              "a quiet machine the wall clock is about `total_cpu - runs_cpu + runs_cpu / jobs`; on a busy one it "
-              f"grows, the CPU time hardly. torch threads: {torch_threads()}.", "",
+              "threads of the demo and its worker processes, `runs_cpu` that of the trainings and evaluations. "
+              "`quiet_wall_estimate` is the wall clock this run would take on a quiet machine with "
+              f"{s['jobs']} free core(s): the CPU time outside the runs plus the runs' CPU times scheduled in "
+              "order on the workers (on a busy machine the wall clock grows, the CPU time hardly). torch "
+              f"threads: {torch_threads()}.", "",
               "| stage | seconds |", "|---|---|",
               *[f"| {k} | {v:.1f} |" for k, v in cpu.items()], ""]
     with atomic_open(out / "report.md", "w") as f:
