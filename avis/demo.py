@@ -55,9 +55,9 @@ class DemoSettings:
     size: tuple[int, int] = (96, 64)   # width, height of the synthetic videos
     frames: int = 20
     fps: float = 8.0
-    steps: int = 1600           # training steps per run
+    steps: int = 1200           # training steps per run
     seeds: int = 3              # training seeds per arm (the recipe-level verdict needs >= 2)
-    audio_pretrain_steps: int = 500   # the audio arm's audio.pretrain.steps (0: no pretraining stage)
+    audio_pretrain_steps: int = 300   # the audio arm's audio.pretrain.steps (0: no pretraining stage)
     overrides: tuple[str, ...] = field(default_factory=tuple)  # hydra overrides for both arms
     bootstrap: int = 1000
 
