@@ -220,33 +220,47 @@ def test_quick_demo_end_to_end(tmp_path):
     from avis import cli
 
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--quick", "--out", str(out)]) == 0
+    assert cli.main(["demo", "--quick", "--out", str(out), "--jobs", "2"]) == 0  # QUICK: 2 seeds per arm
     summary = json.loads((out / "summary.json").read_text())
     report = (out / "report.md").read_text()
     assert "QUICK smoke run" in report and "| Ref. number | seeds (AV / visual) | AP w/o audio" in report
-    # the p columns and the report's verdict come from the verdict of avis ttest: one seed per arm, model level
+    assert summary["seeds"] == [0, 1] and summary["jobs"] == 2
+    # the headline is the recipe-level verdict of avis ttest over the seeds; report and JSON name the test
     h = summary["headline"]
-    assert h["metric"] == "top1@0.5" and h["level"] == "model" and "{h[" not in report
-    assert "compares two trained models and says nothing about the recipes" in report
+    assert h["metric"] == "top1@0.5" and h["level"] == "recipe" and h["test"] == "seeds x videos"
+    assert h["n_a"] == h["n_b"] == 2 and "{h[" not in report
+    assert "test: `seeds x videos`, recipe level" in report and "the two recipes are equally good" in report
+    ttest_json = json.loads((out / "ttest.json").read_text())
+    assert ttest_json["headline"]["test"] == "seeds x videos" and ttest_json["headline"]["diff"] == pytest.approx(h["diff"])
     assert f"audio-visual - visual-only = {h['diff']:+.4f}" in report and "(one-sided)" in report
-    assert json.loads((out / "ttest.json").read_text())["headline"]["diff"] == pytest.approx(h["diff"])
+    for row in ttest_json["rows"]:  # every p beside its signed effect and its one-sided p
+        assert "diff" in row and "p_one_sided" in row
     for key in ("av", "visual"):
-        m = json.loads((out / "eval" / key / "metrics.json").read_text())["metrics"]
-        assert summary["metrics"][key] == m
+        for i, s in enumerate(summary["seeds"]):
+            m = json.loads((out / "eval" / key / f"seed{s}" / "metrics.json").read_text())["metrics"]
+            assert summary["metrics"][key][i] == m
     row = next(csv.DictReader((out / "table.csv").read_text().splitlines()))
-    assert float(row["AP_av"]) == pytest.approx(100 * summary["metrics"]["av"]["AP"])
-    assert float(row["AP_visual"]) == pytest.approx(100 * summary["metrics"]["visual"]["AP"])
-    # the two arms differ only in audio; the audio arm starts from the pretrained log-mel network, frozen
-    ck = {k: (out / "runs" / k / "config.yaml").read_text() for k in ("av", "visual")}
-    assert "pretrained_audio_tokens" in ck["av"] and "audio_encoder: null" in ck["visual"]
-    pre = torch.load(out / "runs" / "audio_pretrained.pt", weights_only=True)
-    model = torch.load(out / "runs" / "av" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    backbone = {k: v for k, v in pre.items() if k.startswith("extractor.backbone.")}
-    assert backbone and all(torch.equal(model[f"fusion.audio_tokens.encoder.{k}"], v) for k, v in backbone.items())
-    visual_ckpt = out / "runs" / "visual" / "checkpoints" / "last.pt"
-    visual = torch.load(visual_ckpt, weights_only=True)["model"]
-    assert not any(k.startswith("fusion.audio") for k in visual)
-    assert summary["audio_pretrain"]["windows"] == 12  # two training videos of 6 frames
+    assert row["seeds"] == "2/2" and row["level"] == "recipe"
+    assert float(row["AP_av"]) == pytest.approx(100 * np.mean([m["AP"] for m in summary["metrics"]["av"]]))
+    assert float(row["AP_visual"]) == pytest.approx(100 * np.mean([m["AP"] for m in summary["metrics"]["visual"]]))
+    # the two arms differ only in audio; each audio-visual run pretrained its log-mel network (the engine's
+    # stage, on the training split's per-frame tags), trained with the tagging loss, and kept the network frozen
+    for s in summary["seeds"]:
+        ck = {k: (out / "runs" / k / f"seed{s}" / "config.yaml").read_text() for k in ("av", "visual")}
+        assert "supervision:" in ck["av"] and "audio_encoder: null" in ck["visual"]
+        assert "supervision" not in ck["visual"]
+        pre = torch.load(out / "runs" / "av" / f"seed{s}" / "audio_pretrain.pt", weights_only=True)
+        model = torch.load(out / "runs" / "av" / f"seed{s}" / "checkpoints" / "last.pt", weights_only=True)["model"]
+        assert pre and all(torch.equal(model[f"fusion.audio_tokens.encoder.extractor.backbone.{k}"], v)
+                           for k, v in pre.items())
+        assert any(k.startswith("fusion.audio_tokens.encoder.tagger.") for k in model)
+        visual = torch.load(out / "runs" / "visual" / f"seed{s}" / "checkpoints" / "last.pt", weights_only=True)
+        assert not any(k.startswith("fusion.audio") for k in visual["model"])
+    assert [r["windows"] for r in summary["audio_pretrain"]] == [12, 12]  # two training videos of 6 frames
+    assert summary["audio_pretrain"][0]["settings"]["seed"] == 0 and summary["audio_pretrain"][1]["settings"]["seed"] == 1
+    # the avis view page of the runs, linked from the report
+    assert summary["view"] == "view/index.html" and (out / "view" / "index.html").is_file()
+    assert "](view/index.html)" in report
     assert (out / "iou_distributions.png").read_bytes()[:4] == b"\x89PNG"
     assert "iou_distributions.png" in report and "ttest.csv" in report
     # one overlay video with the val video's sound, linked from the report
@@ -259,8 +273,22 @@ def test_quick_demo_end_to_end(tmp_path):
     assert frames == next(v["length"] for v in gt["videos"] if v["id"] == summary["overlay_video"])
     for key in ("av", "visual"):
         assert isinstance(json.loads(Path(summary["exports"][key]["ytvis"]).read_text()), list)
-    assert summary["seconds"]["total"] > 0 and set(summary["seconds"]) >= {"synthesize", "build", "train_av",
-                                                                            "train_visual", "ttest", "export"}
+    secs = summary["seconds"]
+    assert secs["total"] > 0 and secs["runs_cpu"] > 0 and secs["total_cpu"] >= secs["runs_cpu"]
+    assert set(secs) >= {"synthesize", "build", "train_eval", "ttest", "export", "view"}
+
+
+def test_single_seed_demo_says_it_compares_two_models(tmp_path):
+    from avis import cli
+
+    out = tmp_path / "one"
+    assert cli.main(["demo", "--quick", "--seeds", "1", "--jobs", "1", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    report = (out / "report.md").read_text()
+    h = json.loads((out / "ttest.json").read_text())["headline"]
+    assert h["level"] == summary["headline"]["level"] == "model" and h["test"] == "paired videos"
+    assert "compares the trained models given" in h["note"] and "says nothing about the recipes" in h["note"]
+    assert "compares two trained models and says nothing about the recipes" in report
 
 
 def test_demo_rejects_bad_options(tmp_path, capsys):
@@ -268,3 +296,7 @@ def test_demo_rejects_bad_options(tmp_path, capsys):
 
     assert cli.main(["demo", "--quick", "--out", str(tmp_path), "--audio-dependence", "2"]) == 2
     assert "audio-dependence" in capsys.readouterr().err
+    assert cli.main(["demo", "--quick", "--out", str(tmp_path), "--seeds", "0"]) == 2
+    assert "--seeds" in capsys.readouterr().err
+    assert cli.main(["demo", "--quick", "--out", str(tmp_path), "--jobs", "0"]) == 2
+    assert "--jobs" in capsys.readouterr().err

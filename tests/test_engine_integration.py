@@ -35,11 +35,15 @@ def test_rcf_tiny_trains_and_evaluates_from_shards(shards, tmp_path, experiment)
     rc = avis_cli.main(["train", f"experiment={experiment}", f"data.train.pattern={shards / 'train'}",
                         f"data.val_pattern={shards / 'val'}", f"hydra.run.dir={run}", "trainer.max_steps=4",
                         "trainer.log_every=1", "trainer.ckpt_every=4", "trainer.eval_every=4", "data.batch_size=2",
-                        "data.scales=[48]", "data.test_size=48", "model.num_queries=4", *FAST])
+                        "data.scales=[48]", "data.test_size=48", "model.num_queries=4", *FAST,
+                        *(["audio.pretrain.steps=5"] if experiment == "rcf_av_tiny" else [])])  # short pretraining
     assert rc == 0
     recs = read_jsonl(run / "metrics.jsonl")
     assert [r["step"] for r in recs] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in recs)
     assert all(("loss_dice" in r) and ("loss_ce" in r) for r in recs)
+    # the audio arm's standard supervision: the tagging loss on its audio tokens, after a pretraining stage
+    assert all(("loss_audio_tag" in r) == (experiment == "rcf_av_tiny") for r in recs)
+    assert (run / "audio_pretrain.pt").is_file() == (experiment == "rcf_av_tiny")
     ev = read_jsonl(run / "metrics.jsonl", kind="eval")
     assert len(ev) == 1 and {"AP", "AP50", "AR100", "ARl"} <= set(ev[0])
     ckpt = ckpt_io.load(run / "checkpoints" / "last.pt")

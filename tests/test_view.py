@@ -509,7 +509,7 @@ def test_eval_keeps_attention_and_view_plays_the_shards(tmp_path):
     assert avis_cli.main(["train", "experiment=rcf_av_tiny", f"data.train.pattern={tmp_path / 'train'}",
                           f"hydra.run.dir={run}", "trainer.max_steps=2", "trainer.eval_every=0", "data.batch_size=2",
                           "data.scales=[48]", "data.test_size=48", "model.num_queries=4", "trainer.progress=false",
-                          "trainer.tensorboard=false"]) == 0
+                          "trainer.tensorboard=false", "audio.pretrain.steps=5"]) == 0  # a short audio pretraining
     ev = tmp_path / "eval"
     assert avis_cli.main(["eval", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--shards",
                           str(tmp_path / "val"), "--out", str(ev), "--keep-attention"]) == 0
