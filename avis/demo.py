@@ -67,6 +67,16 @@ QUICK = DemoSettings(videos=4, val_fraction=0.5, size=(64, 48), frames=6, fps=6.
                                 "data.test_max_size=64", "data.max_size=64", "model.num_queries=4"))
 
 
+def __getattr__(name: str):
+    # ``avis.demo.pretrained_audio_tokens``: the audio encoder's builder that checkpoints of older demo runs name
+    # (now avis.models.audio's); imported on use, so that ``avis --help`` does not load torch
+    if name == "pretrained_audio_tokens":
+        from avis.models.audio import pretrained_audio_tokens
+
+        return pretrained_audio_tokens
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="output folder (default demo_out; report.md inside)")
     parser.add_argument("--audio-dependence", type=float, default=1.0,
@@ -128,91 +138,6 @@ def build_shards(synth_dir: Path, out: Path) -> dict[str, Path]:
         if rc:
             raise RuntimeError(f"building the {split} shards failed (exit {rc})")
     return dirs
-
-
-def pretrained_audio_tokens(weights: str | None = None, freeze: bool = True, **kwargs):
-    """Hydra target for the demo's audio-visual arm: :func:`avis.models.audio.audio_tokens_tiny` with the
-    weights of :func:`pretrain_audio` (the role AudioSet-pretrained VGGish plays in the paper). ``freeze``
-    keeps the pretrained log-mel network fixed (the bi-LSTM and head still train), as the paper does."""
-    import torch
-
-    from avis.models.audio import audio_tokens_tiny
-
-    enc = audio_tokens_tiny(freeze=freeze, **kwargs)
-    if weights:
-        from avis.io.files import regular_file
-
-        enc.load_state_dict(torch.load(regular_file(weights), map_location="cpu", weights_only=True))
-    return enc
-
-
-def pretrain_audio(experiment: str, train_pattern, annotations: dict, out_path: Path, steps: int = 600,
-                   batch_size: int = 64, lr: float = 1e-2, seed: int = 0, progress: bool = True) -> dict:
-    """Pretrain the log-mel network of ``experiment``'s audio encoder on the training split's sound labels:
-    from a frame's window, predict which categories are sounding at that frame (the annotations'
-    ``sounding`` flags; multi-label, BCE; the RCF later learns the bi-LSTM and head). Writes the encoder's state dict to
-    ``out_path``; returns ``{"windows", "positives", "loss", "accuracy"}`` (accuracy: per category and
-    window, on the training windows). Videos whose objects never sound give all-negative targets."""
-    import numpy as np
-    import torch
-    from hydra.utils import instantiate
-    from tqdm import tqdm
-
-    from avis.data import audio_16k, iter_videos
-    from avis.engine.config import compose
-    from avis.models.audio.windows import frame_windows
-
-    cfg = compose([f"experiment={experiment}"])
-    cats = [c["id"] for c in annotations["categories"]]
-    index = {c: i for i, c in enumerate(cats)}
-    by_video: dict[int, list[dict]] = {}
-    for a in annotations["annotations"]:
-        by_video.setdefault(int(a["video_id"]), []).append(a)
-    eta = float(cfg.audio.eta)
-    wins, targets = [], []
-    for video in iter_videos(str(train_pattern)):
-        audio, has = audio_16k(video)
-        if not has:
-            continue
-        times = torch.as_tensor(np.asarray(video.frame_times), dtype=torch.float64)
-        w = frame_windows(audio, times, eta=eta)                        # T x S
-        y = torch.zeros(len(times), len(cats))
-        for a in by_video.get(int(video.video_id), []):
-            flags = a.get("sounding") or []
-            for t, on in enumerate(flags[:len(times)]):
-                if on:
-                    y[t, index[a["category_id"]]] = 1.0
-        wins.append(w)
-        targets.append(y)
-    if not wins:
-        raise ConfigError("no training video with sound to pretrain the audio encoder on")
-    torch.manual_seed(seed)
-    encoder = instantiate(cfg.audio.encoder)
-    net = encoder.extractor.backbone
-    with torch.no_grad():  # the log-mel examples once (the frontend has no parameters)
-        examples = torch.cat([encoder.extractor.frontend.examples(w) for w in wins])   # N x 96 x 64
-    y_all = torch.cat(targets)
-    head = torch.nn.Linear(int(encoder.feature_dim), len(cats))
-    opt = torch.optim.AdamW(list(net.parameters()) + list(head.parameters()), lr=lr, weight_decay=1e-4)
-    gen = torch.Generator().manual_seed(seed)
-    loss_v = acc = float("nan")
-    net.train()
-    for _ in tqdm(range(steps), desc="pretrain audio", unit="step", disable=not progress):
-        idx = torch.randint(0, len(examples), (batch_size,), generator=gen)
-        logits = head(net.forward_features(examples[idx]))
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y_all[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss_v = float(loss.detach())
-        acc = float(((logits.detach() > 0) == (y_all[idx] > 0.5)).float().mean())
-    lengths = [len(w) for w in wins]
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(out_path, "wb") as f:
-        torch.save(encoder.state_dict(), f)
-    return {"windows": int(sum(lengths)), "positives": float(torch.cat(targets).mean()), "loss": loss_v,
-            "accuracy": acc}
 
 
 def significance(gt: dict, runs_a: list[list[dict]], runs_b: list[list[dict]], out: Path, bootstrap: int,
@@ -293,18 +218,9 @@ def run_demo(out, audio_dependence: float = 1.0, seed: int = 0, settings: DemoSe
     shards = build_shards(synth_dir, out)
     times["build"] = _done(t0)
 
-    train_gt = load_annotations(synth_dir / "train.json")
-    arm_overrides = {"av": [], "visual": []}
-    audio_pretrain = None
-    if settings.audio_pretrain_steps > 0:
-        t0 = _stage(3, "pretrain the audio encoder on the training split's sound labels (audio-visual arm)")
-        weights = out / "runs" / "audio_pretrained.pt"
-        audio_pretrain = pretrain_audio(ARMS[0][1], shards["train"], train_gt, weights,
-                                        settings.audio_pretrain_steps, seed=seed, progress=progress)
-        arm_overrides["av"] = ["audio.encoder._target_=avis.demo.pretrained_audio_tokens",
-                               f"+audio.encoder.weights={weights.resolve()}"]
-        times["pretrain_audio"] = _done(t0, f"{audio_pretrain['windows']} windows, BCE {audio_pretrain['loss']:.3f}, "
-                                            f"accuracy {audio_pretrain['accuracy']:.3f}")
+    # the audio arm's supervision is the engine's (audio.supervision, audio.pretrain: docs/audio.md); the demo
+    # only sets its pretraining length
+    arm_overrides = {"av": [f"audio.pretrain.steps={settings.audio_pretrain_steps}"], "visual": []}
 
     runs = {}
     for i, (key, experiment, label) in enumerate(ARMS):
@@ -345,7 +261,7 @@ def run_demo(out, audio_dependence: float = 1.0, seed: int = 0, settings: DemoSe
     summary = {"audio_dependence": audio_dependence, "seed": seed, "quick": quick, "settings": asdict(settings),
                "metrics": {"av": ma, "visual": mb}, "table": row, "headline": h, "tests": cmp["rows"],
                "diagnostics": cmp["diagnostics"],
-               "overlay_video": overlay_video, "audio_pretrain": audio_pretrain, "exports": exports, "seconds": times,
+               "overlay_video": overlay_video, "audio_pretrain": _pretrain_record(out / "runs" / "av"), "exports": exports, "seconds": times,
                "report": str(out / "report.md")}
     _write_report(out, summary)
     from avis.io.ytvis import save_json
@@ -353,6 +269,18 @@ def run_demo(out, audio_dependence: float = 1.0, seed: int = 0, settings: DemoSe
     save_json(_nan_to_none(summary), out / "summary.json", indent=2)
     _done(t0, f"total {times['total']:.0f} s")
     return summary
+
+
+def _pretrain_record(run: Path) -> dict | None:
+    """What the engine's audio pretraining stage reached in ``run`` (None without one)."""
+    import json
+
+    from avis.engine.audio_pretrain import RECORD
+
+    try:
+        return json.loads((run / RECORD).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _pick_overlay_video(gt: dict, results: list[dict]) -> int | None:

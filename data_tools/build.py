@@ -447,8 +447,12 @@ def _sample(job, settings, key, src, times, fps, frames, audio, has_audio, orig_
                                  f"{a.get('category_id')}")
             if (W, H) != (orig_w, orig_h):
                 segs = [None if s is None else mask_io.encode(_resize_mask(mask_io.decode(s), H, W)) for s in segs]
-            instances.append({"id": a.get("id"), "category_id": a["category_id"],
-                              "iscrowd": int(a.get("iscrowd", 0)), "segmentations": segs})
+            inst = {"id": a.get("id"), "category_id": a["category_id"], "iscrowd": int(a.get("iscrowd", 0)),
+                    "segmentations": segs}
+            snd = a.get("sounding")
+            if isinstance(snd, list) and len(snd) == T:  # AVISeg-style flags: the audio supervision reads them
+                inst["sounding"] = [bool(f) for f in snd]  # null (unknown) -> not sounding
+            instances.append(inst)
     meta.update(num_frames=T, width=W, height=H, orig_width=orig_w, orig_height=orig_h, fps=fps,
                 frame_times=[float(t) for t in frame_times], duration=round(float(duration), 6),
                 has_audio=bool(has_audio), num_samples=int(len(audio)), instances=instances)

@@ -20,7 +20,10 @@ evaluator (``avis.engine.evaluate.evaluate_checkpoint``, the same as ``avis eval
 
 A run whose ``eval/metrics.json`` exists is skipped, so an interrupted sweep resumes where it stopped (the
 engine's ``trainer.resume`` continues a run that stopped mid-training). Extra ``key=value`` arguments are
-hydra overrides given to every run. The two arms of a setting differ only in the hydra ``audio`` group.
+hydra overrides given to every run (``audio.*`` keys only to the audio-visual runs). The two arms of a setting
+differ only in the hydra ``audio`` group; the audio-visual arm has the audio supervision of its ``audio`` group
+(``audio.supervision``, ``audio.pretrain``: docs/audio.md) by default: ``audio.supervision.enabled=false
+audio.pretrain.steps=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -64,6 +67,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def plan(refs, seeds) -> list[tuple[int, str, int]]:
     """The runs, in the order they are trained: per setting, per seed, both arms back to back."""
     return [(r, arm, s) for r in refs for s in seeds for arm in ARMS]
+
+
+def arm_overrides(overrides, arm: str) -> list[str]:
+    """The overrides of one arm: ``audio.*`` keys (``audio.pretrain.steps=0``, ``audio.supervision.weight=2``)
+    only reach the audio-visual arm, whose audio group has them; the visual-only arm's audio is none."""
+    return [o for o in overrides if arm == "av" or not o.lstrip("+~").startswith("audio.")]
 
 
 def run_dir(out: Path, ref: int, arm: str, seed: int) -> Path:
@@ -115,7 +124,7 @@ def _main(args) -> int:
             continue
         t0 = time.perf_counter()
         print(f"\n[{i + 1}/{len(runs)}] train {arm} ref={ref} seed={seed} -> {rd}", flush=True)
-        overrides = [*base, f"model.delta={ref}", "trainer.resume=true", *args.overrides]
+        overrides = [*base, f"model.delta={ref}", "trainer.resume=true", *arm_overrides(args.overrides, arm)]
         if steps is None:  # the preset's trainer decides; the engine needs a number for the checkpoint cadence
             from avis.engine.config import compose
 

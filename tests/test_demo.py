@@ -236,13 +236,15 @@ def test_quick_demo_end_to_end(tmp_path):
     row = next(csv.DictReader((out / "table.csv").read_text().splitlines()))
     assert float(row["AP_av"]) == pytest.approx(100 * summary["metrics"]["av"]["AP"])
     assert float(row["AP_visual"]) == pytest.approx(100 * summary["metrics"]["visual"]["AP"])
-    # the two arms differ only in audio; the audio arm starts from the pretrained log-mel network, frozen
+    # the two arms differ only in audio; the audio arm's run pretrained its log-mel network (the engine's stage,
+    # on the training split's per-frame tags), trained with the tagging loss, and kept the network frozen
     ck = {k: (out / "runs" / k / "config.yaml").read_text() for k in ("av", "visual")}
-    assert "pretrained_audio_tokens" in ck["av"] and "audio_encoder: null" in ck["visual"]
-    pre = torch.load(out / "runs" / "audio_pretrained.pt", weights_only=True)
+    assert "supervision:" in ck["av"] and "audio_encoder: null" in ck["visual"] and "supervision" not in ck["visual"]
+    pre = torch.load(out / "runs" / "av" / "audio_pretrain.pt", weights_only=True)
     model = torch.load(out / "runs" / "av" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    backbone = {k: v for k, v in pre.items() if k.startswith("extractor.backbone.")}
-    assert backbone and all(torch.equal(model[f"fusion.audio_tokens.encoder.{k}"], v) for k, v in backbone.items())
+    assert pre and all(torch.equal(model[f"fusion.audio_tokens.encoder.extractor.backbone.{k}"], v)
+                       for k, v in pre.items())
+    assert any(k.startswith("fusion.audio_tokens.encoder.tagger.") for k in model)
     visual_ckpt = out / "runs" / "visual" / "checkpoints" / "last.pt"
     visual = torch.load(visual_ckpt, weights_only=True)["model"]
     assert not any(k.startswith("fusion.audio") for k in visual)

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from avis.data.video import Video, VideoSource, audio_16k, category_index, label_of
 from avis.errors import AvisError, ConfigError, InputError
+from avis.models.audio.supervision import instance_tags
 from avis.models.audio.windows import DEFAULT_ETA, SAMPLE_RATE, frame_windows, window_length
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,8 @@ def sample_clip(video: Video, categories, clip_length: int, rng: np.random.Gener
     audio = (frame_windows(wave, times, SAMPLE_RATE, eta) if has_audio
              else torch.zeros(len(idx), window_length(eta, SAMPLE_RATE)))
     index = category_index(categories)
+    # per-frame audio-tagging targets (all annotations, crowds too): avis.models.audio.supervision
+    presence, sounding, known = instance_tags(video.instances, len(uniq), index)
     insts = [(label_of(index, inst.category_id, video.video_id), inst) for inst in video.instances]
     insts = [(label, inst) for label, inst in insts if not inst.iscrowd]
     h, w = x.shape[-2:]
@@ -112,7 +115,8 @@ def sample_clip(video: Video, categories, clip_length: int, rng: np.random.Gener
             "instance_ids": torch.tensor(ids, dtype=torch.int64),
         })
     return {"frames": x, "frame_times": times, "audio": audio, "has_audio": has_audio, "targets": targets,
-            "video_id": video.video_id}
+            "video_id": video.video_id, "audio_tags": torch.from_numpy(presence[idx]),
+            "audio_sounding": torch.from_numpy(sounding[idx]), "sounding_known": known}
 
 
 def collate(clips: list[dict], short: int | None, max_size: int | None, size_divisibility: int = 1) -> dict:
@@ -133,6 +137,11 @@ def collate(clips: list[dict], short: int | None, max_size: int | None, size_div
             m = resize_masks(tg["masks"], (h, w))
             tt.append({**tg, "masks": F.pad(m, (0, W - w, 0, H - h))})
         targets.append(tt)
+    tags = {}
+    if all("audio_tags" in c for c in clips):  # clips made elsewhere (tests, tools) may come without them
+        tags = {"audio_tags": torch.stack([c["audio_tags"] for c in clips]),  # B x T x K (see sample_clip)
+                "audio_sounding": torch.stack([c["audio_sounding"] for c in clips]),
+                "sounding_known": torch.tensor([c["sounding_known"] for c in clips])}
     return {
         "frames": torch.stack(frames),
         "image_sizes": torch.tensor(sizes, dtype=torch.int64),  # B x 2, (h, w) before the padding
@@ -141,6 +150,7 @@ def collate(clips: list[dict], short: int | None, max_size: int | None, size_div
         "has_audio": torch.tensor([c["has_audio"] for c in clips]),
         "targets": targets,
         "video_ids": [c["video_id"] for c in clips],
+        **tags,
     }
 
 

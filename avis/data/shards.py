@@ -556,8 +556,10 @@ def decode_sample(sample: dict, frames: Iterable[int] | None = None, audio: bool
                         masks[j] = mask_io.decode(segs[i])
                     except ValueError as e:  # pycocotools: counts that do not cover height x width
                         raise InputError(f"sample {key}: instance {k} frame {i}: invalid RLE ({e})", url) from None
+            snd = inst.get("sounding")  # the schema checked it: null or num_frames booleans
             instances.append(Instance(instance_id=inst["id"], category_id=inst["category_id"], masks=masks,
-                                      present=present, iscrowd=int(inst.get("iscrowd", 0))))
+                                      present=present, iscrowd=int(inst.get("iscrowd", 0)),
+                                      sounding=None if snd is None else np.array([snd[i] for i in idx], bool)))
     except MemoryError:
         raise InputError(f"sample {key}: decoding {len(idx)} frames of {W}x{H} with their masks does not fit in "
                          "memory", url) from None

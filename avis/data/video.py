@@ -32,6 +32,7 @@ class Instance:
     masks: np.ndarray  # bool T x H x W
     present: np.ndarray  # bool T
     iscrowd: int = 0
+    sounding: np.ndarray | None = None  # bool T: the annotation's optional per-frame ``sounding`` flags (AVISeg)
 
     def mask(self, t: int) -> np.ndarray | None:
         """Frame ``t``'s mask (bool H x W), None where the object is absent."""
@@ -39,7 +40,8 @@ class Instance:
 
     def select(self, indices: Sequence[int]) -> Instance:
         idx = list(indices)
-        return replace(self, masks=self.masks[idx], present=self.present[idx])
+        return replace(self, masks=self.masks[idx], present=self.present[idx],
+                       sounding=None if self.sounding is None else self.sounding[idx])
 
 
 @dataclass

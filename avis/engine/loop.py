@@ -79,6 +79,12 @@ class Trainer:
 
         seed_all(int(cfg.seed))  # the same initial weights on every rank
         self.model = model = instantiate(cfg.model).to(device)
+        # audio.pretrain: the audio network's pretraining stage, before the optimizer sees which parameters
+        # train (it may freeze the network); the global RNGs are left as they were (avis.engine.audio_pretrain)
+        from avis.engine.audio_pretrain import run_audio_pretraining
+
+        self.audio_pretrain = run_audio_pretraining(cfg, model, train_source, self.out_dir, info,
+                                                    progress=bool(tc.progress) and info.is_main)
         oc = cfg.optim
         self.optimizer = build_optimizer(model, instantiate(oc.optimizer), backbone_lr_mult=oc.backbone_lr_mult,
                                          backbone_weight_decay=oc.get("backbone_weight_decay"),

@@ -35,8 +35,8 @@ MAX_CONFIG_NODES = 10_000  # after expanding aliases; a real config has a few hu
 MAX_CONFIG_DEPTH = 64
 
 # The exact callables a checkpoint's config may name: every ``_target_`` of ``configs/`` (tests check that
-# this set covers them and that each name resolves), the other builders of the model packages, and the demo's
-# pretrained audio encoder. ``AVIS_TRUSTED_TARGETS`` (comma-separated) adds names for your own builders.
+# this set covers them and that each name resolves), the other builders of the model packages, and the saved
+# audio encoder's builder. ``AVIS_TRUSTED_TARGETS`` (comma-separated) adds names for your own builders.
 ALLOWED_TARGETS: frozenset[str] = frozenset({
     # methods (configs/model)
     *(f"avis.models.rcf.rcf_{v}" for v in ("tiny", "r18", "r34", "r50", "r101", "swin_t", "swin_s", "swin_b", "swin_l")),
@@ -45,9 +45,9 @@ ALLOWED_TARGETS: frozenset[str] = frozenset({
     *(f"avis.models.inspro.inspro_{v}" for v in ("tiny", "r50", "r101")),
     *(f"avis.models.stmask.stmask_{v}" for v in ("tiny", "r50")),
     *(f"avis.models.efficientvis.efficientvis_{v}" for v in ("tiny", "r50", "r101")),
-    # audio encoders (configs/audio, the demo)
+    # audio encoders (configs/audio; a saved encoder's builder, also under the name older demo runs gave it)
     "avis.models.audio.audio_tokens_tiny", "avis.models.audio.audio_tokens_vggish",
-    "avis.demo.pretrained_audio_tokens",
+    "avis.models.audio.pretrained_audio_tokens", "avis.demo.pretrained_audio_tokens",
     # data (configs/data)
     "avis.data.shards.ShardSource",
     # optimisation (configs/optim): torch's optimisers used there and the engine's schedule

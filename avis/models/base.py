@@ -20,6 +20,11 @@ default in time order with the target frame last)::
                            "instance_ids": int64 n          (stable over the video's frames)
                        }
         "video_ids":   list (B) of int
+        "audio_tags":     float32 B x T x K    (1 where a category has an annotation in the frame, crowds too;
+                                                the audio supervision's targets, avis.models.audio.supervision)
+        "audio_sounding": float32 B x T x K    (1 where a category is sounding, from the optional
+                                                per-frame ``sounding`` flags; zeros where unknown)
+        "sounding_known": bool    B            (the clip's video has ``sounding`` on every annotation)
     }
 
 Inference: :meth:`VISMethod.predict_video` takes one whole video at the model's input size and returns

@@ -8,6 +8,7 @@ from avis.models.audio.tokens import (
     TinyAudioNet,
     audio_tokens_tiny,
     audio_tokens_vggish,
+    pretrained_audio_tokens,
 )
 from avis.models.audio.vggish import VGGish, load_vggish_state_dict, vggish
 from avis.models.audio.windows import SAMPLE_RATE, frame_windows
@@ -24,6 +25,7 @@ __all__ = [
     "frame_windows",
     "load_vggish_state_dict",
     "precompute_audio_features",
+    "pretrained_audio_tokens",
     "to_mono_16k",
     "vggish",
     "vggish_feature_extractor",

@@ -89,7 +89,7 @@ class AudioTokenEncoder(nn.Module):
     """
 
     def __init__(self, extractor: AudioFeatureExtractor, out_channels: int = 256, lstm_hidden: int = 512,
-                 lstm_layers: int = 2, fc_hidden: int = 512):
+                 lstm_layers: int = 2, fc_hidden: int = 512, tagger: nn.Module | None = None):
         super().__init__()
         self.extractor = extractor
         self.feature_dim = extractor.feature_dim
@@ -99,6 +99,9 @@ class AudioTokenEncoder(nn.Module):
         # Last layer without ReLU: tokens enter the fusion transformer next to unconstrained visual tokens.
         self.head = nn.Sequential(nn.Linear(2 * lstm_hidden, fc_hidden), nn.ReLU(inplace=True),
                                   nn.Linear(fc_hidden, out_channels))
+        # The auxiliary audio-tagging head (audio.supervision; :mod:`avis.models.audio.supervision`): trained
+        # with the RCF, unused at inference. Registered last so that the other parameters keep their order.
+        self.tagger = tagger
 
     def frame_features(self, audio: torch.Tensor) -> torch.Tensor:
         """(..., S) windows -> (..., C_a) features a_t."""
@@ -170,17 +173,44 @@ def _lstm_direction(gates_in: torch.Tensor, w_hh: torch.Tensor, reverse: bool) -
     return torch.stack(out, 1)
 
 
+def _tagger(out_channels: int, num_classes: int, supervision) -> nn.Module | None:
+    from avis.models.audio.supervision import AudioTagger, supervision_settings
+
+    settings = supervision_settings(supervision)
+    return None if settings is None else AudioTagger(out_channels, int(num_classes), **settings)
+
+
 def audio_tokens_vggish(out_channels: int = 256, weights: str | os.PathLike | None = None, freeze: bool = True,
                         lstm_hidden: int = 512, lstm_layers: int = 2, fc_hidden: int = 512,
-                        chunk_size: int = 64) -> AudioTokenEncoder:
+                        chunk_size: int = 64, num_classes: int = 0, supervision=None) -> AudioTokenEncoder:
     """The paper's audio branch: VGGish (C_a = 4096; official weights from a local torchvggish file, else
-    random init with a warning), 2-layer bi-LSTM with hidden 512, fc 1024->512->C'."""
+    random init with a warning), 2-layer bi-LSTM with hidden 512, fc 1024->512->C'. ``supervision``
+    (``audio.supervision``: ``{enabled, weight, sounding_weight}``) with ``num_classes`` adds the auxiliary
+    audio-tagging head (:class:`avis.models.audio.supervision.AudioTagger`)."""
     extractor = AudioFeatureExtractor(vggish(weights), trainable=not freeze, chunk_size=chunk_size)
-    return AudioTokenEncoder(extractor, out_channels, lstm_hidden, lstm_layers, fc_hidden)
+    enc = AudioTokenEncoder(extractor, out_channels, lstm_hidden, lstm_layers, fc_hidden)
+    enc.tagger = _tagger(out_channels, num_classes, supervision)  # after the rest: their initial weights unchanged
+    return enc
 
 
 def audio_tokens_tiny(out_channels: int = 64, feature_dim: int = 64, width: int = 8, lstm_hidden: int = 32,
-                      lstm_layers: int = 2, fc_hidden: int = 64, freeze: bool = False) -> AudioTokenEncoder:
-    """CPU preset with the same interface: small conv net on the VGGish log-mel, small bi-LSTM."""
+                      lstm_layers: int = 2, fc_hidden: int = 64, freeze: bool = False, num_classes: int = 0,
+                      supervision=None) -> AudioTokenEncoder:
+    """CPU preset with the same interface: small conv net on the VGGish log-mel, small bi-LSTM
+    (``num_classes`` / ``supervision``: as :func:`audio_tokens_vggish`)."""
     extractor = AudioFeatureExtractor(TinyAudioNet(feature_dim, width), trainable=not freeze)
-    return AudioTokenEncoder(extractor, out_channels, lstm_hidden, lstm_layers, fc_hidden)
+    enc = AudioTokenEncoder(extractor, out_channels, lstm_hidden, lstm_layers, fc_hidden)
+    enc.tagger = _tagger(out_channels, num_classes, supervision)  # after the rest: their initial weights unchanged
+    return enc
+
+
+def pretrained_audio_tokens(weights: str | os.PathLike | None = None, freeze: bool = True, **kwargs):
+    """:func:`audio_tokens_tiny` with a saved state dict of the whole encoder (``weights``; read with
+    ``weights_only``), its log-mel network frozen by default. Older ``avis demo`` runs name this builder (as
+    ``avis.demo.pretrained_audio_tokens``); the engine's pretraining stage (``audio.pretrain``) replaces it."""
+    enc = audio_tokens_tiny(freeze=freeze, **kwargs)
+    if weights:
+        from avis.io.files import regular_file
+
+        enc.load_state_dict(torch.load(regular_file(weights), map_location="cpu", weights_only=True))
+    return enc

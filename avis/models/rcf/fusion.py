@@ -79,6 +79,16 @@ class AudioTokens(nn.Module):
         """audio: windows B x T x S -> tokens B x T x C' (what :class:`RobustContextFusion` takes)."""
         return self.proj(self.encoder(audio))
 
+    def encode(self, audio: torch.Tensor | None = None, features: torch.Tensor | None = None):
+        """Windows B x T x S (or precomputed ``features``, see :meth:`from_features`) -> ``(tokens, raw)``:
+        the tokens the fusion takes and the encoder's own output before the projection (what its auxiliary
+        tagging head reads)."""
+        if features is not None:
+            raw = self.encoder.tokens(features) if self.splits else self.encoder(features)
+        else:
+            raw = self.encoder(audio)
+        return self.proj(raw), raw
+
 
 @dataclass
 class Fused:

@@ -120,6 +120,11 @@ class RCF(VISMethod):
         return self
 
     # -- shared pieces ---------------------------------------------------------------------------------
+    @property
+    def audio_encoder(self) -> nn.Module | None:
+        """The audio encoder (``audio.encoder``; what the engine's audio pretraining stage trains), or None."""
+        return self.fusion.audio_tokens.encoder if self.uses_audio else None
+
     def normalize(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 ... x 3 x H x W (0..255) -> float, ImageNet-normalised."""
         return normalize(frames, self.pixel_mean, self.pixel_std)
@@ -172,13 +177,13 @@ class RCF(VISMethod):
             valid_hw = torch.minimum((sizes + s - 1) // s, sizes.new_tensor(f_t.shape[-2:]))
         f_ref = last[:, :-1].flatten(1, 2) if self.delta else None
         low = [f.unflatten(0, (b, t))[:, -1] for f in feats[:-1]]
-        audio = valid = None
+        audio = valid = raw = None
         if self.uses_audio:
             # Precomputed per-frame audio features (frozen audio backbone) replace the windows when given.
             features = batch.get("audio_features")
-            encode = self.fusion.audio_tokens
-            audio = (encode.from_features(features.to(f_t.device)) if features is not None
-                     else encode(batch["audio"].to(f_t.device)))
+            audio, raw = self.fusion.audio_tokens.encode(
+                None if features is not None else batch["audio"].to(f_t.device),
+                None if features is None else features.to(f_t.device))
             valid = batch.get("has_audio")
             valid = None if valid is None else torch.as_tensor(valid, device=f_t.device)
         logits, masks = self.predict(f_t, f_ref, low, audio, valid, all_layers=self.aux_loss, valid_hw=valid_hw)
@@ -187,6 +192,11 @@ class RCF(VISMethod):
         for i in range(logits.shape[0] - 1):
             aux = self.criterion(logits[i], masks[i], targets)
             losses.update({f"{k}_aux{i}": v for k, v in aux.items()})
+        tagger = getattr(self.fusion.audio_tokens.encoder, "tagger", None) if self.uses_audio else None
+        if tagger is not None:
+            # audio.supervision: the audio tokens of every frame of the clip predict that frame's categories
+            # (and which of them sound), so that they stay informative (docs/audio.md)
+            losses.update(tagger.loss(raw, batch))
         return losses
 
     @staticmethod
