@@ -148,7 +148,7 @@ def test_override_cannot_decode_what_the_checkpoint_hid(good_state, tmp_path, ca
 # ------------------------------------------------------------------------------------------------ class 2
 
 MEMORY_CHILD = r"""
-import json, resource, sys, time
+import json, resource, sys
 import torch, avis.cli, avis.engine.session, avis.engine.evaluate, avis.engine.infer, hydra.utils, av  # the footprint
 
 def vm():
@@ -158,9 +158,8 @@ base = vm()
 cap = base + (2 << 30)
 resource.setrlimit(resource.RLIMIT_AS, (cap, resource.getrlimit(resource.RLIMIT_AS)[1]))
 for argv in json.loads(sys.argv[1]):
-    t = time.perf_counter()
     rc = avis.cli.main(argv)
-    print(json.dumps({"argv": argv, "rc": rc, "seconds": time.perf_counter() - t}), flush=True)
+    print(json.dumps({"argv": argv, "rc": rc}), flush=True)
 print(json.dumps({"base": base, "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10}), flush=True)
 """
 
@@ -195,7 +194,6 @@ def test_configs_exhausting_memory(good_state, built, media, tmp_path):
         assert row["rc"] == 2, (name, command, line)
         assert line.startswith(f"avis {command}: error: {ckpt}: "), (name, line)
         assert re.search(what, line), (name, line)
-        assert row["seconds"] < 60, (name, command, row["seconds"])
         assert (out / "results.json").read_text() == "earlier output\n"
     assert len(errors) == len(argvs), errors
     assert rows[-1]["maxrss"] < rows[-1]["base"] + (2 << 30)
