@@ -31,6 +31,16 @@ def write_stream(path, seconds: float = 2.0, fps: int = 12, size=(64, 48), audio
             t = np.arange(int(round(seconds * audio_rate))) / audio_rate
             amp = 0.1 + 0.8 * (0.5 + 0.5 * np.sin(2 * np.pi * 0.7 * t))
             audio = (amp * np.sin(2 * np.pi * 440 * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+        def mux_audio(a_pos: int) -> int:
+            """Encode and mux the next 1024 samples from ``a_pos``; returns the position after them."""
+            chunk = audio[a_pos:a_pos + 1024]
+            af = av.AudioFrame.from_ndarray(chunk[None], format="flt", layout="mono")
+            af.sample_rate, af.pts, af.time_base = audio_rate, a_pos, Fraction(1, audio_rate)
+            for p in aus.encode(af):
+                c.mux(p)
+            return a_pos + len(chunk)
+
         a_pos = 0
         for i in range(n):
             img = np.full((h, w, 3), 110, np.uint8)
@@ -43,22 +53,12 @@ def write_stream(path, seconds: float = 2.0, fps: int = 12, size=(64, 48), audio
             for p in vs.encode(f):
                 c.mux(p)
             while audio is not None and a_pos < min(len(audio), int(round((i + 1) / fps * audio_rate))):
-                chunk = audio[a_pos:a_pos + 1024]
-                af = av.AudioFrame.from_ndarray(chunk[None], format="flt", layout="mono")
-                af.sample_rate, af.pts, af.time_base = audio_rate, a_pos, Fraction(1, audio_rate)
-                for p in aus.encode(af):
-                    c.mux(p)
-                a_pos += len(chunk)
+                a_pos = mux_audio(a_pos)
         for p in vs.encode():
             c.mux(p)
         if aus is not None:
             while a_pos < len(audio):
-                chunk = audio[a_pos:a_pos + 1024]
-                af = av.AudioFrame.from_ndarray(chunk[None], format="flt", layout="mono")
-                af.sample_rate, af.pts, af.time_base = audio_rate, a_pos, Fraction(1, audio_rate)
-                for p in aus.encode(af):
-                    c.mux(p)
-                a_pos += len(chunk)
+                a_pos = mux_audio(a_pos)
             for p in aus.encode():
                 c.mux(p)
     return path

@@ -35,20 +35,24 @@ def config_path() -> str:
                       f"{CONFIG_MODULE}); set {ENV_VAR}")
 
 
+def initialize():
+    """hydra's global initialisation on :func:`config_path` (a context manager), for its compose API."""
+    from hydra import initialize_config_dir, initialize_config_module
+
+    path = config_path()
+    if path.startswith("pkg://"):
+        return initialize_config_module(path[len("pkg://"):], version_base=None)
+    return initialize_config_dir(path, version_base=None)
+
+
 def compose(overrides=(), out_dir: str | os.PathLike | None = None):
     """The training config outside the hydra app (scripts, notebooks): ``train(compose([...], "runs/x"))``.
 
     ``out_dir`` replaces ``trainer.out_dir`` (hydra's run folder, which exists only inside the app).
     """
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir, initialize_config_module
 
-    path = config_path()
-    if path.startswith("pkg://"):
-        init = initialize_config_module(path[len("pkg://"):], version_base=None)
-    else:
-        init = initialize_config_dir(path, version_base=None)
-    with init:
+    with initialize():
         cfg = hydra_compose("train", overrides=list(overrides))
     if out_dir is not None:
         cfg.trainer.out_dir = os.fspath(out_dir)

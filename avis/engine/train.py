@@ -218,14 +218,11 @@ def _variants(overrides: list[str]) -> list[list[str]]:
 
 
 def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir, initialize_config_module
+    from hydra import compose
 
-    path = config_path()
-    if path.startswith("pkg://"):
-        init = initialize_config_module(path[len("pkg://"):], version_base=None)
-    else:
-        init = initialize_config_dir(path, version_base=None)
-    with init:
+    from avis.engine.config import initialize
+
+    with initialize():
         return compose("train", overrides=list(overrides), return_hydra_config=True)
 
 
